@@ -1,0 +1,1 @@
+//! farmem-alloc: filled by its own issue.

@@ -1,0 +1,668 @@
+//! Server-side storage: tenants, their page and object stores, capacity, counters, and request dispatch.
+//!
+//! Values live in slabs — large boxed buffers carved into fixed-size slots — so storing a page costs no heap
+//! allocation of its own: a page is a 4 KiB slot plus one hash-map entry (key 16 B + slot 4 B). Objects use
+//! size classes four to a power of two (at most 25% internal waste) from 16 B to 1 MiB. Each tenant's keys are
+//! spread over [`SHARDS`] independently locked shards so that connections on different cores rarely contend.
+//!
+//! [`Engine::dispatch`] is the one place a request turns into a reply frame: the TCP server and the in-process
+//! store both call it, so the two cannot drift apart.
+
+use crate::offload::{ObjectsView, Registry};
+use crate::proto::{self, Op, ProtoError, RequestView, Status, ABSENT, MAX_OBJECT, PAGE_SIZE};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// Number of independently locked shards per tenant store.
+pub const SHARDS: usize = 16;
+
+/// A multiply-xorshift hasher for the (space, key) pairs of the stores: far cheaper than SipHash, and the keys
+/// are chosen by authenticated tenants, who can only slow down their own shards.
+#[derive(Default, Clone, Copy, Debug)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type Map<V> = HashMap<(u64, u64), V, BuildHasherDefault<KeyHasher>>;
+
+fn shard_of(space: u64, key: u64) -> usize {
+    let mut h = KeyHasher::default();
+    h.write_u64(space);
+    h.write_u64(key);
+    // The shard count is a small power of two; the mask keeps the value in range before the cast.
+    (h.finish() & (SHARDS as u64 - 1)) as usize
+}
+
+/// Fixed-size slots carved out of large buffers, with a free list.
+#[derive(Debug)]
+struct Slab {
+    slot: usize,
+    per_slab: usize,
+    slabs: Vec<Box<[u8]>>,
+    free: Vec<u32>,
+    next: u32,
+}
+
+impl Slab {
+    fn new(slot: usize) -> Slab {
+        let per_slab = (256 * 1024 / slot).max(1);
+        Slab { slot, per_slab, slabs: Vec::new(), free: Vec::new(), next: 0 }
+    }
+    fn alloc(&mut self) -> u32 {
+        if let Some(s) = self.free.pop() {
+            return s;
+        }
+        let s = self.next;
+        if s as usize == self.slabs.len() * self.per_slab {
+            self.slabs.push(vec![0u8; self.slot * self.per_slab].into_boxed_slice());
+        }
+        self.next += 1;
+        s
+    }
+    fn release(&mut self, s: u32) {
+        self.free.push(s);
+        if self.free.len() == self.next as usize {
+            // Everything is free: give the memory back.
+            self.free.clear();
+            self.slabs.clear();
+            self.next = 0;
+        }
+    }
+    fn get(&self, s: u32) -> &[u8] {
+        let (b, o) = (s as usize / self.per_slab, s as usize % self.per_slab);
+        &self.slabs[b][o * self.slot..(o + 1) * self.slot]
+    }
+    fn get_mut(&mut self, s: u32) -> &mut [u8] {
+        let (b, o) = (s as usize / self.per_slab, s as usize % self.per_slab);
+        &mut self.slabs[b][o * self.slot..(o + 1) * self.slot]
+    }
+    fn overhead_bytes(&self) -> usize {
+        self.slabs.capacity() * std::mem::size_of::<Box<[u8]>>() + self.free.capacity() * 4
+    }
+    fn reserved_bytes(&self) -> usize {
+        self.slabs.len() * self.slot * self.per_slab
+    }
+}
+
+#[derive(Debug, Default)]
+struct PageShard {
+    map: Map<u32>,
+    slab: Option<Slab>,
+}
+
+impl PageShard {
+    fn slab(&mut self) -> &mut Slab {
+        self.slab.get_or_insert_with(|| Slab::new(PAGE_SIZE))
+    }
+}
+
+/// Object size classes: 16 B, then four steps per power of two, up to [`MAX_OBJECT`].
+fn class_sizes() -> Vec<usize> {
+    let mut v = vec![16];
+    let mut base = 16;
+    while base < MAX_OBJECT {
+        for k in 1..=4 {
+            v.push(base + base * k / 4);
+        }
+        base *= 2;
+    }
+    v.retain(|&s| s <= MAX_OBJECT);
+    v
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ObjLoc {
+    class: u8,
+    slot: u32,
+    len: u32,
+}
+
+#[derive(Debug)]
+struct ObjShard {
+    map: Map<ObjLoc>,
+    classes: Vec<Slab>,
+}
+
+impl ObjShard {
+    fn new(sizes: &[usize]) -> ObjShard {
+        ObjShard { map: Map::default(), classes: sizes.iter().map(|&s| Slab::new(s)).collect() }
+    }
+    fn get(&self, ds: u64, id: u64) -> Option<&[u8]> {
+        self.map.get(&(ds, id)).map(|l| &self.classes[l.class as usize].get(l.slot)[..l.len as usize])
+    }
+    /// Stores a value; returns the previous length, if any.
+    fn put(&mut self, sizes: &[usize], ds: u64, id: u64, v: &[u8]) -> Option<u32> {
+        let class = sizes.partition_point(|&s| s < v.len());
+        let len = u32::try_from(v.len()).expect("object length validated");
+        if let Some(l) = self.map.get_mut(&(ds, id)) {
+            let old = l.len;
+            if l.class as usize == class {
+                l.len = len;
+                let (c, s) = (l.class as usize, l.slot);
+                self.classes[c].get_mut(s)[..v.len()].copy_from_slice(v);
+                return Some(old);
+            }
+            let (c, s) = (l.class as usize, l.slot);
+            self.classes[c].release(s);
+            self.map.remove(&(ds, id));
+            self.insert_new(class, ds, id, v, len);
+            return Some(old);
+        }
+        self.insert_new(class, ds, id, v, len);
+        None
+    }
+    fn insert_new(&mut self, class: usize, ds: u64, id: u64, v: &[u8], len: u32) {
+        let slot = self.classes[class].alloc();
+        self.classes[class].get_mut(slot)[..v.len()].copy_from_slice(v);
+        let class = u8::try_from(class).expect("fewer than 256 size classes");
+        self.map.insert((ds, id), ObjLoc { class, slot, len });
+    }
+    fn remove(&mut self, ds: u64, id: u64) -> Option<u32> {
+        let l = self.map.remove(&(ds, id))?;
+        self.classes[l.class as usize].release(l.slot);
+        Some(l.len)
+    }
+}
+
+/// Per-tenant counters, also summed into the global report.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Bytes of page and object values stored.
+    pub bytes_stored: AtomicU64,
+    /// Pages stored.
+    pub pages: AtomicU64,
+    /// Objects stored.
+    pub objects: AtomicU64,
+    /// Request payload bytes received.
+    pub bytes_in: AtomicU64,
+    /// Reply bytes sent.
+    pub bytes_out: AtomicU64,
+    /// Open connections.
+    pub connections: AtomicU64,
+    /// Requests by kind: reads, writes, deletes, offload, other.
+    pub ops: [AtomicU64; 5],
+    /// Requests answered with an error.
+    pub errors: AtomicU64,
+}
+
+const OP_KINDS: [&str; 5] = ["read", "write", "delete", "offload", "other"];
+
+impl Counters {
+    fn report(&self, prefix: &str, out: &mut Vec<(String, u64)>) {
+        let mut put = |k: &str, v: &AtomicU64| out.push((format!("{prefix}.{k}"), v.load(Relaxed)));
+        put("bytes_stored", &self.bytes_stored);
+        put("pages", &self.pages);
+        put("objects", &self.objects);
+        put("bytes_in", &self.bytes_in);
+        put("bytes_out", &self.bytes_out);
+        put("connections", &self.connections);
+        put("errors", &self.errors);
+        for (k, v) in OP_KINDS.iter().zip(&self.ops) {
+            put(&format!("ops.{k}"), v);
+        }
+    }
+}
+
+/// One tenant: its key spaces, counters and offloaded data-structure instances.
+#[derive(Debug)]
+pub struct Tenant {
+    name: String,
+    pages: Vec<Mutex<PageShard>>,
+    objects: Vec<Mutex<ObjShard>>,
+    instances: Mutex<HashMap<u64, Arc<Mutex<Box<dyn crate::offload::DsInstance>>>>>,
+    /// This tenant's counters.
+    pub counters: Counters,
+}
+
+impl Tenant {
+    fn new(name: &str, sizes: &[usize]) -> Tenant {
+        Tenant {
+            name: name.to_string(),
+            pages: (0..SHARDS).map(|_| Mutex::new(PageShard::default())).collect(),
+            objects: (0..SHARDS).map(|_| Mutex::new(ObjShard::new(sizes))).collect(),
+            instances: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+        }
+    }
+    /// The tenant's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// The whole store: capacity, tenants, registry of offloadable types, global counters.
+#[derive(Debug)]
+pub struct Engine {
+    capacity: u64,
+    used: AtomicU64,
+    sizes: Vec<usize>,
+    tenants: Mutex<HashMap<String, Arc<Tenant>>>,
+    registry: Registry,
+    /// Counters over all tenants (connections, bytes in/out are counted here as well as per tenant).
+    pub global: Counters,
+}
+
+/// A capacity reservation: released on drop unless committed.
+struct Reservation<'a> {
+    used: &'a AtomicU64,
+    bytes: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.used.fetch_sub(self.bytes, Relaxed);
+    }
+}
+
+impl Engine {
+    /// An engine holding at most `capacity` bytes of values, with offloadable types from `registry`.
+    pub fn new(capacity: u64, registry: Registry) -> Engine {
+        Engine {
+            capacity,
+            used: AtomicU64::new(0),
+            sizes: class_sizes(),
+            tenants: Mutex::new(HashMap::new()),
+            registry,
+            global: Counters::default(),
+        }
+    }
+
+    /// The configured capacity in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Bytes of values stored, over all tenants.
+    pub fn used(&self) -> u64 {
+        self.used.load(Relaxed)
+    }
+
+    /// The tenant of this name, created on first use.
+    pub fn tenant(&self, name: &str) -> Arc<Tenant> {
+        let mut t = self.tenants.lock();
+        if let Some(x) = t.get(name) {
+            return x.clone();
+        }
+        let x = Arc::new(Tenant::new(name, &self.sizes));
+        t.insert(name.to_string(), x.clone());
+        x
+    }
+
+    fn reserve(&self, bytes: u64) -> Result<Reservation<'_>, ProtoError> {
+        let mut cur = self.used.load(Relaxed);
+        loop {
+            let new = cur.saturating_add(bytes);
+            if new > self.capacity {
+                return Err(ProtoError::new(
+                    Status::NoSpace,
+                    format!(
+                        "write of {bytes} new bytes refused: {cur} of {} bytes capacity in use",
+                        self.capacity
+                    ),
+                ));
+            }
+            match self.used.compare_exchange_weak(cur, new, Relaxed, Relaxed) {
+                Ok(_) => return Ok(Reservation { used: &self.used, bytes }),
+                Err(c) => cur = c,
+            }
+        }
+    }
+
+    /// Bytes of bookkeeping (hash tables, slab tables, free lists) beside the stored values, and the bytes the
+    /// slabs reserve, summed over tenants. Used to report metadata overhead.
+    pub fn footprint(&self) -> (usize, usize) {
+        let entry_page = std::mem::size_of::<((u64, u64), u32)>() + 1;
+        let entry_obj = std::mem::size_of::<((u64, u64), ObjLoc)>() + 1;
+        let (mut meta, mut slabs) = (0, 0);
+        for t in self.tenants.lock().values() {
+            for s in &t.pages {
+                let s = s.lock();
+                meta += s.map.capacity() * entry_page;
+                if let Some(sl) = &s.slab {
+                    meta += sl.overhead_bytes();
+                    slabs += sl.reserved_bytes();
+                }
+            }
+            for s in &t.objects {
+                let s = s.lock();
+                meta += s.map.capacity() * entry_obj;
+                for c in &s.classes {
+                    meta += c.overhead_bytes();
+                    slabs += c.reserved_bytes();
+                }
+            }
+        }
+        (meta, slabs)
+    }
+
+    /// Counters of one tenant and of the whole server, as (name, value) pairs.
+    pub fn stats(&self, tenant: &Tenant) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        self.global.report("global", &mut out);
+        out.push(("global.capacity".into(), self.capacity));
+        out.push(("global.used".into(), self.used()));
+        out.push(("global.tenants".into(), self.tenants.lock().len() as u64));
+        tenant.counters.report("tenant", &mut out);
+        out
+    }
+
+    fn count_op(&self, t: &Tenant, kind: usize) {
+        t.counters.ops[kind].fetch_add(1, Relaxed);
+        self.global.ops[kind].fetch_add(1, Relaxed);
+    }
+
+    fn add_stored(&self, t: &Tenant, bytes: i64, pages: i64, objects: i64) {
+        for c in [&t.counters, &self.global] {
+            c.bytes_stored.fetch_add(bytes as u64, Relaxed);
+            c.pages.fetch_add(pages as u64, Relaxed);
+            c.objects.fetch_add(objects as u64, Relaxed);
+        }
+    }
+
+    /// Executes one decoded request for `tenant`, appending the complete reply frame (success or error) to
+    /// `out`. `Raw` requests are the transport's business and answered here with an error.
+    pub fn dispatch(&self, tenant: &Tenant, id: u64, op: u8, req: &RequestView<'_>, out: &mut Vec<u8>) {
+        let start = out.len();
+        let frame = proto::begin_frame(out, op, Status::Ok as u8, id);
+        match self.execute(tenant, req, out) {
+            Ok(()) => proto::end_frame(out, frame),
+            Err(e) => {
+                out.truncate(start);
+                tenant.counters.errors.fetch_add(1, Relaxed);
+                self.global.errors.fetch_add(1, Relaxed);
+                proto::error_frame(out, op, id, e.status, &e.msg);
+            }
+        }
+    }
+
+    fn execute(&self, t: &Tenant, req: &RequestView<'_>, out: &mut Vec<u8>) -> Result<(), ProtoError> {
+        match *req {
+            RequestView::Ping => self.count_op(t, 4),
+            RequestView::Stats => {
+                self.count_op(t, 4);
+                proto::put_stats(out, &self.stats(t));
+            }
+            RequestView::ReadPages { region, pages } => {
+                self.count_op(t, 0);
+                let n = pages.len();
+                out.extend_from_slice(&u32::try_from(n).expect("batch bounded").to_le_bytes());
+                let bits_at = out.len();
+                out.resize(bits_at + n.div_ceil(8), 0);
+                for (i, p) in pages.iter().enumerate() {
+                    let shard = t.pages[shard_of(region, p)].lock();
+                    if let Some(&slot) = shard.map.get(&(region, p)) {
+                        let slab = shard.slab.as_ref().expect("a mapped page has a slab");
+                        out.extend_from_slice(slab.get(slot));
+                        out[bits_at + i / 8] |= 1 << (i % 8);
+                    }
+                }
+            }
+            RequestView::WritePages { region, pages, data } => {
+                self.count_op(t, 1);
+                // Reserve room for pages not yet stored; the reservation is returned if anything fails.
+                let fresh = pages
+                    .iter()
+                    .filter(|&p| !t.pages[shard_of(region, p)].lock().map.contains_key(&(region, p)))
+                    .count() as u64;
+                let res = self.reserve(fresh * PAGE_SIZE as u64)?;
+                let mut added = 0u64;
+                for (i, p) in pages.iter().enumerate() {
+                    let mut shard = t.pages[shard_of(region, p)].lock();
+                    let shard = &mut *shard;
+                    let slot = match shard.map.get(&(region, p)) {
+                        Some(&s) => s,
+                        None => {
+                            let s = shard.slab().alloc();
+                            shard.map.insert((region, p), s);
+                            added += 1;
+                            s
+                        }
+                    };
+                    shard.slab().get_mut(slot).copy_from_slice(&data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
+                }
+                // Commit what was really added (a concurrent writer may have added some of the same pages).
+                std::mem::forget(res);
+                self.used.fetch_sub((fresh - added.min(fresh)) * PAGE_SIZE as u64, Relaxed);
+                if added > fresh {
+                    self.used.fetch_add((added - fresh) * PAGE_SIZE as u64, Relaxed);
+                }
+                let added = added as i64;
+                self.add_stored(t, added * PAGE_SIZE as i64, added, 0);
+            }
+            RequestView::DeletePages { region, pages } => {
+                self.count_op(t, 2);
+                let mut removed = 0i64;
+                for p in pages.iter() {
+                    let mut shard = t.pages[shard_of(region, p)].lock();
+                    if let Some(s) = shard.map.remove(&(region, p)) {
+                        shard.slab().release(s);
+                        removed += 1;
+                    }
+                }
+                self.release_pages(t, removed);
+            }
+            RequestView::DropRegion { region } => {
+                self.count_op(t, 2);
+                let mut removed = 0i64;
+                for shard in &t.pages {
+                    let mut shard = shard.lock();
+                    let shard = &mut *shard;
+                    let slab = shard.slab.get_or_insert_with(|| Slab::new(PAGE_SIZE));
+                    shard.map.retain(|&(r, _), &mut s| {
+                        if r == region {
+                            slab.release(s);
+                            removed += 1;
+                            false
+                        } else {
+                            true
+                        }
+                    });
+                }
+                self.release_pages(t, removed);
+            }
+            RequestView::ReadObjects { ds, ids } => {
+                self.count_op(t, 0);
+                out.extend_from_slice(&u32::try_from(ids.len()).expect("batch bounded").to_le_bytes());
+                for id in ids.iter() {
+                    out.extend_from_slice(&id.to_le_bytes());
+                    let shard = t.objects[shard_of(ds, id)].lock();
+                    match shard.get(ds, id) {
+                        Some(v) => {
+                            out.extend_from_slice(&u32::try_from(v.len()).expect("bounded").to_le_bytes());
+                            out.extend_from_slice(v);
+                        }
+                        None => out.extend_from_slice(&ABSENT.to_le_bytes()),
+                    }
+                }
+            }
+            RequestView::WriteObjects { ds, ids, lens, data } => {
+                self.count_op(t, 1);
+                self.write_objects(t, ds, ids.iter().zip(lens_iter(lens)), data)?;
+            }
+            RequestView::DeleteObjects { ds, ids } => {
+                self.count_op(t, 2);
+                let (mut bytes, mut n) = (0i64, 0i64);
+                for id in ids.iter() {
+                    if let Some(l) = t.objects[shard_of(ds, id)].lock().remove(ds, id) {
+                        bytes += i64::from(l);
+                        n += 1;
+                    }
+                }
+                self.release_objects(t, bytes, n);
+            }
+            RequestView::DropObjects { ds } => {
+                self.count_op(t, 2);
+                let (bytes, n) = self.drop_objects(t, ds);
+                self.release_objects(t, bytes, n);
+            }
+            RequestView::Construct { ds, ty, params } => {
+                self.count_op(t, 3);
+                let inst = self.registry.construct(ty, params)?;
+                let mut m = t.instances.lock();
+                if m.contains_key(&ds) {
+                    return Err(ProtoError::bad(format!("data structure {ds} already exists")));
+                }
+                m.insert(ds, Arc::new(Mutex::new(inst)));
+            }
+            RequestView::Destruct { ds } => {
+                self.count_op(t, 3);
+                if t.instances.lock().remove(&ds).is_none() {
+                    return Err(ProtoError::new(Status::NoSuchDs, format!("no data structure {ds}")));
+                }
+                let (bytes, n) = self.drop_objects(t, ds);
+                self.release_objects(t, bytes, n);
+            }
+            RequestView::Compute { ds, op, input } => {
+                self.count_op(t, 3);
+                let inst = t
+                    .instances
+                    .lock()
+                    .get(&ds)
+                    .cloned()
+                    .ok_or_else(|| ProtoError::new(Status::NoSuchDs, format!("no data structure {ds}")))?;
+                let mut inst = inst.lock();
+                let mut view = ObjectsView { engine: self, tenant: t, ds };
+                let output = inst.compute(op, input, &mut view)?;
+                out.extend_from_slice(&output);
+            }
+            RequestView::Raw { .. } => {
+                return Err(ProtoError::bad("raw mode is only available over a socket"));
+            }
+        }
+        Ok(())
+    }
+
+    fn release_pages(&self, t: &Tenant, removed: i64) {
+        self.used.fetch_sub(removed as u64 * PAGE_SIZE as u64, Relaxed);
+        self.add_stored(t, -removed * PAGE_SIZE as i64, -removed, 0);
+    }
+
+    fn release_objects(&self, t: &Tenant, bytes: i64, n: i64) {
+        self.used.fetch_sub(bytes as u64, Relaxed);
+        self.add_stored(t, -bytes, 0, -n);
+    }
+
+    fn drop_objects(&self, t: &Tenant, ds: u64) -> (i64, i64) {
+        let (mut bytes, mut n) = (0i64, 0i64);
+        for shard in &t.objects {
+            let mut shard = shard.lock();
+            let keys: Vec<u64> = shard.map.keys().filter(|k| k.0 == ds).map(|k| k.1).collect();
+            for id in keys {
+                if let Some(l) = shard.remove(ds, id) {
+                    bytes += i64::from(l);
+                    n += 1;
+                }
+            }
+        }
+        (bytes, n)
+    }
+
+    /// Stores objects of `ds` for `t`, all or nothing with respect to capacity.
+    pub(crate) fn write_objects<'a>(
+        &self,
+        t: &Tenant,
+        ds: u64,
+        entries: impl Iterator<Item = (u64, u32)> + Clone,
+        data: &'a [u8],
+    ) -> Result<(), ProtoError> {
+        // Net growth if every entry replaced what is stored now.
+        let mut grow = 0i64;
+        for (id, len) in entries.clone() {
+            let old = t.objects[shard_of(ds, id)].lock().map.get(&(ds, id)).map_or(0, |l| i64::from(l.len));
+            grow += i64::from(len) - old;
+        }
+        let res = self.reserve(grow.max(0) as u64)?;
+        let (mut delta, mut added, mut off) = (0i64, 0i64, 0usize);
+        for (id, len) in entries {
+            let v = &data[off..off + len as usize];
+            off += len as usize;
+            match t.objects[shard_of(ds, id)].lock().put(&self.sizes, ds, id, v) {
+                Some(old) => delta += i64::from(len) - i64::from(old),
+                None => {
+                    delta += i64::from(len);
+                    added += 1;
+                }
+            }
+        }
+        std::mem::forget(res);
+        // Settle the reservation against what really changed.
+        let reserved = grow.max(0);
+        if delta >= reserved {
+            self.used.fetch_add((delta - reserved) as u64, Relaxed);
+        } else {
+            self.used.fetch_sub((reserved - delta) as u64, Relaxed);
+        }
+        self.add_stored(t, delta, 0, added);
+        Ok(())
+    }
+
+    pub(crate) fn read_object(&self, t: &Tenant, ds: u64, id: u64) -> Option<Vec<u8>> {
+        t.objects[shard_of(ds, id)].lock().get(ds, id).map(<[u8]>::to_vec)
+    }
+
+    pub(crate) fn with_object<R>(&self, t: &Tenant, ds: u64, id: u64, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
+        f(t.objects[shard_of(ds, id)].lock().get(ds, id))
+    }
+
+    /// Kind of op for counting, used by transports that answer some ops themselves.
+    pub fn op_name(op: Op) -> &'static str {
+        match op {
+            Op::ReadPages | Op::ReadObjects => OP_KINDS[0],
+            Op::WritePages | Op::WriteObjects => OP_KINDS[1],
+            Op::DeletePages | Op::DeleteObjects | Op::DropRegion | Op::DropObjects => OP_KINDS[2],
+            Op::Construct | Op::Destruct | Op::Compute => OP_KINDS[3],
+            _ => OP_KINDS[4],
+        }
+    }
+}
+
+fn lens_iter(lens: &[u8]) -> impl Iterator<Item = u32> + Clone + '_ {
+    lens.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_sizes_cover_the_range() {
+        let s = class_sizes();
+        assert_eq!(s[0], 16);
+        assert_eq!(*s.last().unwrap(), MAX_OBJECT);
+        assert!(s.windows(2).all(|w| w[0] < w[1] && w[1] * 4 <= w[0] * 5 + w[0] / 4 * 4));
+        assert!(s.len() < 256);
+    }
+
+    #[test]
+    fn slab_reuses_and_returns_memory() {
+        let mut s = Slab::new(PAGE_SIZE);
+        let a = s.alloc();
+        let b = s.alloc();
+        s.get_mut(b)[0] = 9;
+        s.release(a);
+        assert_eq!(s.alloc(), a);
+        assert_eq!(s.get(b)[0], 9);
+        s.release(a);
+        s.release(b);
+        assert_eq!(s.reserved_bytes(), 0);
+    }
+}

@@ -1,0 +1,1 @@
+//! farmem-objrt: filled by its own issue.

@@ -1,0 +1,1 @@
+//! farmem-preload: filled by its own issue.

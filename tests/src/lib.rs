@@ -1,0 +1,1 @@
+//! farmem-tests: filled by its own issue.

@@ -1,0 +1,1 @@
+//! farmem-uffd: filled by its own issue.
