@@ -1,21 +1,670 @@
-//! Network client (being written).
-use crate::far::StoreError;
-use crate::proto::Reply;
+//! The network client: synchronous, std sockets only, pipelined, pooled, reconnecting.
+//!
+//! No async runtime: the malloc shim embeds this client, and a process must not grow a tokio runtime because it
+//! was preloaded. Each connection carries many requests at once, matched to replies by request id.
+//!
+//! # Who reads the socket
+//! Replies are read by whichever thread is waiting for one: the first waiter takes the *reader role*, reads
+//! frames, files replies meant for others in a table and wakes them, and returns when its own arrives. A
+//! single-threaded caller therefore reads its reply itself — no hand-off to another thread on the latency path.
+//! A background *drain* thread per connection takes the reader role only when requests have been outstanding for
+//! a while with nobody reading (a caller that submitted a prefetch and went on working, or callers blocked writing
+//! a large frame while the server waits for its replies to be read): it keeps the pipe moving and prevents the
+//! classic pipelining deadlock.
+//!
+//! # Failures
+//! When the connection breaks, the thread that notices reconnects with exponential back-off until
+//! [`ClientConfig::reconnect_timeout`] passes, then reports [`StoreError::Gone`]. Requests in flight on the broken
+//! connection are re-sent by their waiters if idempotent (reads, writes, deletes, ping, stats); a CONSTRUCT,
+//! DESTRUCT or COMPUTE that may or may not have run is reported as [`StoreError::Interrupted`].
 
-/// Client configuration.
-#[derive(Debug, Clone)]
-pub struct ClientConfig;
-/// The client.
-#[derive(Debug)]
-pub struct Client;
-/// A request in flight.
-#[derive(Debug)]
-pub struct Ticket;
-impl Ticket {
-    pub(crate) fn wait(self) -> Result<Reply, StoreError> {
-        unreachable!()
+use crate::auth;
+use crate::config::{self, Addr, ConfigError, Credential};
+use crate::far::{reply_from_frame, FarStore, Pending, PendingInner, StoreError};
+use crate::proto::{self, Header, Op, Reply, Request, Status, HEADER_LEN, MAX_FRAME, NONCE_LEN};
+use parking_lot::{Condvar, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::io::{self, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// How a client reaches its server.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Server address.
+    pub addr: Addr,
+    /// Tenant and secret.
+    pub credential: Credential,
+    /// Connections in the pool; threads are spread over them.
+    pub connections: usize,
+    /// How long to keep reconnecting before a call fails with [`StoreError::Gone`].
+    pub reconnect_timeout: Duration,
+    /// Timeout of one connection attempt (and of the handshake).
+    pub connect_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults: 2 connections, 10 s reconnect deadline, 2 s connect timeout.
+    pub fn new(addr: Addr, credential: Credential) -> ClientConfig {
+        ClientConfig {
+            addr,
+            credential,
+            connections: 2,
+            reconnect_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+        }
     }
+
+    /// From `FARMEM_SERVER` and `FARMEM_TOKEN_FILE`; `Ok(None)` when `FARMEM_SERVER` is unset.
+    pub fn from_env() -> Result<Option<ClientConfig>, ConfigError> {
+        let Some(server) = config::env_str("FARMEM_SERVER")? else {
+            return Ok(None);
+        };
+        let addr = Addr::parse(&server).map_err(|m| ConfigError::new("FARMEM_SERVER", m))?;
+        let file = config::env_str("FARMEM_TOKEN_FILE")?.ok_or_else(|| {
+            ConfigError::new("FARMEM_TOKEN_FILE", "must be set when FARMEM_SERVER is")
+        })?;
+        let cred = config::read_tokens(std::path::Path::new(&file))
+            .map_err(|e| ConfigError::new("FARMEM_TOKEN_FILE", e.to_string()))?
+            .swap_remove(0);
+        Ok(Some(ClientConfig::new(addr, cred)))
+    }
+}
+
+/// A byte stream to the server.
+#[derive(Debug)]
+pub(crate) enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+        })
+    }
+    fn shutdown(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
+            Stream::Unix(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+    fn set_timeouts(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => {
+                s.set_read_timeout(t)?;
+                s.set_write_timeout(t)
+            }
+            Stream::Unix(s) => {
+                s.set_read_timeout(t)?;
+                s.set_write_timeout(t)
+            }
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(b),
+            Stream::Unix(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(b),
+            Stream::Unix(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Why one connection attempt failed.
+enum ConnectError {
+    /// Worth retrying (refused, reset, timed out).
+    Transient(String),
+    /// Retrying cannot help (authentication, version).
+    Fatal(StoreError),
+}
+
+/// Reads one frame: returns the header and payload.
+fn read_frame(r: &mut impl Read) -> io::Result<(Header, Vec<u8>)> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if !(HEADER_LEN..=MAX_FRAME).contains(&len) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("server sent a frame of {len} bytes"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    let h = Header::parse(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.msg))?;
+    body.drain(..HEADER_LEN);
+    Ok((h, body))
+}
+
+/// Opens a connection to `cfg.addr` and authenticates. Returns the stream ready for requests.
+fn open(cfg: &ClientConfig) -> Result<Stream, ConnectError> {
+    let server = cfg.addr.to_string();
+    let transient = |e: io::Error| ConnectError::Transient(format!("{server}: {e}"));
+    let stream = match &cfg.addr {
+        Addr::Tcp(a) => {
+            let addrs: Vec<_> = a.to_socket_addrs().map_err(transient)?.collect();
+            let mut last = io::Error::new(io::ErrorKind::NotFound, "address resolves to nothing");
+            let mut got = None;
+            for sa in addrs {
+                match TcpStream::connect_timeout(&sa, cfg.connect_timeout) {
+                    Ok(s) => {
+                        got = Some(s);
+                        break;
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            let s = got.ok_or_else(|| transient(last))?;
+            s.set_nodelay(true).map_err(transient)?;
+            Stream::Tcp(s)
+        }
+        Addr::Unix(p) => Stream::Unix(UnixStream::connect(p).map_err(transient)?),
+    };
+    stream
+        .set_timeouts(Some(cfg.connect_timeout))
+        .map_err(transient)?;
+    let mut s = stream;
+    handshake(&mut s, &cfg.credential, &server)?;
+    s.set_timeouts(None).map_err(transient)?;
+    Ok(s)
+}
+
+fn handshake(s: &mut Stream, cred: &Credential, server: &str) -> Result<(), ConnectError> {
+    let transient = |e: io::Error| ConnectError::Transient(format!("{server}: handshake: {e}"));
+    let mut buf = Vec::new();
+    let f = proto::begin_frame(&mut buf, Op::Hello as u8, 0, 0);
+    buf.extend_from_slice(proto::MAGIC);
+    buf.extend_from_slice(&proto::VERSION.to_le_bytes());
+    buf.push(u8::try_from(cred.tenant.len()).unwrap_or(u8::MAX));
+    buf.extend_from_slice(cred.tenant.as_bytes());
+    proto::end_frame(&mut buf, f);
+    s.write_all(&buf).map_err(transient)?;
+    let fatal = |status: Option<Status>, msg: String| {
+        let server = server.to_string();
+        ConnectError::Fatal(match status {
+            Some(Status::AuthFailed) | Some(Status::Version) => StoreError::Auth { server, msg },
+            _ => StoreError::Protocol { server, msg },
+        })
+    };
+    let (h, p) = read_frame(s).map_err(transient)?;
+    if h.status != 0 {
+        return Err(fatal(
+            Status::from_u8(h.status),
+            String::from_utf8_lossy(&p).into_owned(),
+        ));
+    }
+    if h.op != Op::Challenge as u8 || p.len() != 2 + NONCE_LEN {
+        return Err(fatal(None, "malformed challenge".into()));
+    }
+    let tag = auth::respond(&cred.secret, &p[2..], &cred.tenant);
+    buf.clear();
+    let f = proto::begin_frame(&mut buf, Op::Auth as u8, 0, 0);
+    buf.extend_from_slice(&tag);
+    proto::end_frame(&mut buf, f);
+    s.write_all(&buf).map_err(transient)?;
+    let (h, p) = read_frame(s).map_err(|e| {
+        if matches!(
+            e.kind(),
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+        ) {
+            fatal(
+                Some(Status::AuthFailed),
+                "server closed the connection during authentication".into(),
+            )
+        } else {
+            transient(e)
+        }
+    })?;
+    if h.status != 0 {
+        return Err(fatal(
+            Status::from_u8(h.status),
+            String::from_utf8_lossy(&p).into_owned(),
+        ));
+    }
+    if h.op != Op::AuthOk as u8 {
+        return Err(fatal(
+            None,
+            format!("expected AUTH_OK, got opcode 0x{:02x}", h.op),
+        ));
+    }
+    Ok(())
+}
+
+/// Reader-side state of one connection, under one lock.
+#[derive(Debug)]
+struct Shared {
+    /// Generation of the current socket; bumped on every reconnect.
+    gen: u64,
+    /// The read half, when nobody holds the reader role (None while disconnected or being read).
+    reader: Option<BufReader<Stream>>,
+    /// Whether a thread holds the reader role.
+    reading: bool,
+    /// Replies that arrived for requests whose waiter has not collected them.
+    done: HashMap<u64, (Header, Vec<u8>)>,
+    /// Requests whose ticket was dropped unwaited: their replies are discarded.
+    abandoned: HashSet<u64>,
+    /// Requests written on this generation and not yet answered.
+    outstanding: usize,
+    /// Frames received so far (the drain thread watches it for progress).
+    received: u64,
+    /// The client was dropped: the drain thread exits.
+    closed: bool,
+    /// The last reconnect of this generation failed: waiters report this instead of trying again.
+    failed: Option<(u64, StoreError)>,
+}
+
+/// Writer-side state.
+#[derive(Debug)]
+struct Writer {
+    gen: u64,
+    stream: Option<Stream>,
+}
+
+/// One pipelined connection with reconnect.
+#[derive(Debug)]
+struct Conn {
+    cfg: Arc<ClientConfig>,
+    server: String,
+    writer: Mutex<Writer>,
+    shared: Mutex<Shared>,
+    cv: Condvar,
+    next_id: AtomicU64,
+}
+
+impl Conn {
+    fn connect(cfg: Arc<ClientConfig>) -> Result<Arc<Conn>, StoreError> {
+        let server = cfg.addr.to_string();
+        let conn = Arc::new(Conn {
+            server,
+            writer: Mutex::new(Writer {
+                gen: 0,
+                stream: None,
+            }),
+            shared: Mutex::new(Shared {
+                gen: 0,
+                reader: None,
+                reading: false,
+                done: HashMap::new(),
+                abandoned: HashSet::new(),
+                outstanding: 0,
+                received: 0,
+                closed: false,
+                failed: None,
+            }),
+            cv: Condvar::new(),
+            next_id: AtomicU64::new(1),
+            cfg,
+        });
+        conn.reconnect(0, "initial connection")?;
+        let weak = Arc::downgrade(&conn);
+        std::thread::Builder::new()
+            .name("farmem-memd-drain".into())
+            .spawn(move || drain_loop(weak))
+            .map_err(|e| {
+                StoreError::Invalid(format!("cannot spawn the client's drain thread: {e}"))
+            })?;
+        Ok(conn)
+    }
+
+    /// Replaces the socket of generation `failed` (no-op if someone already did), retrying with back-off.
+    fn reconnect(&self, failed: u64, why: &str) -> Result<(), StoreError> {
+        let mut w = self.writer.lock();
+        if w.gen != failed {
+            return Ok(());
+        }
+        if let Some(old) = w.stream.take() {
+            old.shutdown();
+        }
+        if failed != 0 {
+            tracing::warn!(server = %self.server, "connection lost ({why}); reconnecting");
+        }
+        let deadline = Instant::now() + self.cfg.reconnect_timeout;
+        let mut delay = Duration::from_millis(5);
+        let fail = |e: StoreError| {
+            let mut sh = self.shared.lock();
+            sh.reader = None;
+            sh.failed = Some((failed, e.clone()));
+            drop(sh);
+            self.cv.notify_all();
+            Err(e)
+        };
+        let stream = loop {
+            match open(&self.cfg) {
+                Ok(s) => break s,
+                Err(ConnectError::Fatal(e)) => return fail(e),
+                Err(ConnectError::Transient(msg)) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return fail(StoreError::Gone {
+                            server: self.server.clone(),
+                            reason: format!(
+                                "no connection for {:?}: {msg}",
+                                self.cfg.reconnect_timeout
+                            ),
+                        });
+                    }
+                    std::thread::sleep(delay.min(deadline - now));
+                    delay = (delay * 2).min(Duration::from_millis(500));
+                }
+            }
+        };
+        let read_half = stream.try_clone().map_err(|e| StoreError::Gone {
+            server: self.server.clone(),
+            reason: format!("cannot clone the socket: {e}"),
+        })?;
+        w.gen = failed + 1;
+        w.stream = Some(stream);
+        let mut sh = self.shared.lock();
+        sh.gen = w.gen;
+        sh.reader = Some(BufReader::with_capacity(256 * 1024, read_half));
+        sh.reading = false;
+        sh.outstanding = 0;
+        sh.failed = None;
+        drop(sh);
+        self.cv.notify_all();
+        Ok(())
+    }
+
+    /// Writes a frame on the current socket, reconnecting as needed. Returns the generation it went out on.
+    fn send(&self, frame: &[u8]) -> Result<u64, StoreError> {
+        loop {
+            let mut w = self.writer.lock();
+            let gen = w.gen;
+            let res = match w.stream.as_mut() {
+                Some(s) => s.write_all(frame).map_err(|e| e.to_string()),
+                None => Err("not connected".to_string()),
+            };
+            match res {
+                Ok(()) => {
+                    // Count it under the reader lock, before releasing the writer lock, so a reconnect cannot
+                    // slip in between.
+                    let mut sh = self.shared.lock();
+                    if sh.gen == gen {
+                        sh.outstanding += 1;
+                    }
+                    return Ok(gen);
+                }
+                Err(e) => {
+                    drop(w);
+                    // A failed write_all never delivered the whole frame, so re-sending is safe for any request.
+                    self.reconnect(gen, &e)?;
+                }
+            }
+        }
+    }
+}
+
+/// Background thread: takes the reader role when replies are outstanding, nobody reads, and nothing arrived
+/// for two ticks.
+fn drain_loop(conn: Weak<Conn>) {
+    crate::internal::mark_thread();
+    let tick = Duration::from_millis(2);
+    let mut last = (u64::MAX, 0u64);
+    loop {
+        std::thread::sleep(tick);
+        let Some(c) = conn.upgrade() else { return };
+        let mut sh = c.shared.lock();
+        if sh.closed {
+            return;
+        }
+        let idle = sh.outstanding > 0 && !sh.reading && sh.reader.is_some();
+        let state = (sh.received, sh.gen);
+        if idle && state == last {
+            // Nobody has made progress for a whole tick: drain what has arrived, one frame at a time.
+            while sh.outstanding > 0 && !sh.reading && sh.reader.is_some() && !sh.closed {
+                let gen = sh.gen;
+                if !read_one(&c, &mut sh, gen, None) {
+                    break;
+                }
+                // Let waiters take over as soon as there are any.
+                if sh.done.is_empty() {
+                    continue;
+                }
+                break;
+            }
+        }
+        last = (sh.received, sh.gen);
+    }
+}
+
+/// Holds the reader role for one frame. Returns `true` if a frame was read; the frame is filed in `done` unless
+/// it is `mine`, in which case it is left in `done` too (the caller removes it). On a read error the connection
+/// is re-established (by this thread) and `false` returned.
+fn read_one(
+    c: &Conn,
+    sh: &mut parking_lot::MutexGuard<'_, Shared>,
+    gen: u64,
+    _mine: Option<u64>,
+) -> bool {
+    let Some(mut rd) = sh.reader.take() else {
+        return false;
+    };
+    sh.reading = true;
+    let res = parking_lot::MutexGuard::unlocked(sh, || read_frame(&mut rd));
+    if sh.gen == gen {
+        sh.reading = false;
+        sh.reader = Some(rd);
+    }
+    let ok = match res {
+        Ok((h, payload)) if sh.gen == gen => {
+            sh.outstanding = sh.outstanding.saturating_sub(1);
+            sh.received += 1;
+            if !sh.abandoned.remove(&h.id) {
+                sh.done.insert(h.id, (h, payload));
+            }
+            true
+        }
+        Ok(_) => false,
+        Err(e) => {
+            if sh.gen == gen {
+                sh.reader = None;
+                let why = e.to_string();
+                parking_lot::MutexGuard::unlocked(sh, || {
+                    // Errors surface to waiters when they try to re-send on a dead server.
+                    let _ = c.reconnect(gen, &why);
+                });
+            }
+            false
+        }
+    };
+    c.cv.notify_all();
+    ok
+}
+
+/// A request in flight on a [`Client`] connection.
+#[derive(Debug)]
+pub struct Ticket {
+    conn: Arc<Conn>,
+    id: u64,
+    op: Op,
+    gen: u64,
+    /// The encoded request, kept for re-sending after a reconnect (idempotent requests only).
+    frame: Option<Vec<u8>>,
+    finished: bool,
+}
+
+impl Ticket {
+    pub(crate) fn wait(mut self) -> Result<Reply, StoreError> {
+        let r = self.wait_inner();
+        self.finished = true;
+        r
+    }
+
+    fn wait_inner(&mut self) -> Result<Reply, StoreError> {
+        let c = self.conn.clone();
+        let mut sh = c.shared.lock();
+        loop {
+            if let Some((h, payload)) = sh.done.remove(&self.id) {
+                drop(sh);
+                return reply_from_frame(self.op, &h, &payload, &c.server);
+            }
+            if sh.gen != self.gen {
+                // The connection our request went out on is gone, and its reply with it.
+                drop(sh);
+                let Some(frame) = &self.frame else {
+                    return Err(StoreError::Interrupted {
+                        server: c.server.clone(),
+                        op: self.op,
+                        reason: "the connection was re-established".into(),
+                    });
+                };
+                self.gen = c.send(frame)?;
+                sh = c.shared.lock();
+                continue;
+            }
+            if !sh.reading {
+                if sh.reader.is_none() {
+                    if let Some((g, e)) = &sh.failed {
+                        if *g == sh.gen {
+                            return Err(e.clone());
+                        }
+                    }
+                    // Disconnected and nobody is reconnecting: do it ourselves.
+                    let g = sh.gen;
+                    drop(sh);
+                    c.reconnect(g, "connection closed")?;
+                    sh = c.shared.lock();
+                    continue;
+                }
+                let g = sh.gen;
+                read_one(&c, &mut sh, g, Some(self.id));
+                continue;
+            }
+            c.cv.wait(&mut sh);
+        }
+    }
+
     pub(crate) fn is_ready(&self) -> bool {
-        false
+        let sh = self.conn.shared.lock();
+        sh.done.contains_key(&self.id) || sh.gen != self.gen
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.finished {
+            let mut sh = self.conn.shared.lock();
+            if sh.done.remove(&self.id).is_none() && sh.gen == self.gen {
+                sh.abandoned.insert(self.id);
+            }
+        }
+    }
+}
+
+/// A pool of pipelined connections to one memd. Cheap to share (`Arc<Client>`); every method takes `&self`.
+#[derive(Debug)]
+pub struct Client {
+    cfg: Arc<ClientConfig>,
+    conns: Vec<Arc<Conn>>,
+}
+
+thread_local! {
+    static SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+impl Client {
+    /// Connects and authenticates every connection of the pool. Fails with [`StoreError::Auth`] on a wrong
+    /// token and [`StoreError::Gone`] when the server cannot be reached within the reconnect deadline.
+    pub fn connect(cfg: ClientConfig) -> Result<Client, StoreError> {
+        let cfg = Arc::new(cfg);
+        let n = cfg.connections.max(1);
+        let conns = (0..n)
+            .map(|_| Conn::connect(cfg.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Client { cfg, conns })
+    }
+
+    /// The configuration this client was built from.
+    pub fn config(&self) -> &ClientConfig {
+        &self.cfg
+    }
+
+    fn conn(&self) -> &Arc<Conn> {
+        let slot = SLOT.with(|s| {
+            if s.get() == usize::MAX {
+                s.set(NEXT_SLOT.fetch_add(1, Relaxed));
+            }
+            s.get()
+        });
+        &self.conns[slot % self.conns.len()]
+    }
+
+    /// Opens a fresh connection and switches it to raw mode for benchmark baselines; see `PROTOCOL.md`.
+    pub fn raw_stream(&self, mode: u8, a: u32, b: u32) -> Result<impl Read + Write, StoreError> {
+        let gone = |e: String| StoreError::Gone {
+            server: self.cfg.addr.to_string(),
+            reason: e,
+        };
+        let mut s = match open(&self.cfg) {
+            Ok(s) => s,
+            Err(ConnectError::Fatal(e)) => return Err(e),
+            Err(ConnectError::Transient(m)) => return Err(gone(m)),
+        };
+        let mut buf = Vec::new();
+        let f = proto::begin_frame(&mut buf, Op::Raw as u8, 0, 1);
+        buf.push(mode);
+        buf.extend_from_slice(&a.to_le_bytes());
+        buf.extend_from_slice(&b.to_le_bytes());
+        proto::end_frame(&mut buf, f);
+        s.write_all(&buf).map_err(|e| gone(e.to_string()))?;
+        let (h, p) = read_frame(&mut s).map_err(|e| gone(e.to_string()))?;
+        reply_from_frame(Op::Raw, &h, &p, &self.cfg.addr.to_string())?;
+        Ok(s)
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        for c in &self.conns {
+            c.shared.lock().closed = true;
+            if let Some(s) = c.writer.lock().stream.take() {
+                s.shutdown();
+            }
+        }
+    }
+}
+
+impl FarStore for Client {
+    fn submit(&self, req: Request) -> Result<Pending, StoreError> {
+        req.validate().map_err(|e| StoreError::Invalid(e.msg))?;
+        let conn = self.conn();
+        let id = conn.next_id.fetch_add(1, Relaxed);
+        let mut frame = Vec::new();
+        proto::encode_request(&mut frame, id, &req);
+        let op = req.op();
+        let gen = conn.send(&frame)?;
+        let frame = op.is_idempotent().then_some(frame);
+        Ok(Pending(PendingInner::Remote(Ticket {
+            conn: conn.clone(),
+            id,
+            op,
+            gen,
+            frame,
+            finished: false,
+        })))
+    }
+
+    fn describe(&self) -> String {
+        self.cfg.addr.to_string()
     }
 }

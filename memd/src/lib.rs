@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod far;
@@ -21,6 +22,7 @@ pub mod offload;
 pub mod proto;
 pub mod server;
 pub mod store;
+pub mod testing;
 
 pub use client::{Client, ClientConfig};
 pub use far::{FarStore, MemStore, Pending, StoreError};

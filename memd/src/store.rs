@@ -65,7 +65,13 @@ struct Slab {
 impl Slab {
     fn new(slot: usize) -> Slab {
         let per_slab = (256 * 1024 / slot).max(1);
-        Slab { slot, per_slab, slabs: Vec::new(), free: Vec::new(), next: 0 }
+        Slab {
+            slot,
+            per_slab,
+            slabs: Vec::new(),
+            free: Vec::new(),
+            next: 0,
+        }
     }
     fn alloc(&mut self) -> u32 {
         if let Some(s) = self.free.pop() {
@@ -73,7 +79,8 @@ impl Slab {
         }
         let s = self.next;
         if s as usize == self.slabs.len() * self.per_slab {
-            self.slabs.push(vec![0u8; self.slot * self.per_slab].into_boxed_slice());
+            self.slabs
+                .push(vec![0u8; self.slot * self.per_slab].into_boxed_slice());
         }
         self.next += 1;
         s
@@ -144,10 +151,15 @@ struct ObjShard {
 
 impl ObjShard {
     fn new(sizes: &[usize]) -> ObjShard {
-        ObjShard { map: Map::default(), classes: sizes.iter().map(|&s| Slab::new(s)).collect() }
+        ObjShard {
+            map: Map::default(),
+            classes: sizes.iter().map(|&s| Slab::new(s)).collect(),
+        }
     }
     fn get(&self, ds: u64, id: u64) -> Option<&[u8]> {
-        self.map.get(&(ds, id)).map(|l| &self.classes[l.class as usize].get(l.slot)[..l.len as usize])
+        self.map
+            .get(&(ds, id))
+            .map(|l| &self.classes[l.class as usize].get(l.slot)[..l.len as usize])
     }
     /// Stores a value; returns the previous length, if any.
     fn put(&mut self, sizes: &[usize], ds: u64, id: u64, v: &[u8]) -> Option<u32> {
@@ -237,8 +249,12 @@ impl Tenant {
     fn new(name: &str, sizes: &[usize]) -> Tenant {
         Tenant {
             name: name.to_string(),
-            pages: (0..SHARDS).map(|_| Mutex::new(PageShard::default())).collect(),
-            objects: (0..SHARDS).map(|_| Mutex::new(ObjShard::new(sizes))).collect(),
+            pages: (0..SHARDS)
+                .map(|_| Mutex::new(PageShard::default()))
+                .collect(),
+            objects: (0..SHARDS)
+                .map(|_| Mutex::new(ObjShard::new(sizes)))
+                .collect(),
             instances: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         }
@@ -321,7 +337,12 @@ impl Engine {
                 ));
             }
             match self.used.compare_exchange_weak(cur, new, Relaxed, Relaxed) {
-                Ok(_) => return Ok(Reservation { used: &self.used, bytes }),
+                Ok(_) => {
+                    return Ok(Reservation {
+                        used: &self.used,
+                        bytes,
+                    })
+                }
                 Err(c) => cur = c,
             }
         }
@@ -380,7 +401,14 @@ impl Engine {
 
     /// Executes one decoded request for `tenant`, appending the complete reply frame (success or error) to
     /// `out`. `Raw` requests are the transport's business and answered here with an error.
-    pub fn dispatch(&self, tenant: &Tenant, id: u64, op: u8, req: &RequestView<'_>, out: &mut Vec<u8>) {
+    pub fn dispatch(
+        &self,
+        tenant: &Tenant,
+        id: u64,
+        op: u8,
+        req: &RequestView<'_>,
+        out: &mut Vec<u8>,
+    ) {
         let start = out.len();
         let frame = proto::begin_frame(out, op, Status::Ok as u8, id);
         match self.execute(tenant, req, out) {
@@ -394,7 +422,12 @@ impl Engine {
         }
     }
 
-    fn execute(&self, t: &Tenant, req: &RequestView<'_>, out: &mut Vec<u8>) -> Result<(), ProtoError> {
+    fn execute(
+        &self,
+        t: &Tenant,
+        req: &RequestView<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ProtoError> {
         match *req {
             RequestView::Ping => self.count_op(t, 4),
             RequestView::Stats => {
@@ -416,12 +449,21 @@ impl Engine {
                     }
                 }
             }
-            RequestView::WritePages { region, pages, data } => {
+            RequestView::WritePages {
+                region,
+                pages,
+                data,
+            } => {
                 self.count_op(t, 1);
                 // Reserve room for pages not yet stored; the reservation is returned if anything fails.
                 let fresh = pages
                     .iter()
-                    .filter(|&p| !t.pages[shard_of(region, p)].lock().map.contains_key(&(region, p)))
+                    .filter(|&p| {
+                        !t.pages[shard_of(region, p)]
+                            .lock()
+                            .map
+                            .contains_key(&(region, p))
+                    })
                     .count() as u64;
                 let res = self.reserve(fresh * PAGE_SIZE as u64)?;
                 let mut added = 0u64;
@@ -437,13 +479,18 @@ impl Engine {
                             s
                         }
                     };
-                    shard.slab().get_mut(slot).copy_from_slice(&data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
+                    shard
+                        .slab()
+                        .get_mut(slot)
+                        .copy_from_slice(&data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
                 }
                 // Commit what was really added (a concurrent writer may have added some of the same pages).
                 std::mem::forget(res);
-                self.used.fetch_sub((fresh - added.min(fresh)) * PAGE_SIZE as u64, Relaxed);
+                self.used
+                    .fetch_sub((fresh - added.min(fresh)) * PAGE_SIZE as u64, Relaxed);
                 if added > fresh {
-                    self.used.fetch_add((added - fresh) * PAGE_SIZE as u64, Relaxed);
+                    self.used
+                        .fetch_add((added - fresh) * PAGE_SIZE as u64, Relaxed);
                 }
                 let added = added as i64;
                 self.add_stored(t, added * PAGE_SIZE as i64, added, 0);
@@ -481,20 +528,31 @@ impl Engine {
             }
             RequestView::ReadObjects { ds, ids } => {
                 self.count_op(t, 0);
-                out.extend_from_slice(&u32::try_from(ids.len()).expect("batch bounded").to_le_bytes());
+                out.extend_from_slice(
+                    &u32::try_from(ids.len())
+                        .expect("batch bounded")
+                        .to_le_bytes(),
+                );
                 for id in ids.iter() {
                     out.extend_from_slice(&id.to_le_bytes());
                     let shard = t.objects[shard_of(ds, id)].lock();
                     match shard.get(ds, id) {
                         Some(v) => {
-                            out.extend_from_slice(&u32::try_from(v.len()).expect("bounded").to_le_bytes());
+                            out.extend_from_slice(
+                                &u32::try_from(v.len()).expect("bounded").to_le_bytes(),
+                            );
                             out.extend_from_slice(v);
                         }
                         None => out.extend_from_slice(&ABSENT.to_le_bytes()),
                     }
                 }
             }
-            RequestView::WriteObjects { ds, ids, lens, data } => {
+            RequestView::WriteObjects {
+                ds,
+                ids,
+                lens,
+                data,
+            } => {
                 self.count_op(t, 1);
                 self.write_objects(t, ds, ids.iter().zip(lens_iter(lens)), data)?;
             }
@@ -519,28 +577,34 @@ impl Engine {
                 let inst = self.registry.construct(ty, params)?;
                 let mut m = t.instances.lock();
                 if m.contains_key(&ds) {
-                    return Err(ProtoError::bad(format!("data structure {ds} already exists")));
+                    return Err(ProtoError::bad(format!(
+                        "data structure {ds} already exists"
+                    )));
                 }
                 m.insert(ds, Arc::new(Mutex::new(inst)));
             }
             RequestView::Destruct { ds } => {
                 self.count_op(t, 3);
                 if t.instances.lock().remove(&ds).is_none() {
-                    return Err(ProtoError::new(Status::NoSuchDs, format!("no data structure {ds}")));
+                    return Err(ProtoError::new(
+                        Status::NoSuchDs,
+                        format!("no data structure {ds}"),
+                    ));
                 }
                 let (bytes, n) = self.drop_objects(t, ds);
                 self.release_objects(t, bytes, n);
             }
             RequestView::Compute { ds, op, input } => {
                 self.count_op(t, 3);
-                let inst = t
-                    .instances
-                    .lock()
-                    .get(&ds)
-                    .cloned()
-                    .ok_or_else(|| ProtoError::new(Status::NoSuchDs, format!("no data structure {ds}")))?;
+                let inst = t.instances.lock().get(&ds).cloned().ok_or_else(|| {
+                    ProtoError::new(Status::NoSuchDs, format!("no data structure {ds}"))
+                })?;
                 let mut inst = inst.lock();
-                let mut view = ObjectsView { engine: self, tenant: t, ds };
+                let mut view = ObjectsView {
+                    engine: self,
+                    tenant: t,
+                    ds,
+                };
                 let output = inst.compute(op, input, &mut view)?;
                 out.extend_from_slice(&output);
             }
@@ -552,7 +616,8 @@ impl Engine {
     }
 
     fn release_pages(&self, t: &Tenant, removed: i64) {
-        self.used.fetch_sub(removed as u64 * PAGE_SIZE as u64, Relaxed);
+        self.used
+            .fetch_sub(removed as u64 * PAGE_SIZE as u64, Relaxed);
         self.add_stored(t, -removed * PAGE_SIZE as i64, -removed, 0);
     }
 
@@ -565,7 +630,12 @@ impl Engine {
         let (mut bytes, mut n) = (0i64, 0i64);
         for shard in &t.objects {
             let mut shard = shard.lock();
-            let keys: Vec<u64> = shard.map.keys().filter(|k| k.0 == ds).map(|k| k.1).collect();
+            let keys: Vec<u64> = shard
+                .map
+                .keys()
+                .filter(|k| k.0 == ds)
+                .map(|k| k.1)
+                .collect();
             for id in keys {
                 if let Some(l) = shard.remove(ds, id) {
                     bytes += i64::from(l);
@@ -587,7 +657,11 @@ impl Engine {
         // Net growth if every entry replaced what is stored now.
         let mut grow = 0i64;
         for (id, len) in entries.clone() {
-            let old = t.objects[shard_of(ds, id)].lock().map.get(&(ds, id)).map_or(0, |l| i64::from(l.len));
+            let old = t.objects[shard_of(ds, id)]
+                .lock()
+                .map
+                .get(&(ds, id))
+                .map_or(0, |l| i64::from(l.len));
             grow += i64::from(len) - old;
         }
         let res = self.reserve(grow.max(0) as u64)?;
@@ -595,7 +669,10 @@ impl Engine {
         for (id, len) in entries {
             let v = &data[off..off + len as usize];
             off += len as usize;
-            match t.objects[shard_of(ds, id)].lock().put(&self.sizes, ds, id, v) {
+            match t.objects[shard_of(ds, id)]
+                .lock()
+                .put(&self.sizes, ds, id, v)
+            {
                 Some(old) => delta += i64::from(len) - i64::from(old),
                 None => {
                     delta += i64::from(len);
@@ -616,10 +693,19 @@ impl Engine {
     }
 
     pub(crate) fn read_object(&self, t: &Tenant, ds: u64, id: u64) -> Option<Vec<u8>> {
-        t.objects[shard_of(ds, id)].lock().get(ds, id).map(<[u8]>::to_vec)
+        t.objects[shard_of(ds, id)]
+            .lock()
+            .get(ds, id)
+            .map(<[u8]>::to_vec)
     }
 
-    pub(crate) fn with_object<R>(&self, t: &Tenant, ds: u64, id: u64, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
+    pub(crate) fn with_object<R>(
+        &self,
+        t: &Tenant,
+        ds: u64,
+        id: u64,
+        f: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> R {
         f(t.objects[shard_of(ds, id)].lock().get(ds, id))
     }
 
@@ -636,7 +722,8 @@ impl Engine {
 }
 
 fn lens_iter(lens: &[u8]) -> impl Iterator<Item = u32> + Clone + '_ {
-    lens.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+    lens.chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
 }
 
 #[cfg(test)]
@@ -648,7 +735,9 @@ mod tests {
         let s = class_sizes();
         assert_eq!(s[0], 16);
         assert_eq!(*s.last().unwrap(), MAX_OBJECT);
-        assert!(s.windows(2).all(|w| w[0] < w[1] && w[1] * 4 <= w[0] * 5 + w[0] / 4 * 4));
+        assert!(s
+            .windows(2)
+            .all(|w| w[0] < w[1] && w[1] * 4 <= w[0] * 5 + w[0] / 4 * 4));
         assert!(s.len() < 256);
     }
 

@@ -1,0 +1,255 @@
+//! `memd bench`: memd's own operations measured beside raw TCP on the same address in the same run.
+//!
+//! The baselines use the server's raw modes (see `PROTOCOL.md`): a ping-pong of exactly the sizes a one-page
+//! read sends and receives, and a one-way byte stream in each direction. Every memd figure is reported with its
+//! ratio to the matching baseline, so the numbers mean something on a noisy shared machine.
+
+use crate::client::Client;
+use crate::far::{FarStore, Pending, StoreError};
+use crate::proto::{ObjBatch, Request, PAGE_SIZE};
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+/// One measured figure.
+#[derive(Clone, Debug)]
+pub struct Figure {
+    /// What was measured.
+    pub name: String,
+    /// Operations per second.
+    pub ops_per_sec: f64,
+    /// Payload bytes per second.
+    pub bytes_per_sec: f64,
+    /// Mean latency of one operation in microseconds (round-trip figures only).
+    pub mean_us: Option<f64>,
+}
+
+/// Bytes a one-page READ_PAGES request puts on the wire (length, header, region, count, page).
+pub const PAGE_READ_REQUEST: usize = 4 + 12 + 8 + 4 + 8;
+/// Bytes its reply puts on the wire (length, header, count, bitmap, page).
+pub const PAGE_READ_REPLY: usize = 4 + 12 + 4 + 1 + PAGE_SIZE;
+
+fn run_for(
+    d: Duration,
+    mut f: impl FnMut() -> Result<u64, StoreError>,
+) -> Result<(u64, f64), StoreError> {
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < d {
+        n += f()?;
+    }
+    Ok((n, start.elapsed().as_secs_f64()))
+}
+
+/// Raw ping-pong with the request and reply sizes of a one-page read.
+pub fn raw_ping_pong(c: &Client, d: Duration) -> Result<Figure, StoreError> {
+    let mut s = c.raw_stream(1, PAGE_READ_REQUEST as u32, PAGE_READ_REPLY as u32)?;
+    let req = vec![1u8; PAGE_READ_REQUEST];
+    let mut rep = vec![0u8; PAGE_READ_REPLY];
+    let io = |e: std::io::Error| StoreError::Invalid(format!("raw stream: {e}"));
+    let (n, secs) = run_for(d, || {
+        for _ in 0..16 {
+            s.write_all(&req).map_err(io)?;
+            s.read_exact(&mut rep).map_err(io)?;
+        }
+        Ok(16)
+    })?;
+    Ok(fig(
+        "raw TCP ping-pong (page-read sizes)",
+        n,
+        secs,
+        PAGE_SIZE,
+        true,
+    ))
+}
+
+/// Raw server-to-client stream.
+pub fn raw_stream_in(c: &Client, d: Duration) -> Result<Figure, StoreError> {
+    let mut s = c.raw_stream(2, 256 * 1024, 0)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let io = |e: std::io::Error| StoreError::Invalid(format!("raw stream: {e}"));
+    let (n, secs) = run_for(d, || {
+        s.read_exact(&mut buf).map_err(io)?;
+        Ok(buf.len() as u64)
+    })?;
+    Ok(fig(
+        "raw TCP stream, server to client",
+        n / PAGE_SIZE as u64,
+        secs,
+        PAGE_SIZE,
+        false,
+    ))
+}
+
+/// Raw client-to-server stream.
+pub fn raw_stream_out(c: &Client, d: Duration) -> Result<Figure, StoreError> {
+    let mut s = c.raw_stream(3, 0, 0)?;
+    let buf = vec![7u8; 256 * 1024];
+    let io = |e: std::io::Error| StoreError::Invalid(format!("raw stream: {e}"));
+    let (n, secs) = run_for(d, || {
+        s.write_all(&buf).map_err(io)?;
+        Ok(buf.len() as u64)
+    })?;
+    Ok(fig(
+        "raw TCP stream, client to server",
+        n / PAGE_SIZE as u64,
+        secs,
+        PAGE_SIZE,
+        false,
+    ))
+}
+
+fn fig(name: &str, ops: u64, secs: f64, bytes_each: usize, latency: bool) -> Figure {
+    let ops_per_sec = ops as f64 / secs;
+    Figure {
+        name: name.to_string(),
+        ops_per_sec,
+        bytes_per_sec: ops_per_sec * bytes_each as f64,
+        mean_us: latency.then(|| 1e6 / ops_per_sec),
+    }
+}
+
+/// Keeps `depth` requests in flight, made by `make`, for `d`; each counts as `per_req` operations.
+fn pipelined(
+    store: &dyn FarStore,
+    d: Duration,
+    depth: usize,
+    per_req: u64,
+    mut make: impl FnMut(u64) -> Request,
+) -> Result<(u64, f64), StoreError> {
+    let mut q: VecDeque<Pending> = VecDeque::new();
+    let start = Instant::now();
+    let (mut i, mut n) = (0u64, 0u64);
+    while start.elapsed() < d {
+        while q.len() < depth {
+            q.push_back(store.submit(make(i))?);
+            i += 1;
+        }
+        q.pop_front().expect("queue filled above").wait()?;
+        n += per_req;
+    }
+    for p in q {
+        p.wait()?;
+        n += per_req;
+    }
+    Ok((n, start.elapsed().as_secs_f64()))
+}
+
+/// The standard set of figures; `region` and `ds` name scratch key spaces that are deleted afterwards.
+pub fn run_all(
+    c: &Client,
+    secs: f64,
+    mut report: impl FnMut(&Figure),
+) -> Result<Vec<(Figure, String)>, StoreError> {
+    let d = Duration::from_secs_f64(secs.max(0.2));
+    let region = crate::far::fresh_space_id();
+    let ds = crate::far::fresh_space_id();
+    const PAGES: u64 = 4096;
+    // Populate 16 MiB of pages to read back.
+    let data = vec![0x3cu8; 64 * PAGE_SIZE];
+    for chunk in (0..PAGES).collect::<Vec<_>>().chunks(64) {
+        c.write_pages(region, chunk, &data[..chunk.len() * PAGE_SIZE])?;
+    }
+    let mut out = Vec::new();
+    let mut push = |f: Figure, base: Option<&Figure>, by_bytes: bool| {
+        let ratio = match base {
+            Some(b) if by_bytes => format!("{:.2}x raw bytes/s", f.bytes_per_sec / b.bytes_per_sec),
+            Some(b) => format!(
+                "{:.2}x raw latency",
+                f.mean_us.unwrap_or(0.0) / b.mean_us.unwrap_or(1.0)
+            ),
+            None => String::new(),
+        };
+        report(&f);
+        out.push((f, ratio));
+    };
+    let ping = raw_ping_pong(c, d)?;
+    let (n, s) = run_for(d, || {
+        c.read_pages(region, &[7])?;
+        Ok(1)
+    })?;
+    push(
+        fig("page read round trip (1 x 4 KiB)", n, s, PAGE_SIZE, true),
+        Some(&ping),
+        false,
+    );
+    push(ping.clone(), None, false);
+
+    let sin = raw_stream_in(c, d)?;
+    let (n, s) = pipelined(c, d, 64, 1, |i| Request::ReadPages {
+        region,
+        pages: vec![i % PAGES],
+    })?;
+    push(
+        fig(
+            "pipelined page reads (64 in flight)",
+            n,
+            s,
+            PAGE_SIZE,
+            false,
+        ),
+        Some(&sin),
+        true,
+    );
+    let (n, s) = pipelined(c, d, 8, 64, |i| Request::ReadPages {
+        region,
+        pages: (0..64).map(|k| (i * 64 + k) % PAGES).collect(),
+    })?;
+    push(
+        fig(
+            "batched page reads (64/frame, 8 in flight)",
+            n,
+            s,
+            PAGE_SIZE,
+            false,
+        ),
+        Some(&sin),
+        true,
+    );
+    push(sin.clone(), None, false);
+
+    let sout = raw_stream_out(c, d)?;
+    let (n, s) = pipelined(c, d, 8, 64, |i| Request::WritePages {
+        region,
+        pages: (0..64).map(|k| (i * 64 + k) % PAGES).collect(),
+        data: data.clone(),
+    })?;
+    push(
+        fig(
+            "batched page writes (64/frame, 8 in flight)",
+            n,
+            s,
+            PAGE_SIZE,
+            false,
+        ),
+        Some(&sout),
+        true,
+    );
+    push(sout, None, false);
+
+    let value = [0x11u8; 64];
+    let (n, s) = pipelined(c, d, 8, 256, |i| {
+        let mut b = ObjBatch::new();
+        for k in 0..256 {
+            b.push((i * 256 + k) % 65536, &value);
+        }
+        Request::WriteObjects { ds, batch: b }
+    })?;
+    push(
+        fig("batched 64 B object writes (256/frame)", n, s, 64, false),
+        None,
+        false,
+    );
+    let (n, s) = pipelined(c, d, 8, 256, |i| Request::ReadObjects {
+        ds,
+        ids: (0..256).map(|k| (i * 256 + k) % 65536).collect(),
+    })?;
+    push(
+        fig("batched 64 B object reads (256/frame)", n, s, 64, false),
+        None,
+        false,
+    );
+    c.drop_region(region)?;
+    c.drop_objects(ds)?;
+    Ok(out)
+}
