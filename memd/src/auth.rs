@@ -48,10 +48,7 @@ mod tests {
         assert_ne!(n1, n2);
         let tag = respond(b"secret-secret-secret", &n1, "t");
         assert!(verify(b"secret-secret-secret", &n1, "t", &tag));
-        assert!(
-            !verify(b"secret-secret-secret", &n2, "t", &tag),
-            "a replayed answer fails on a new nonce"
-        );
+        assert!(!verify(b"secret-secret-secret", &n2, "t", &tag), "a replayed answer fails on a new nonce");
         assert!(!verify(b"other-secret-secret!", &n1, "t", &tag));
         assert!(!verify(b"secret-secret-secret", &n1, "u", &tag));
         assert!(!verify(b"secret-secret-secret", &n1, "t", &tag[..31]));

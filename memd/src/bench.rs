@@ -25,14 +25,11 @@ pub struct Figure {
 }
 
 /// Bytes a one-page READ_PAGES request puts on the wire (length, header, region, count, page).
-pub const PAGE_READ_REQUEST: usize = 4 + 12 + 8 + 4 + 8;
+pub const PAGE_READ_REQUEST: u32 = 4 + 12 + 8 + 4 + 8;
 /// Bytes its reply puts on the wire (length, header, count, bitmap, page).
-pub const PAGE_READ_REPLY: usize = 4 + 12 + 4 + 1 + PAGE_SIZE;
+pub const PAGE_READ_REPLY: u32 = 4 + 12 + 4 + 1 + 4096;
 
-fn run_for(
-    d: Duration,
-    mut f: impl FnMut() -> Result<u64, StoreError>,
-) -> Result<(u64, f64), StoreError> {
+fn run_for(d: Duration, mut f: impl FnMut() -> Result<u64, StoreError>) -> Result<(u64, f64), StoreError> {
     let start = Instant::now();
     let mut n = 0;
     while start.elapsed() < d {
@@ -43,9 +40,9 @@ fn run_for(
 
 /// Raw ping-pong with the request and reply sizes of a one-page read.
 pub fn raw_ping_pong(c: &Client, d: Duration) -> Result<Figure, StoreError> {
-    let mut s = c.raw_stream(1, PAGE_READ_REQUEST as u32, PAGE_READ_REPLY as u32)?;
-    let req = vec![1u8; PAGE_READ_REQUEST];
-    let mut rep = vec![0u8; PAGE_READ_REPLY];
+    let mut s = c.raw_stream(1, PAGE_READ_REQUEST, PAGE_READ_REPLY)?;
+    let req = vec![1u8; PAGE_READ_REQUEST as usize];
+    let mut rep = vec![0u8; PAGE_READ_REPLY as usize];
     let io = |e: std::io::Error| StoreError::Invalid(format!("raw stream: {e}"));
     let (n, secs) = run_for(d, || {
         for _ in 0..16 {
@@ -54,13 +51,7 @@ pub fn raw_ping_pong(c: &Client, d: Duration) -> Result<Figure, StoreError> {
         }
         Ok(16)
     })?;
-    Ok(fig(
-        "raw TCP ping-pong (page-read sizes)",
-        n,
-        secs,
-        PAGE_SIZE,
-        true,
-    ))
+    Ok(fig("raw TCP ping-pong (page-read sizes)", n, secs, PAGE_SIZE, true))
 }
 
 /// Raw server-to-client stream.
@@ -72,13 +63,7 @@ pub fn raw_stream_in(c: &Client, d: Duration) -> Result<Figure, StoreError> {
         s.read_exact(&mut buf).map_err(io)?;
         Ok(buf.len() as u64)
     })?;
-    Ok(fig(
-        "raw TCP stream, server to client",
-        n / PAGE_SIZE as u64,
-        secs,
-        PAGE_SIZE,
-        false,
-    ))
+    Ok(fig("raw TCP stream, server to client", n / PAGE_SIZE as u64, secs, PAGE_SIZE, false))
 }
 
 /// Raw client-to-server stream.
@@ -90,13 +75,7 @@ pub fn raw_stream_out(c: &Client, d: Duration) -> Result<Figure, StoreError> {
         s.write_all(&buf).map_err(io)?;
         Ok(buf.len() as u64)
     })?;
-    Ok(fig(
-        "raw TCP stream, client to server",
-        n / PAGE_SIZE as u64,
-        secs,
-        PAGE_SIZE,
-        false,
-    ))
+    Ok(fig("raw TCP stream, client to server", n / PAGE_SIZE as u64, secs, PAGE_SIZE, false))
 }
 
 fn fig(name: &str, ops: u64, secs: f64, bytes_each: usize, latency: bool) -> Figure {
@@ -121,9 +100,15 @@ fn pipelined(
     let start = Instant::now();
     let (mut i, mut n) = (0u64, 0u64);
     while start.elapsed() < d {
-        while q.len() < depth {
-            q.push_back(store.submit(make(i))?);
-            i += 1;
+        // Refill in bursts of half the window: one system call each.
+        if q.len() <= depth / 2 {
+            let burst: Vec<Request> = (0..depth - q.len())
+                .map(|_| {
+                    i += 1;
+                    make(i - 1)
+                })
+                .collect();
+            q.extend(store.submit_many(burst)?);
         }
         q.pop_front().expect("queue filled above").wait()?;
         n += per_req;
@@ -136,11 +121,7 @@ fn pipelined(
 }
 
 /// The standard set of figures; `region` and `ds` name scratch key spaces that are deleted afterwards.
-pub fn run_all(
-    c: &Client,
-    secs: f64,
-    mut report: impl FnMut(&Figure),
-) -> Result<Vec<(Figure, String)>, StoreError> {
+pub fn run_all(c: &Client, secs: f64, mut report: impl FnMut(&Figure)) -> Result<Vec<(Figure, String)>, StoreError> {
     let d = Duration::from_secs_f64(secs.max(0.2));
     let region = crate::far::fresh_space_id();
     let ds = crate::far::fresh_space_id();
@@ -154,10 +135,7 @@ pub fn run_all(
     let mut push = |f: Figure, base: Option<&Figure>, by_bytes: bool| {
         let ratio = match base {
             Some(b) if by_bytes => format!("{:.2}x raw bytes/s", f.bytes_per_sec / b.bytes_per_sec),
-            Some(b) => format!(
-                "{:.2}x raw latency",
-                f.mean_us.unwrap_or(0.0) / b.mean_us.unwrap_or(1.0)
-            ),
+            Some(b) => format!("{:.2}x raw latency", f.mean_us.unwrap_or(0.0) / b.mean_us.unwrap_or(1.0)),
             None => String::new(),
         };
         report(&f);
@@ -168,44 +146,17 @@ pub fn run_all(
         c.read_pages(region, &[7])?;
         Ok(1)
     })?;
-    push(
-        fig("page read round trip (1 x 4 KiB)", n, s, PAGE_SIZE, true),
-        Some(&ping),
-        false,
-    );
+    push(fig("page read round trip (1 x 4 KiB)", n, s, PAGE_SIZE, true), Some(&ping), false);
     push(ping.clone(), None, false);
 
     let sin = raw_stream_in(c, d)?;
-    let (n, s) = pipelined(c, d, 64, 1, |i| Request::ReadPages {
-        region,
-        pages: vec![i % PAGES],
-    })?;
-    push(
-        fig(
-            "pipelined page reads (64 in flight)",
-            n,
-            s,
-            PAGE_SIZE,
-            false,
-        ),
-        Some(&sin),
-        true,
-    );
+    let (n, s) = pipelined(c, d, 64, 1, |i| Request::ReadPages { region, pages: vec![i % PAGES] })?;
+    push(fig("pipelined page reads (64 in flight)", n, s, PAGE_SIZE, false), Some(&sin), true);
     let (n, s) = pipelined(c, d, 8, 64, |i| Request::ReadPages {
         region,
         pages: (0..64).map(|k| (i * 64 + k) % PAGES).collect(),
     })?;
-    push(
-        fig(
-            "batched page reads (64/frame, 8 in flight)",
-            n,
-            s,
-            PAGE_SIZE,
-            false,
-        ),
-        Some(&sin),
-        true,
-    );
+    push(fig("batched page reads (64/frame, 8 in flight)", n, s, PAGE_SIZE, false), Some(&sin), true);
     push(sin.clone(), None, false);
 
     let sout = raw_stream_out(c, d)?;
@@ -214,17 +165,7 @@ pub fn run_all(
         pages: (0..64).map(|k| (i * 64 + k) % PAGES).collect(),
         data: data.clone(),
     })?;
-    push(
-        fig(
-            "batched page writes (64/frame, 8 in flight)",
-            n,
-            s,
-            PAGE_SIZE,
-            false,
-        ),
-        Some(&sout),
-        true,
-    );
+    push(fig("batched page writes (64/frame, 8 in flight)", n, s, PAGE_SIZE, false), Some(&sout), true);
     push(sout, None, false);
 
     let value = [0x11u8; 64];
@@ -235,20 +176,12 @@ pub fn run_all(
         }
         Request::WriteObjects { ds, batch: b }
     })?;
-    push(
-        fig("batched 64 B object writes (256/frame)", n, s, 64, false),
-        None,
-        false,
-    );
+    push(fig("batched 64 B object writes (256/frame)", n, s, 64, false), None, false);
     let (n, s) = pipelined(c, d, 8, 256, |i| Request::ReadObjects {
         ds,
         ids: (0..256).map(|k| (i * 256 + k) % 65536).collect(),
     })?;
-    push(
-        fig("batched 64 B object reads (256/frame)", n, s, 64, false),
-        None,
-        false,
-    );
+    push(fig("batched 64 B object reads (256/frame)", n, s, 64, false), None, false);
     c.drop_region(region)?;
     c.drop_objects(ds)?;
     Ok(out)

@@ -21,7 +21,7 @@
 use crate::auth;
 use crate::config::{self, Addr, ConfigError, Credential};
 use crate::far::{reply_from_frame, FarStore, Pending, PendingInner, StoreError};
-use crate::proto::{self, Header, Op, Reply, Request, Status, HEADER_LEN, MAX_FRAME, NONCE_LEN};
+use crate::proto::{self, Header, Op, Reply, Request, Status, HEADER_LEN, MAX_FRAME, NONCE_LEN, PAGE_SIZE};
 use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufReader, Read, Write};
@@ -64,9 +64,8 @@ impl ClientConfig {
             return Ok(None);
         };
         let addr = Addr::parse(&server).map_err(|m| ConfigError::new("FARMEM_SERVER", m))?;
-        let file = config::env_str("FARMEM_TOKEN_FILE")?.ok_or_else(|| {
-            ConfigError::new("FARMEM_TOKEN_FILE", "must be set when FARMEM_SERVER is")
-        })?;
+        let file = config::env_str("FARMEM_TOKEN_FILE")?
+            .ok_or_else(|| ConfigError::new("FARMEM_TOKEN_FILE", "must be set when FARMEM_SERVER is"))?;
         let cred = config::read_tokens(std::path::Path::new(&file))
             .map_err(|e| ConfigError::new("FARMEM_TOKEN_FILE", e.to_string()))?
             .swap_remove(0);
@@ -137,22 +136,71 @@ enum ConnectError {
     Fatal(StoreError),
 }
 
-/// Reads one frame: returns the header and payload.
-fn read_frame(r: &mut impl Read) -> io::Result<(Header, Vec<u8>)> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len)?;
-    let len = u32::from_le_bytes(len) as usize;
+/// A reply body as read off the socket. Page-read replies are unpacked while reading, so page data is copied
+/// once, from the socket straight into the buffer handed to the caller.
+#[derive(Debug)]
+pub(crate) enum Body {
+    /// Any other payload, as sent.
+    Bytes(Vec<u8>),
+    /// A successful READ_PAGES reply.
+    Pages { present: Vec<bool>, data: Vec<u8> },
+}
+
+fn invalid(m: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, m)
+}
+
+/// Reads one frame: returns the header and body.
+fn read_frame(r: &mut impl Read) -> io::Result<(Header, Body)> {
+    let mut head = [0u8; 4 + HEADER_LEN];
+    r.read_exact(&mut head)?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
     if !(HEADER_LEN..=MAX_FRAME).contains(&len) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("server sent a frame of {len} bytes"),
-        ));
+        return Err(invalid(format!("server sent a frame of {len} bytes")));
     }
-    let mut body = vec![0u8; len];
+    let h = Header::parse(&head[4..]).map_err(|e| invalid(e.msg))?;
+    let payload = len - HEADER_LEN;
+    if h.op == Op::ReadPages as u8 && h.status == Status::Ok as u8 && payload >= 4 {
+        let mut n = [0u8; 4];
+        r.read_exact(&mut n)?;
+        let n = u32::from_le_bytes(n) as usize;
+        let mut bits = vec![0u8; n.div_ceil(8)];
+        if n > proto::MAX_BATCH || 4 + bits.len() > payload {
+            return Err(invalid(format!("page reply of {payload} bytes cannot hold {n} pages")));
+        }
+        r.read_exact(&mut bits)?;
+        let present: Vec<bool> = (0..n).map(|i| bits[i / 8] & (1 << (i % 8)) != 0).collect();
+        let k = present.iter().filter(|&&p| p).count();
+        if 4 + bits.len() + k * PAGE_SIZE != payload {
+            return Err(invalid(format!("page reply of {payload} bytes does not match its {k} present pages")));
+        }
+        let mut data = vec![0u8; n * PAGE_SIZE];
+        for (i, _) in present.iter().enumerate().filter(|(_, &p)| p) {
+            r.read_exact(&mut data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE])?;
+        }
+        return Ok((h, Body::Pages { present, data }));
+    }
+    let mut body = vec![0u8; payload];
     r.read_exact(&mut body)?;
-    let h = Header::parse(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.msg))?;
-    body.drain(..HEADER_LEN);
-    Ok((h, body))
+    Ok((h, Body::Bytes(body)))
+}
+
+fn body_bytes(b: Body) -> Vec<u8> {
+    match b {
+        Body::Bytes(v) => v,
+        Body::Pages { .. } => Vec::new(),
+    }
+}
+
+fn finish(op: Op, h: &Header, b: Body, server: &str) -> Result<Reply, StoreError> {
+    match b {
+        Body::Pages { present, data } if op == Op::ReadPages => Ok(Reply::Pages { present, data }),
+        Body::Pages { .. } => Err(StoreError::Protocol {
+            server: server.to_string(),
+            msg: format!("page data in reply to a {op:?} request"),
+        }),
+        Body::Bytes(p) => reply_from_frame(op, h, &p, server),
+    }
 }
 
 /// Opens a connection to `cfg.addr` and authenticates. Returns the stream ready for requests.
@@ -179,9 +227,7 @@ fn open(cfg: &ClientConfig) -> Result<Stream, ConnectError> {
         }
         Addr::Unix(p) => Stream::Unix(UnixStream::connect(p).map_err(transient)?),
     };
-    stream
-        .set_timeouts(Some(cfg.connect_timeout))
-        .map_err(transient)?;
+    stream.set_timeouts(Some(cfg.connect_timeout)).map_err(transient)?;
     let mut s = stream;
     handshake(&mut s, &cfg.credential, &server)?;
     s.set_timeouts(None).map_err(transient)?;
@@ -206,11 +252,9 @@ fn handshake(s: &mut Stream, cred: &Credential, server: &str) -> Result<(), Conn
         })
     };
     let (h, p) = read_frame(s).map_err(transient)?;
+    let p = body_bytes(p);
     if h.status != 0 {
-        return Err(fatal(
-            Status::from_u8(h.status),
-            String::from_utf8_lossy(&p).into_owned(),
-        ));
+        return Err(fatal(Status::from_u8(h.status), String::from_utf8_lossy(&p).into_owned()));
     }
     if h.op != Op::Challenge as u8 || p.len() != 2 + NONCE_LEN {
         return Err(fatal(None, "malformed challenge".into()));
@@ -222,29 +266,18 @@ fn handshake(s: &mut Stream, cred: &Credential, server: &str) -> Result<(), Conn
     proto::end_frame(&mut buf, f);
     s.write_all(&buf).map_err(transient)?;
     let (h, p) = read_frame(s).map_err(|e| {
-        if matches!(
-            e.kind(),
-            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
-        ) {
-            fatal(
-                Some(Status::AuthFailed),
-                "server closed the connection during authentication".into(),
-            )
+        if matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset) {
+            fatal(Some(Status::AuthFailed), "server closed the connection during authentication".into())
         } else {
             transient(e)
         }
     })?;
+    let p = body_bytes(p);
     if h.status != 0 {
-        return Err(fatal(
-            Status::from_u8(h.status),
-            String::from_utf8_lossy(&p).into_owned(),
-        ));
+        return Err(fatal(Status::from_u8(h.status), String::from_utf8_lossy(&p).into_owned()));
     }
     if h.op != Op::AuthOk as u8 {
-        return Err(fatal(
-            None,
-            format!("expected AUTH_OK, got opcode 0x{:02x}", h.op),
-        ));
+        return Err(fatal(None, format!("expected AUTH_OK, got opcode 0x{:02x}", h.op)));
     }
     Ok(())
 }
@@ -259,7 +292,7 @@ struct Shared {
     /// Whether a thread holds the reader role.
     reading: bool,
     /// Replies that arrived for requests whose waiter has not collected them.
-    done: HashMap<u64, (Header, Vec<u8>)>,
+    done: HashMap<u64, (Header, Body)>,
     /// Requests whose ticket was dropped unwaited: their replies are discarded.
     abandoned: HashSet<u64>,
     /// Requests written on this generation and not yet answered.
@@ -295,10 +328,7 @@ impl Conn {
         let server = cfg.addr.to_string();
         let conn = Arc::new(Conn {
             server,
-            writer: Mutex::new(Writer {
-                gen: 0,
-                stream: None,
-            }),
+            writer: Mutex::new(Writer { gen: 0, stream: None }),
             shared: Mutex::new(Shared {
                 gen: 0,
                 reader: None,
@@ -319,9 +349,7 @@ impl Conn {
         std::thread::Builder::new()
             .name("farmem-memd-drain".into())
             .spawn(move || drain_loop(weak))
-            .map_err(|e| {
-                StoreError::Invalid(format!("cannot spawn the client's drain thread: {e}"))
-            })?;
+            .map_err(|e| StoreError::Invalid(format!("cannot spawn the client's drain thread: {e}")))?;
         Ok(conn)
     }
 
@@ -356,10 +384,7 @@ impl Conn {
                     if now >= deadline {
                         return fail(StoreError::Gone {
                             server: self.server.clone(),
-                            reason: format!(
-                                "no connection for {:?}: {msg}",
-                                self.cfg.reconnect_timeout
-                            ),
+                            reason: format!("no connection for {:?}: {msg}", self.cfg.reconnect_timeout),
                         });
                     }
                     std::thread::sleep(delay.min(deadline - now));
@@ -384,13 +409,14 @@ impl Conn {
         Ok(())
     }
 
-    /// Writes a frame on the current socket, reconnecting as needed. Returns the generation it went out on.
-    fn send(&self, frame: &[u8]) -> Result<u64, StoreError> {
+    /// Writes frames on the current socket in as few system calls as it takes, reconnecting as needed. Returns
+    /// the generation they went out on.
+    fn send(&self, frames: &[&[u8]]) -> Result<u64, StoreError> {
         loop {
             let mut w = self.writer.lock();
             let gen = w.gen;
             let res = match w.stream.as_mut() {
-                Some(s) => s.write_all(frame).map_err(|e| e.to_string()),
+                Some(s) => write_all_vectored(s, frames).map_err(|e| e.to_string()),
                 None => Err("not connected".to_string()),
             };
             match res {
@@ -399,7 +425,7 @@ impl Conn {
                     // slip in between.
                     let mut sh = self.shared.lock();
                     if sh.gen == gen {
-                        sh.outstanding += 1;
+                        sh.outstanding += frames.len();
                     }
                     return Ok(gen);
                 }
@@ -411,6 +437,23 @@ impl Conn {
             }
         }
     }
+}
+
+fn write_all_vectored(s: &mut Stream, frames: &[&[u8]]) -> io::Result<()> {
+    if let [one] = frames {
+        return s.write_all(one);
+    }
+    let mut slices: Vec<io::IoSlice<'_>> = frames.iter().map(|f| io::IoSlice::new(f)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match s.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Background thread: takes the reader role when replies are outstanding, nobody reads, and nothing arrived
@@ -449,12 +492,7 @@ fn drain_loop(conn: Weak<Conn>) {
 /// Holds the reader role for one frame. Returns `true` if a frame was read; the frame is filed in `done` unless
 /// it is `mine`, in which case it is left in `done` too (the caller removes it). On a read error the connection
 /// is re-established (by this thread) and `false` returned.
-fn read_one(
-    c: &Conn,
-    sh: &mut parking_lot::MutexGuard<'_, Shared>,
-    gen: u64,
-    _mine: Option<u64>,
-) -> bool {
+fn read_one(c: &Conn, sh: &mut parking_lot::MutexGuard<'_, Shared>, gen: u64, _mine: Option<u64>) -> bool {
     let Some(mut rd) = sh.reader.take() else {
         return false;
     };
@@ -515,7 +553,7 @@ impl Ticket {
         loop {
             if let Some((h, payload)) = sh.done.remove(&self.id) {
                 drop(sh);
-                return reply_from_frame(self.op, &h, &payload, &c.server);
+                return finish(self.op, &h, payload, &c.server);
             }
             if sh.gen != self.gen {
                 // The connection our request went out on is gone, and its reply with it.
@@ -527,7 +565,7 @@ impl Ticket {
                         reason: "the connection was re-established".into(),
                     });
                 };
-                self.gen = c.send(frame)?;
+                self.gen = c.send(&[frame])?;
                 sh = c.shared.lock();
                 continue;
             }
@@ -588,9 +626,7 @@ impl Client {
     pub fn connect(cfg: ClientConfig) -> Result<Client, StoreError> {
         let cfg = Arc::new(cfg);
         let n = cfg.connections.max(1);
-        let conns = (0..n)
-            .map(|_| Conn::connect(cfg.clone()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let conns = (0..n).map(|_| Conn::connect(cfg.clone())).collect::<Result<Vec<_>, _>>()?;
         Ok(Client { cfg, conns })
     }
 
@@ -611,10 +647,7 @@ impl Client {
 
     /// Opens a fresh connection and switches it to raw mode for benchmark baselines; see `PROTOCOL.md`.
     pub fn raw_stream(&self, mode: u8, a: u32, b: u32) -> Result<impl Read + Write, StoreError> {
-        let gone = |e: String| StoreError::Gone {
-            server: self.cfg.addr.to_string(),
-            reason: e,
-        };
+        let gone = |e: String| StoreError::Gone { server: self.cfg.addr.to_string(), reason: e };
         let mut s = match open(&self.cfg) {
             Ok(s) => s,
             Err(ConnectError::Fatal(e)) => return Err(e),
@@ -628,7 +661,7 @@ impl Client {
         proto::end_frame(&mut buf, f);
         s.write_all(&buf).map_err(|e| gone(e.to_string()))?;
         let (h, p) = read_frame(&mut s).map_err(|e| gone(e.to_string()))?;
-        reply_from_frame(Op::Raw, &h, &p, &self.cfg.addr.to_string())?;
+        finish(Op::Raw, &h, p, &self.cfg.addr.to_string())?;
         Ok(s)
     }
 }
@@ -646,22 +679,33 @@ impl Drop for Client {
 
 impl FarStore for Client {
     fn submit(&self, req: Request) -> Result<Pending, StoreError> {
-        req.validate().map_err(|e| StoreError::Invalid(e.msg))?;
+        Ok(self.submit_many(vec![req])?.pop().expect("one request in, one out"))
+    }
+
+    /// Writes every request in one system call (when they fit the socket buffer) on one connection.
+    fn submit_many(&self, reqs: Vec<Request>) -> Result<Vec<Pending>, StoreError> {
+        for r in &reqs {
+            r.validate().map_err(|e| StoreError::Invalid(e.msg))?;
+        }
         let conn = self.conn();
-        let id = conn.next_id.fetch_add(1, Relaxed);
-        let mut frame = Vec::new();
-        proto::encode_request(&mut frame, id, &req);
-        let op = req.op();
-        let gen = conn.send(&frame)?;
-        let frame = op.is_idempotent().then_some(frame);
-        Ok(Pending(PendingInner::Remote(Ticket {
-            conn: conn.clone(),
-            id,
-            op,
-            gen,
-            frame,
-            finished: false,
-        })))
+        let frames: Vec<(u64, Op, Vec<u8>)> = reqs
+            .iter()
+            .map(|req| {
+                let id = conn.next_id.fetch_add(1, Relaxed);
+                let mut frame = Vec::new();
+                proto::encode_request(&mut frame, id, req);
+                (id, req.op(), frame)
+            })
+            .collect();
+        let slices: Vec<&[u8]> = frames.iter().map(|f| f.2.as_slice()).collect();
+        let gen = conn.send(&slices)?;
+        Ok(frames
+            .into_iter()
+            .map(|(id, op, frame)| {
+                let frame = op.is_idempotent().then_some(frame);
+                Pending(PendingInner::Remote(Ticket { conn: conn.clone(), id, op, gen, frame, finished: false }))
+            })
+            .collect())
     }
 
     fn describe(&self) -> String {

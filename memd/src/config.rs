@@ -17,10 +17,7 @@ pub struct ConfigError {
 impl ConfigError {
     /// An error about `source_name`.
     pub fn new(source_name: impl Into<String>, msg: impl Into<String>) -> Self {
-        ConfigError {
-            source_name: source_name.into(),
-            msg: msg.into(),
-        }
+        ConfigError { source_name: source_name.into(), msg: msg.into() }
     }
 }
 
@@ -30,27 +27,18 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     if digits == 0 {
-        return Err(format!(
-            "{s:?} is not a size (expected e.g. 4096, 256M, 8G)"
-        ));
+        return Err(format!("{s:?} is not a size (expected e.g. 4096, 256M, 8G)"));
     }
-    let n: u64 = t[..digits]
-        .parse()
-        .map_err(|_| format!("{s:?} is too large"))?;
+    let n: u64 = t[..digits].parse().map_err(|_| format!("{s:?} is too large"))?;
     let shift = match t[digits..].trim().to_ascii_uppercase().as_str() {
         "" | "B" => 0,
         "K" | "KB" | "KIB" => 10,
         "M" | "MB" | "MIB" => 20,
         "G" | "GB" | "GIB" => 30,
         "T" | "TB" | "TIB" => 40,
-        other => {
-            return Err(format!(
-                "{s:?} has an unknown unit {other:?} (use K, M, G or T)"
-            ))
-        }
+        other => return Err(format!("{s:?} has an unknown unit {other:?} (use K, M, G or T)")),
     };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(1u64 << shift).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Formats a byte count the way [`parse_size`] reads it back when it is a whole multiple (`64M`), or in
@@ -70,17 +58,13 @@ pub fn env_str(name: &str) -> Result<Option<String>, ConfigError> {
         Ok(v) if v.trim().is_empty() => Ok(None),
         Ok(v) => Ok(Some(v)),
         Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(std::env::VarError::NotUnicode(_)) => {
-            Err(ConfigError::new(name, "value is not valid UTF-8"))
-        }
+        Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::new(name, "value is not valid UTF-8")),
     }
 }
 
 /// Reads a size from environment variable `name` (see [`parse_size`]).
 pub fn env_size(name: &str) -> Result<Option<u64>, ConfigError> {
-    env_str(name)?
-        .map(|v| parse_size(&v).map_err(|m| ConfigError::new(name, m)))
-        .transpose()
+    env_str(name)?.map(|v| parse_size(&v).map_err(|m| ConfigError::new(name, m))).transpose()
 }
 
 /// Reads a boolean (`1/0`, `true/false`, `yes/no`, `on/off`) from environment variable `name`.
@@ -89,10 +73,7 @@ pub fn env_bool(name: &str) -> Result<Option<bool>, ConfigError> {
         .map(|v| match v.trim().to_ascii_lowercase().as_str() {
             "1" | "true" | "yes" | "on" => Ok(true),
             "0" | "false" | "no" | "off" => Ok(false),
-            _ => Err(ConfigError::new(
-                name,
-                format!("{v:?} is not a boolean (use 1 or 0)"),
-            )),
+            _ => Err(ConfigError::new(name, format!("{v:?} is not a boolean (use 1 or 0)"))),
         })
         .transpose()
 }
@@ -117,9 +98,7 @@ impl Addr {
             return Ok(Addr::Unix(PathBuf::from(p)));
         }
         match s.rsplit_once(':') {
-            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {
-                Ok(Addr::Tcp(s.to_string()))
-            }
+            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => Ok(Addr::Tcp(s.to_string())),
             _ => Err(format!("{s:?} is not host:port or unix:/path")),
         }
     }
@@ -145,12 +124,7 @@ pub struct Credential {
 
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Credential {{ tenant: {:?}, secret: <{} bytes> }}",
-            self.tenant,
-            self.secret.len()
-        )
+        write!(f, "Credential {{ tenant: {:?}, secret: <{} bytes> }}", self.tenant, self.secret.len())
     }
 }
 
@@ -169,29 +143,16 @@ pub fn parse_tokens(text: &str, origin: &str) -> Result<Vec<Credential>, ConfigE
         let (tenant, secret) = line.split_once(':').unwrap_or((DEFAULT_TENANT, line));
         let (tenant, secret) = (tenant.trim(), secret.trim());
         let at = || format!("{origin} line {}", i + 1);
-        if tenant.is_empty() || tenant.len() > 255 || !tenant.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err(ConfigError::new(
-                at(),
-                "tenant name must be 1-255 printable characters",
-            ));
+        if tenant.is_empty() || tenant.len() > 255 || !tenant.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::new(at(), "tenant name must be 1-255 printable characters"));
         }
         if secret.len() < 16 {
-            return Err(ConfigError::new(
-                at(),
-                "secret must be at least 16 characters",
-            ));
+            return Err(ConfigError::new(at(), "secret must be at least 16 characters"));
         }
         if out.iter().any(|c| c.tenant == tenant) {
-            return Err(ConfigError::new(
-                at(),
-                format!("tenant {tenant:?} appears twice"),
-            ));
+            return Err(ConfigError::new(at(), format!("tenant {tenant:?} appears twice")));
         }
-        out.push(Credential {
-            tenant: tenant.to_string(),
-            secret: secret.as_bytes().to_vec(),
-        });
+        out.push(Credential { tenant: tenant.to_string(), secret: secret.as_bytes().to_vec() });
     }
     if out.is_empty() {
         return Err(ConfigError::new(origin, "holds no credential"));
@@ -202,8 +163,7 @@ pub fn parse_tokens(text: &str, origin: &str) -> Result<Vec<Credential>, ConfigE
 /// Reads and parses a token file.
 pub fn read_tokens(path: &Path) -> Result<Vec<Credential>, ConfigError> {
     let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(&origin, format!("cannot read: {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(&origin, format!("cannot read: {e}")))?;
     parse_tokens(&text, &origin)
 }
 
@@ -238,20 +198,14 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].tenant, "alice");
         assert_eq!(c[1].tenant, DEFAULT_TENANT);
-        assert!(parse_tokens("a:short", "f")
-            .unwrap_err()
-            .to_string()
-            .contains("f line 1"));
+        assert!(parse_tokens("a:short", "f").unwrap_err().to_string().contains("f line 1"));
         assert!(parse_tokens("", "f").is_err());
         assert!(parse_tokens("a:0123456789abcdef0\na:0123456789abcdef1", "f").is_err());
     }
 
     #[test]
     fn addrs() {
-        assert_eq!(
-            Addr::parse("127.0.0.1:7070"),
-            Ok(Addr::Tcp("127.0.0.1:7070".into()))
-        );
+        assert_eq!(Addr::parse("127.0.0.1:7070"), Ok(Addr::Tcp("127.0.0.1:7070".into())));
         assert_eq!(Addr::parse("unix:/tmp/s"), Ok(Addr::Unix("/tmp/s".into())));
         assert!(Addr::parse("nonsense").is_err());
         assert!(Addr::parse("unix:").is_err());

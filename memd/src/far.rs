@@ -77,25 +77,12 @@ impl StoreError {
 }
 
 /// Decodes a reply frame (header already parsed) for a request of opcode `op`.
-pub(crate) fn reply_from_frame(
-    op: Op,
-    h: &Header,
-    payload: &[u8],
-    server: &str,
-) -> Result<Reply, StoreError> {
+pub(crate) fn reply_from_frame(op: Op, h: &Header, payload: &[u8], server: &str) -> Result<Reply, StoreError> {
     match Status::from_u8(h.status) {
-        Some(Status::Ok) => proto::decode_reply(op, payload).map_err(|e| StoreError::Protocol {
-            server: server.to_string(),
-            msg: e.to_string(),
-        }),
-        Some(s) => Err(StoreError::from_status(
-            s,
-            String::from_utf8_lossy(payload).into_owned(),
-        )),
-        None => Err(StoreError::Protocol {
-            server: server.to_string(),
-            msg: format!("unknown status {}", h.status),
-        }),
+        Some(Status::Ok) => proto::decode_reply(op, payload)
+            .map_err(|e| StoreError::Protocol { server: server.to_string(), msg: e.to_string() }),
+        Some(s) => Err(StoreError::from_status(s, String::from_utf8_lossy(payload).into_owned())),
+        None => Err(StoreError::Protocol { server: server.to_string(), msg: format!("unknown status {}", h.status) }),
     }
 }
 
@@ -132,10 +119,7 @@ impl Pending {
 }
 
 fn unexpected(what: &str, r: Reply) -> StoreError {
-    StoreError::Protocol {
-        server: String::new(),
-        msg: format!("expected a {what} reply, got {r:?}"),
-    }
+    StoreError::Protocol { server: String::new(), msg: format!("expected a {what} reply, got {r:?}") }
 }
 
 /// Somewhere far pages and objects live. Implemented by [`crate::client::Client`] and [`MemStore`].
@@ -145,6 +129,11 @@ fn unexpected(what: &str, r: Reply) -> StoreError {
 pub trait FarStore: Send + Sync + fmt::Debug {
     /// Sends `req` and returns at once; the reply is collected with [`Pending::wait`].
     fn submit(&self, req: Request) -> Result<Pending, StoreError>;
+
+    /// Sends several requests at once (one system call on a network store) and returns their handles in order.
+    fn submit_many(&self, reqs: Vec<Request>) -> Result<Vec<Pending>, StoreError> {
+        reqs.into_iter().map(|r| self.submit(r)).collect()
+    }
 
     /// Where the store is, for messages (`127.0.0.1:7070`, `in-process`).
     fn describe(&self) -> String;
@@ -161,10 +150,7 @@ pub trait FarStore: Send + Sync + fmt::Debug {
 
     /// Reads pages: per-page presence flags and `pages.len() * PAGE_SIZE` bytes (absent pages zeroed).
     fn read_pages(&self, region: u64, pages: &[u64]) -> Result<(Vec<bool>, Vec<u8>), StoreError> {
-        match self.call(Request::ReadPages {
-            region,
-            pages: pages.to_vec(),
-        })? {
+        match self.call(Request::ReadPages { region, pages: pages.to_vec() })? {
             Reply::Pages { present, data } => Ok((present, data)),
             r => Err(unexpected("pages", r)),
         }
@@ -172,21 +158,12 @@ pub trait FarStore: Send + Sync + fmt::Debug {
 
     /// Writes pages; `data` holds `pages.len() * PAGE_SIZE` bytes.
     fn write_pages(&self, region: u64, pages: &[u64], data: &[u8]) -> Result<(), StoreError> {
-        self.call(Request::WritePages {
-            region,
-            pages: pages.to_vec(),
-            data: data.to_vec(),
-        })
-        .map(|_| ())
+        self.call(Request::WritePages { region, pages: pages.to_vec(), data: data.to_vec() }).map(|_| ())
     }
 
     /// Deletes pages (absent ones are ignored).
     fn delete_pages(&self, region: u64, pages: &[u64]) -> Result<(), StoreError> {
-        self.call(Request::DeletePages {
-            region,
-            pages: pages.to_vec(),
-        })
-        .map(|_| ())
+        self.call(Request::DeletePages { region, pages: pages.to_vec() }).map(|_| ())
     }
 
     /// Deletes every page of `region`.
@@ -196,10 +173,7 @@ pub trait FarStore: Send + Sync + fmt::Debug {
 
     /// Reads objects.
     fn read_objects(&self, ds: u64, ids: &[u64]) -> Result<ObjBatch, StoreError> {
-        match self.call(Request::ReadObjects {
-            ds,
-            ids: ids.to_vec(),
-        })? {
+        match self.call(Request::ReadObjects { ds, ids: ids.to_vec() })? {
             Reply::Objects(b) => Ok(b),
             r => Err(unexpected("objects", r)),
         }
@@ -221,10 +195,7 @@ pub trait FarStore: Send + Sync + fmt::Debug {
     fn write_object(&self, ds: u64, id: u64, value: &[u8]) -> Result<(), StoreError> {
         let mut b = ObjBatch::new();
         if value.is_empty() || value.len() > proto::MAX_OBJECT {
-            return Err(StoreError::Invalid(format!(
-                "object of {} bytes: values must be 1 B to 1 MiB",
-                value.len()
-            )));
+            return Err(StoreError::Invalid(format!("object of {} bytes: values must be 1 B to 1 MiB", value.len())));
         }
         b.push(id, value);
         self.write_objects(ds, b)
@@ -232,11 +203,7 @@ pub trait FarStore: Send + Sync + fmt::Debug {
 
     /// Deletes objects (absent ones are ignored).
     fn delete_objects(&self, ds: u64, ids: &[u64]) -> Result<(), StoreError> {
-        self.call(Request::DeleteObjects {
-            ds,
-            ids: ids.to_vec(),
-        })
-        .map(|_| ())
+        self.call(Request::DeleteObjects { ds, ids: ids.to_vec() }).map(|_| ())
     }
 
     /// Deletes every object of `ds`.
@@ -246,12 +213,7 @@ pub trait FarStore: Send + Sync + fmt::Debug {
 
     /// Creates server-side data structure `ds` of registered type `ty`.
     fn construct(&self, ds: u64, ty: &str, params: &[u8]) -> Result<(), StoreError> {
-        self.call(Request::Construct {
-            ds,
-            ty: ty.to_string(),
-            params: params.to_vec(),
-        })
-        .map(|_| ())
+        self.call(Request::Construct { ds, ty: ty.to_string(), params: params.to_vec() }).map(|_| ())
     }
 
     /// Destroys server-side data structure `ds` and its objects.
@@ -261,11 +223,7 @@ pub trait FarStore: Send + Sync + fmt::Debug {
 
     /// Runs operation `op` of data structure `ds` on the server.
     fn compute(&self, ds: u64, op: u32, input: &[u8]) -> Result<Vec<u8>, StoreError> {
-        match self.call(Request::Compute {
-            ds,
-            op,
-            input: input.to_vec(),
-        })? {
+        match self.call(Request::Compute { ds, op, input: input.to_vec() })? {
             Reply::Output(v) => Ok(v),
             r => Err(unexpected("output", r)),
         }
@@ -321,24 +279,17 @@ impl MemStore {
 
 impl FarStore for MemStore {
     fn submit(&self, req: Request) -> Result<Pending, StoreError> {
-        req.validate()
-            .map_err(|e: ProtoError| StoreError::Invalid(e.msg))?;
+        req.validate().map_err(|e: ProtoError| StoreError::Invalid(e.msg))?;
         let mut frame = Vec::new();
         proto::encode_request(&mut frame, 1, &req);
         let body = &frame[4..];
         let h = Header::parse(body).map_err(|e| StoreError::Invalid(e.msg))?;
-        let view: RequestView<'_> = proto::decode_request(h.op, &body[proto::HEADER_LEN..])
-            .map_err(|e| StoreError::Invalid(e.msg))?;
+        let view: RequestView<'_> =
+            proto::decode_request(h.op, &body[proto::HEADER_LEN..]).map_err(|e| StoreError::Invalid(e.msg))?;
         let mut out = Vec::new();
-        self.engine
-            .dispatch(&self.tenant, h.id, h.op, &view, &mut out);
+        self.engine.dispatch(&self.tenant, h.id, h.op, &view, &mut out);
         let rh = Header::parse(&out[4..]).map_err(|e| StoreError::Invalid(e.msg))?;
-        Ok(Pending::ready(reply_from_frame(
-            req.op(),
-            &rh,
-            &out[4 + proto::HEADER_LEN..],
-            "in-process",
-        )))
+        Ok(Pending::ready(reply_from_frame(req.op(), &rh, &out[4 + proto::HEADER_LEN..], "in-process")))
     }
 
     fn describe(&self) -> String {
@@ -354,7 +305,7 @@ mod tests {
     #[test]
     fn pages_roundtrip_and_capacity() {
         let s = MemStore::new(3 * PAGE_SIZE as u64);
-        let data: Vec<u8> = (0..2 * PAGE_SIZE).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..2 * PAGE_SIZE).map(|i| u8::try_from(i % 251).unwrap()).collect();
         s.write_pages(7, &[1, 2], &data).unwrap();
         let (present, got) = s.read_pages(7, &[2, 1, 3]).unwrap();
         assert_eq!(present, vec![true, true, false]);
@@ -365,10 +316,7 @@ mod tests {
         s.write_pages(7, &[1], &data[..PAGE_SIZE]).unwrap();
         let e = s.write_pages(7, &[10, 11], &data).unwrap_err();
         assert!(matches!(e, StoreError::NoSpace(_)), "{e}");
-        assert!(
-            !s.read_pages(7, &[10]).unwrap().0[0],
-            "a refused write stores nothing"
-        );
+        assert!(!s.read_pages(7, &[10]).unwrap().0[0], "a refused write stores nothing");
         s.delete_pages(7, &[1]).unwrap();
         s.write_pages(7, &[10, 11], &data).unwrap();
         s.drop_region(7).unwrap();
@@ -388,40 +336,16 @@ mod tests {
         s.drop_objects(1).unwrap();
         assert_eq!(s.read_object(1, 5).unwrap(), None);
         assert_eq!(s.engine().used(), 8);
-        assert!(matches!(
-            s.write_object(1, 1, &[]),
-            Err(StoreError::Invalid(_))
-        ));
-        assert!(matches!(
-            s.write_object(1, 1, &vec![0; (1 << 20) + 1]),
-            Err(StoreError::Invalid(_))
-        ));
+        assert!(matches!(s.write_object(1, 1, &[]), Err(StoreError::Invalid(_))));
+        assert!(matches!(s.write_object(1, 1, &vec![0; (1 << 20) + 1]), Err(StoreError::Invalid(_))));
     }
 
     #[test]
     fn unknown_type_is_a_clear_error() {
         let s = MemStore::new(1 << 20);
         let e = s.construct(1, "nope", &[]).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                StoreError::Rejected {
-                    status: Status::UnknownType,
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        assert!(matches!(e, StoreError::Rejected { status: Status::UnknownType, .. }), "{e}");
         let e = s.compute(1, 0, &[]).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                StoreError::Rejected {
-                    status: Status::NoSuchDs,
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        assert!(matches!(e, StoreError::Rejected { status: Status::NoSuchDs, .. }), "{e}");
     }
 }

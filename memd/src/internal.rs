@@ -20,9 +20,7 @@ pub fn is_internal() -> bool {
 /// Marks the current thread as running farmem internals until the guard drops. Nests.
 pub fn enter() -> InternalGuard {
     DEPTH.with(|d| d.set(d.get() + 1));
-    InternalGuard {
-        _not_send: std::marker::PhantomData,
-    }
+    InternalGuard { _not_send: std::marker::PhantomData }
 }
 
 /// Marks a whole thread (call first thing in a farmem-owned thread); never undone.

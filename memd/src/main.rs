@@ -42,23 +42,15 @@ impl Args {
 
 fn init_logs(default: &str) -> Result<()> {
     let filter = config::env_str("FARMEM_LOG")?.unwrap_or_else(|| default.to_string());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .with_context(|| format!("FARMEM_LOG={filter:?}"))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).with_context(|| format!("FARMEM_LOG={filter:?}"))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     Ok(())
 }
 
 fn client(args: &mut Args) -> Result<Client> {
-    let server = args
-        .take("--server")?
-        .context("--server ADDR is required")?;
+    let server = args.take("--server")?.context("--server ADDR is required")?;
     let addr = Addr::parse(&server).map_err(|m| anyhow::anyhow!("--server: {m}"))?;
-    let file = args
-        .take("--token-file")?
-        .context("--token-file F is required")?;
+    let file = args.take("--token-file")?.context("--token-file F is required")?;
     let cred: Credential = config::read_tokens(&PathBuf::from(&file))?.swap_remove(0);
     let mut cfg = ClientConfig::new(addr, cred);
     cfg.connections = 1;
@@ -84,21 +76,14 @@ fn run() -> Result<()> {
     match cmd.as_str() {
         "serve" => {
             init_logs("info")?;
-            let listen = args
-                .take("--listen")?
-                .unwrap_or_else(|| "127.0.0.1:7070".into());
+            let listen = args.take("--listen")?.unwrap_or_else(|| "127.0.0.1:7070".into());
             let listen = Addr::parse(&listen).map_err(|m| anyhow::anyhow!("--listen: {m}"))?;
             let capacity = args.take("--capacity")?.unwrap_or_else(|| "8G".into());
-            let capacity =
-                config::parse_size(&capacity).map_err(|m| anyhow::anyhow!("--capacity: {m}"))?;
-            let file = args
-                .take("--token-file")?
-                .context("--token-file F is required (one tenant:secret a line)")?;
+            let capacity = config::parse_size(&capacity).map_err(|m| anyhow::anyhow!("--capacity: {m}"))?;
+            let file = args.take("--token-file")?.context("--token-file F is required (one tenant:secret a line)")?;
             let tokens = config::read_tokens(&PathBuf::from(&file))?;
             let workers = match args.take("--workers")? {
-                Some(w) => w
-                    .parse()
-                    .with_context(|| format!("--workers {w:?} is not a number"))?,
+                Some(w) => w.parse().with_context(|| format!("--workers {w:?} is not a number"))?,
                 None => 2,
             };
             args.done()?;
@@ -106,20 +91,14 @@ fn run() -> Result<()> {
             cfg.listen = listen;
             cfg.workers = workers;
             let running = server::serve_until_signal(cfg).context("cannot start the server")?;
-            println!(
-                "listening on {} (capacity {})",
-                running.addr(),
-                config::format_size(capacity)
-            );
+            println!("listening on {} (capacity {})", running.addr(), config::format_size(capacity));
             running.join();
             Ok(())
         }
         "ping" => {
             init_logs("warn")?;
             let count: u32 = match args.take("--count")? {
-                Some(c) => c
-                    .parse()
-                    .with_context(|| format!("--count {c:?} is not a number"))?,
+                Some(c) => c.parse().with_context(|| format!("--count {c:?} is not a number"))?,
                 None => 5,
             };
             let c = client(&mut args)?;
@@ -127,11 +106,7 @@ fn run() -> Result<()> {
             for _ in 0..count.max(1) {
                 let t = Instant::now();
                 c.ping()?;
-                println!(
-                    "pong from {} in {:.1} us",
-                    c.describe(),
-                    t.elapsed().as_secs_f64() * 1e6
-                );
+                println!("pong from {} in {:.1} us", c.describe(), t.elapsed().as_secs_f64() * 1e6);
             }
             Ok(())
         }
@@ -147,17 +122,12 @@ fn run() -> Result<()> {
         "bench" => {
             init_logs("warn")?;
             let secs: f64 = match args.take("--seconds")? {
-                Some(s) => s
-                    .parse()
-                    .with_context(|| format!("--seconds {s:?} is not a number"))?,
+                Some(s) => s.parse().with_context(|| format!("--seconds {s:?} is not a number"))?,
                 None => 2.0,
             };
             let c = client(&mut args)?;
             args.done()?;
-            println!(
-                "{:<46} {:>12} {:>10} {:>9}  ratio",
-                "figure", "ops/s", "GB/s", "mean us"
-            );
+            println!("{:<46} {:>12} {:>10} {:>9}  ratio", "figure", "ops/s", "GB/s", "mean us");
             let out = farmem_memd::bench::run_all(&c, secs, |_| {})?;
             for (f, ratio) in &out {
                 let mean = f.mean_us.map_or(String::new(), |m| format!("{m:.1}"));
@@ -170,15 +140,9 @@ fn run() -> Result<()> {
                     ratio
                 );
             }
-            let get = |prefix: &str| {
-                out.iter()
-                    .find(|(f, _)| f.name.starts_with(prefix))
-                    .map(|(_, r)| r.clone())
-            };
-            let ops = out
-                .iter()
-                .find(|(f, _)| f.name.starts_with("batched 64 B object writes"))
-                .map(|(f, _)| f.ops_per_sec);
+            let get = |prefix: &str| out.iter().find(|(f, _)| f.name.starts_with(prefix)).map(|(_, r)| r.clone());
+            let ops =
+                out.iter().find(|(f, _)| f.name.starts_with("batched 64 B object writes")).map(|(f, _)| f.ops_per_sec);
             println!(
                 "summary: page read RTT {} | pipelined reads {} | batched reads {} | batched writes {} | 64 B object writes {:.2} M ops/s",
                 get("page read round trip").unwrap_or_default(),

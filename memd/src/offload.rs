@@ -20,12 +20,7 @@ pub trait DsType: Send + Sync {
 /// One server-side data structure.
 pub trait DsInstance: Send + Sync {
     /// Runs operation `op` on `input`, reading and writing this instance's objects through `objects`.
-    fn compute(
-        &mut self,
-        op: u32,
-        input: &[u8],
-        objects: &mut ObjectsView<'_>,
-    ) -> Result<Vec<u8>, OffloadError>;
+    fn compute(&mut self, op: u32, input: &[u8], objects: &mut ObjectsView<'_>) -> Result<Vec<u8>, OffloadError>;
 }
 
 impl fmt::Debug for dyn DsInstance {
@@ -83,19 +78,12 @@ impl Registry {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.types.keys().map(String::as_str)
     }
-    pub(crate) fn construct(
-        &self,
-        name: &str,
-        params: &[u8],
-    ) -> Result<Box<dyn DsInstance>, ProtoError> {
+    pub(crate) fn construct(&self, name: &str, params: &[u8]) -> Result<Box<dyn DsInstance>, ProtoError> {
         let ty = self.types.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.names().collect();
             ProtoError::new(
                 Status::UnknownType,
-                format!(
-                    "unknown data-structure type {name:?} (known: {})",
-                    known.join(", ")
-                ),
+                format!("unknown data-structure type {name:?} (known: {})", known.join(", ")),
             )
         })?;
         Ok(ty.construct(params)?)
@@ -126,10 +114,7 @@ impl ObjectsView<'_> {
     /// Stores object `id` (1 B to 1 MiB), subject to the server's capacity.
     pub fn put(&mut self, id: u64, value: &[u8]) -> Result<(), OffloadError> {
         if value.is_empty() || value.len() > crate::proto::MAX_OBJECT {
-            return Err(OffloadError::BadInput(format!(
-                "object of {} bytes",
-                value.len()
-            )));
+            return Err(OffloadError::BadInput(format!("object of {} bytes", value.len())));
         }
         let len = u32::try_from(value.len()).expect("bounded by MAX_OBJECT");
         self.engine

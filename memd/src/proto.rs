@@ -182,17 +182,11 @@ pub struct ProtoError {
 impl ProtoError {
     /// A `BadRequest` error.
     pub fn bad(msg: impl Into<String>) -> Self {
-        ProtoError {
-            status: Status::BadRequest,
-            msg: msg.into(),
-        }
+        ProtoError { status: Status::BadRequest, msg: msg.into() }
     }
     /// An error with a given status.
     pub fn new(status: Status, msg: impl Into<String>) -> Self {
-        ProtoError {
-            status,
-            msg: msg.into(),
-        }
+        ProtoError { status, msg: msg.into() }
     }
 }
 
@@ -211,18 +205,11 @@ impl Header {
     /// Parses the 12 header bytes that follow the length prefix.
     pub fn parse(b: &[u8]) -> Result<Header, ProtoError> {
         if b.len() < HEADER_LEN {
-            return Err(ProtoError::bad(format!(
-                "frame of {} bytes is shorter than its header",
-                b.len()
-            )));
+            return Err(ProtoError::bad(format!("frame of {} bytes is shorter than its header", b.len())));
         }
         let mut id = [0u8; 8];
         id.copy_from_slice(&b[4..12]);
-        Ok(Header {
-            op: b[0],
-            status: b[1],
-            id: u64::from_le_bytes(id),
-        })
+        Ok(Header { op: b[0], status: b[1], id: u64::from_le_bytes(id) })
     }
 }
 
@@ -237,8 +224,7 @@ pub fn begin_frame(buf: &mut Vec<u8>, op: u8, status: u8, id: u64) -> usize {
 
 /// Patches the length prefix of the frame begun at `start`.
 pub fn end_frame(buf: &mut [u8], start: usize) {
-    let len = u32::try_from(buf.len() - start - 4)
-        .expect("frame length checked against MAX_FRAME by callers");
+    let len = u32::try_from(buf.len() - start - 4).expect("frame length checked against MAX_FRAME by callers");
     buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
 }
 
@@ -263,17 +249,9 @@ impl<'a> Reader<'a> {
     }
     /// Takes `n` bytes.
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], ProtoError> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|&e| e <= self.b.len())
-            .ok_or_else(|| {
-                ProtoError::bad(format!(
-                    "payload truncated: wanted {n} bytes at offset {}, have {}",
-                    self.at,
-                    self.b.len()
-                ))
-            })?;
+        let end = self.at.checked_add(n).filter(|&e| e <= self.b.len()).ok_or_else(|| {
+            ProtoError::bad(format!("payload truncated: wanted {n} bytes at offset {}, have {}", self.at, self.b.len()))
+        })?;
         let s = &self.b[self.at..end];
         self.at = end;
         Ok(s)
@@ -304,16 +282,10 @@ impl<'a> Reader<'a> {
     pub fn count(&mut self, min_each: usize) -> Result<usize, ProtoError> {
         let n = self.u32()? as usize;
         if n > MAX_BATCH {
-            return Err(ProtoError::new(
-                Status::TooLarge,
-                format!("batch of {n} entries exceeds {MAX_BATCH}"),
-            ));
+            return Err(ProtoError::new(Status::TooLarge, format!("batch of {n} entries exceeds {MAX_BATCH}")));
         }
         if n.saturating_mul(min_each) > self.remaining() {
-            return Err(ProtoError::bad(format!(
-                "batch of {n} entries does not fit in {} bytes",
-                self.remaining()
-            )));
+            return Err(ProtoError::bad(format!("batch of {n} entries does not fit in {} bytes", self.remaining())));
         }
         Ok(n)
     }
@@ -330,10 +302,7 @@ impl<'a> Reader<'a> {
     /// Fails unless every byte was consumed.
     pub fn finish(&self) -> Result<(), ProtoError> {
         if self.remaining() != 0 {
-            return Err(ProtoError::bad(format!(
-                "{} trailing bytes after payload",
-                self.remaining()
-            )));
+            return Err(ProtoError::bad(format!("{} trailing bytes after payload", self.remaining())));
         }
         Ok(())
     }
@@ -359,10 +328,8 @@ impl ObjBatch {
     }
     /// Appends a present object. Panics if the value is over [`MAX_OBJECT`] (callers validate sizes first).
     pub fn push(&mut self, id: u64, value: &[u8]) {
-        let len = u32::try_from(value.len())
-            .ok()
-            .filter(|&l| l as usize <= MAX_OBJECT)
-            .expect("object over MAX_OBJECT");
+        let len =
+            u32::try_from(value.len()).ok().filter(|&l| l as usize <= MAX_OBJECT).expect("object over MAX_OBJECT");
         self.ids.push(id);
         self.lens.push(len);
         self.data.extend_from_slice(value);
@@ -505,18 +472,13 @@ impl Request {
     pub fn validate(&self) -> Result<(), ProtoError> {
         let batch = |n: usize| {
             if n > MAX_BATCH {
-                Err(ProtoError::new(
-                    Status::TooLarge,
-                    format!("batch of {n} entries exceeds {MAX_BATCH}"),
-                ))
+                Err(ProtoError::new(Status::TooLarge, format!("batch of {n} entries exceeds {MAX_BATCH}")))
             } else {
                 Ok(())
             }
         };
         match self {
-            Request::ReadPages { pages, .. } | Request::DeletePages { pages, .. } => {
-                batch(pages.len())?
-            }
+            Request::ReadPages { pages, .. } | Request::DeletePages { pages, .. } => batch(pages.len())?,
             Request::WritePages { pages, data, .. } => {
                 batch(pages.len())?;
                 if data.len() != pages.len() * PAGE_SIZE {
@@ -528,15 +490,11 @@ impl Request {
                     )));
                 }
             }
-            Request::ReadObjects { ids, .. } | Request::DeleteObjects { ids, .. } => {
-                batch(ids.len())?
-            }
+            Request::ReadObjects { ids, .. } | Request::DeleteObjects { ids, .. } => batch(ids.len())?,
             Request::WriteObjects { batch: b, .. } => {
                 batch(b.len())?;
                 if b.ids.len() != b.lens.len() {
-                    return Err(ProtoError::bad(
-                        "object batch ids and lengths differ in count",
-                    ));
+                    return Err(ProtoError::bad("object batch ids and lengths differ in count"));
                 }
                 let mut total = 0usize;
                 for &l in &b.lens {
@@ -549,9 +507,7 @@ impl Request {
                     total += l as usize;
                 }
                 if total != b.data.len() {
-                    return Err(ProtoError::bad(
-                        "object batch lengths do not add up to its data",
-                    ));
+                    return Err(ProtoError::bad("object batch lengths do not add up to its data"));
                 }
             }
             Request::Construct { ty, .. } if ty.len() > 255 => {
@@ -561,10 +517,7 @@ impl Request {
         }
         let size = encoded_len(self);
         if size > MAX_FRAME {
-            return Err(ProtoError::new(
-                Status::TooLarge,
-                format!("request of {size} bytes exceeds {MAX_FRAME}"),
-            ));
+            return Err(ProtoError::new(Status::TooLarge, format!("request of {size} bytes exceeds {MAX_FRAME}")));
         }
         Ok(())
     }
@@ -574,16 +527,10 @@ fn encoded_len(r: &Request) -> usize {
     HEADER_LEN
         + match r {
             Request::Ping | Request::Stats => 0,
-            Request::ReadPages { pages, .. } | Request::DeletePages { pages, .. } => {
-                12 + 8 * pages.len()
-            }
+            Request::ReadPages { pages, .. } | Request::DeletePages { pages, .. } => 12 + 8 * pages.len(),
             Request::WritePages { pages, data, .. } => 12 + 8 * pages.len() + data.len(),
-            Request::DropRegion { .. } | Request::DropObjects { .. } | Request::Destruct { .. } => {
-                8
-            }
-            Request::ReadObjects { ids, .. } | Request::DeleteObjects { ids, .. } => {
-                12 + 8 * ids.len()
-            }
+            Request::DropRegion { .. } | Request::DropObjects { .. } | Request::Destruct { .. } => 8,
+            Request::ReadObjects { ids, .. } | Request::DeleteObjects { ids, .. } => 12 + 8 * ids.len(),
             Request::WriteObjects { batch, .. } => 12 + 12 * batch.len() + batch.data.len(),
             Request::Construct { ty, params, .. } => 9 + ty.len() + params.len(),
             Request::Compute { input, .. } => 12 + input.len(),
@@ -591,11 +538,7 @@ fn encoded_len(r: &Request) -> usize {
 }
 
 fn put_u64s(buf: &mut Vec<u8>, v: &[u64]) {
-    buf.extend_from_slice(
-        &u32::try_from(v.len())
-            .expect("batch validated")
-            .to_le_bytes(),
-    );
+    buf.extend_from_slice(&u32::try_from(v.len()).expect("batch validated").to_le_bytes());
     for x in v {
         buf.extend_from_slice(&x.to_le_bytes());
     }
@@ -611,18 +554,14 @@ pub fn encode_request(buf: &mut Vec<u8>, id: u64, req: &Request) {
             buf.extend_from_slice(&region.to_le_bytes());
             put_u64s(buf, pages);
         }
-        Request::WritePages {
-            region,
-            pages,
-            data,
-        } => {
+        Request::WritePages { region, pages, data } => {
             buf.extend_from_slice(&region.to_le_bytes());
             put_u64s(buf, pages);
             buf.extend_from_slice(data);
         }
-        Request::DropRegion { region: x }
-        | Request::DropObjects { ds: x }
-        | Request::Destruct { ds: x } => buf.extend_from_slice(&x.to_le_bytes()),
+        Request::DropRegion { region: x } | Request::DropObjects { ds: x } | Request::Destruct { ds: x } => {
+            buf.extend_from_slice(&x.to_le_bytes())
+        }
         Request::ReadObjects { ds, ids } | Request::DeleteObjects { ds, ids } => {
             buf.extend_from_slice(&ds.to_le_bytes());
             put_u64s(buf, ids);
@@ -786,8 +725,7 @@ fn take_u64s<'a>(r: &mut Reader<'a>) -> Result<U64s<'a>, ProtoError> {
 
 /// Decodes a request payload for opcode byte `op`. Never panics.
 pub fn decode_request(op: u8, payload: &[u8]) -> Result<RequestView<'_>, ProtoError> {
-    let op = Op::from_u8(op)
-        .ok_or_else(|| ProtoError::new(Status::UnknownOp, format!("unknown opcode 0x{op:02x}")))?;
+    let op = Op::from_u8(op).ok_or_else(|| ProtoError::new(Status::UnknownOp, format!("unknown opcode 0x{op:02x}")))?;
     let mut r = Reader::new(payload);
     let v = match op {
         Op::Ping => RequestView::Ping,
@@ -805,11 +743,7 @@ pub fn decode_request(op: u8, payload: &[u8]) -> Result<RequestView<'_>, ProtoEr
             let region = r.u64()?;
             let pages = take_u64s(&mut r)?;
             let data = r.bytes(pages.len() * PAGE_SIZE)?;
-            RequestView::WritePages {
-                region,
-                pages,
-                data,
-            }
+            RequestView::WritePages { region, pages, data }
         }
         Op::DropRegion => RequestView::DropRegion { region: r.u64()? },
         Op::ReadObjects | Op::DeleteObjects => {
@@ -838,50 +772,32 @@ pub fn decode_request(op: u8, payload: &[u8]) -> Result<RequestView<'_>, ProtoEr
                 total += l as usize;
             }
             let data = r.bytes(total)?;
-            RequestView::WriteObjects {
-                ds,
-                ids,
-                lens,
-                data,
-            }
+            RequestView::WriteObjects { ds, ids, lens, data }
         }
         Op::DropObjects => RequestView::DropObjects { ds: r.u64()? },
         Op::Construct => {
             let ds = r.u64()?;
             let n = r.u8()? as usize;
-            let ty = std::str::from_utf8(r.bytes(n)?)
-                .map_err(|_| ProtoError::bad("type name is not UTF-8"))?;
-            RequestView::Construct {
-                ds,
-                ty,
-                params: r.rest(),
-            }
+            let ty = std::str::from_utf8(r.bytes(n)?).map_err(|_| ProtoError::bad("type name is not UTF-8"))?;
+            RequestView::Construct { ds, ty, params: r.rest() }
         }
         Op::Destruct => RequestView::Destruct { ds: r.u64()? },
         Op::Compute => {
             let ds = r.u64()?;
             let op = r.u32()?;
-            RequestView::Compute {
-                ds,
-                op,
-                input: r.rest(),
-            }
+            RequestView::Compute { ds, op, input: r.rest() }
         }
         Op::Raw => {
             let mode = r.u8()?;
             let a = r.u32()?;
             let b = r.u32()?;
             if !(1..=3).contains(&mode) || a as usize > MAX_FRAME || b as usize > MAX_FRAME {
-                return Err(ProtoError::bad(format!(
-                    "raw mode {mode} with sizes {a}, {b} is not valid"
-                )));
+                return Err(ProtoError::bad(format!("raw mode {mode} with sizes {a}, {b} is not valid")));
             }
             RequestView::Raw { mode, a, b }
         }
         Op::Hello | Op::Challenge | Op::Auth | Op::AuthOk => {
-            return Err(ProtoError::bad(format!(
-                "{op:?} is only valid during the handshake"
-            )))
+            return Err(ProtoError::bad(format!("{op:?} is only valid during the handshake")))
         }
     };
     r.finish()?;
@@ -920,8 +836,8 @@ pub fn decode_reply(op: Op, payload: &[u8]) -> Result<Reply, ProtoError> {
             let mut v = Vec::with_capacity(n);
             for _ in 0..n {
                 let l = r.u8()? as usize;
-                let name = String::from_utf8(r.bytes(l)?.to_vec())
-                    .map_err(|_| ProtoError::bad("stat name not UTF-8"))?;
+                let name =
+                    String::from_utf8(r.bytes(l)?.to_vec()).map_err(|_| ProtoError::bad("stat name not UTF-8"))?;
                 v.push((name, r.u64()?));
             }
             Reply::Stats(v)
@@ -994,20 +910,12 @@ mod tests {
         let mut b = ObjBatch::new();
         b.push(1, b"hello");
         b.push(9, &[7; 300]);
-        let req = Request::WriteObjects {
-            ds: 3,
-            batch: b.clone(),
-        };
+        let req = Request::WriteObjects { ds: 3, batch: b.clone() };
         req.validate().unwrap();
         let (h, payload) = roundtrip_header(&req);
         assert_eq!(h.id, 42);
         match decode_request(h.op, &payload).unwrap() {
-            RequestView::WriteObjects {
-                ds,
-                ids,
-                lens,
-                data,
-            } => {
+            RequestView::WriteObjects { ds, ids, lens, data } => {
                 assert_eq!(ds, 3);
                 assert_eq!(ids.iter().collect::<Vec<_>>(), vec![1, 9]);
                 assert_eq!(lens.len(), 8);
@@ -1022,13 +930,7 @@ mod tests {
         let mut b = ObjBatch::new();
         b.ids.push(1);
         b.lens.push(0);
-        assert_eq!(
-            Request::WriteObjects { ds: 0, batch: b }
-                .validate()
-                .unwrap_err()
-                .status,
-            Status::TooLarge
-        );
+        assert_eq!(Request::WriteObjects { ds: 0, batch: b }.validate().unwrap_err().status, Status::TooLarge);
     }
 
     #[test]

@@ -124,10 +124,7 @@ pub fn serve_until_signal(cfg: ServerConfig) -> io::Result<RunningServer> {
 
 fn start_inner(cfg: ServerConfig, signals: bool) -> io::Result<RunningServer> {
     if cfg.tokens.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "no credentials: the server would accept nobody",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no credentials: the server would accept nobody"));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.workers.max(1))
@@ -153,38 +150,20 @@ fn start_inner(cfg: ServerConfig, signals: bool) -> io::Result<RunningServer> {
                     }
                     std::fs::remove_file(p)?;
                 }
-                Ok((
-                    Listener::Unix(UnixListener::bind(p)?),
-                    Addr::Unix(p.clone()),
-                ))
+                Ok((Listener::Unix(UnixListener::bind(p)?), Addr::Unix(p.clone())))
             }
         }
     })?;
     let engine = Arc::new(Engine::new(cfg.capacity, cfg.registry.clone()));
-    let secrets: HashMap<String, Vec<u8>> = cfg
-        .tokens
-        .iter()
-        .map(|c| (c.tenant.clone(), c.secret.clone()))
-        .collect();
-    let ctx = Arc::new(Ctx {
-        engine: engine.clone(),
-        secrets,
-        cfg,
-    });
+    let secrets: HashMap<String, Vec<u8>> = cfg.tokens.iter().map(|c| (c.tenant.clone(), c.secret.clone())).collect();
+    let ctx = Arc::new(Ctx { engine: engine.clone(), secrets, cfg });
     let (stop_tx, stop_rx) = oneshot::channel();
-    let thread = std::thread::Builder::new()
-        .name("memd-main".into())
-        .spawn(move || {
-            crate::internal::mark_thread();
-            rt.block_on(accept_loop(ctx, listener, stop_rx, signals));
-            rt.shutdown_timeout(Duration::from_secs(2));
-        })?;
-    Ok(RunningServer {
-        addr,
-        engine,
-        stop: Some(stop_tx),
-        thread: Some(thread),
-    })
+    let thread = std::thread::Builder::new().name("memd-main".into()).spawn(move || {
+        crate::internal::mark_thread();
+        rt.block_on(accept_loop(ctx, listener, stop_rx, signals));
+        rt.shutdown_timeout(Duration::from_secs(2));
+    })?;
+    Ok(RunningServer { addr, engine, stop: Some(stop_tx), thread: Some(thread) })
 }
 
 struct Ctx {
@@ -198,10 +177,7 @@ async fn stop_signal(signals: bool) {
         return std::future::pending().await;
     }
     use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(mut t), Ok(mut i)) => {
             tokio::select! {
                 _ = t.recv() => {}
@@ -216,12 +192,7 @@ async fn stop_signal(signals: bool) {
     }
 }
 
-async fn accept_loop(
-    ctx: Arc<Ctx>,
-    listener: Listener,
-    mut stop: oneshot::Receiver<()>,
-    signals: bool,
-) {
+async fn accept_loop(ctx: Arc<Ctx>, listener: Listener, mut stop: oneshot::Receiver<()>, signals: bool) {
     let sig = stop_signal(signals);
     tokio::pin!(sig);
     loop {
@@ -280,10 +251,7 @@ async fn read_frame_exact<S: AsyncRead + Unpin>(s: &mut S) -> io::Result<(Header
     s.read_exact(&mut len).await?;
     let len = u32::from_le_bytes(len) as usize;
     if !(HEADER_LEN..=1024).contains(&len) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("handshake frame of {len} bytes"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("handshake frame of {len} bytes")));
     }
     let mut body = vec![0u8; len];
     s.read_exact(&mut body).await?;
@@ -292,13 +260,7 @@ async fn read_frame_exact<S: AsyncRead + Unpin>(s: &mut S) -> io::Result<(Header
     Ok((h, body))
 }
 
-async fn send_error<S: AsyncWrite + Unpin>(
-    s: &mut S,
-    op: u8,
-    id: u64,
-    st: Status,
-    msg: &str,
-) -> End {
+async fn send_error<S: AsyncWrite + Unpin>(s: &mut S, op: u8, id: u64, st: Status, msg: &str) -> End {
     let mut b = Vec::new();
     proto::error_frame(&mut b, op, id, st, msg);
     let _ = s.write_all(&b).await;
@@ -307,10 +269,7 @@ async fn send_error<S: AsyncWrite + Unpin>(
 }
 
 /// Runs the handshake; returns the authenticated tenant.
-async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
-    ctx: &Ctx,
-    s: &mut S,
-) -> Result<Arc<Tenant>, End> {
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(ctx: &Ctx, s: &mut S) -> Result<Arc<Tenant>, End> {
     let (h, p) = match read_frame_exact(s).await {
         Ok(x) => x,
         Err(e) if e.kind() == io::ErrorKind::InvalidData => {
@@ -329,8 +288,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let version = r.u16().map_err(|e| e.msg)?;
         let n = r.u8().map_err(|e| e.msg)? as usize;
-        let tenant = std::str::from_utf8(r.bytes(n).map_err(|e| e.msg)?)
-            .map_err(|_| "tenant is not UTF-8")?;
+        let tenant = std::str::from_utf8(r.bytes(n).map_err(|e| e.msg)?).map_err(|_| "tenant is not UTF-8")?;
         Ok((version, tenant.to_string()))
     })();
     let (version, tenant) = match hello {
@@ -338,10 +296,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         Err(m) => return Err(send_error(s, h.op, h.id, Status::BadRequest, &m).await),
     };
     if version != proto::VERSION {
-        let m = format!(
-            "server speaks protocol version {}, client {version}",
-            proto::VERSION
-        );
+        let m = format!("server speaks protocol version {}, client {version}", proto::VERSION);
         return Err(send_error(s, h.op, h.id, Status::Version, &m).await);
     }
     let nonce = auth::nonce();
@@ -361,20 +316,10 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     // Unknown tenant and wrong secret get the same answer: no way to probe for tenant names.
     let ok = h.op == Op::Auth as u8
         && p.len() == NONCE_LEN
-        && ctx
-            .secrets
-            .get(&tenant)
-            .is_some_and(|secret| auth::verify(secret, &nonce, &tenant, &p));
+        && ctx.secrets.get(&tenant).is_some_and(|secret| auth::verify(secret, &nonce, &tenant, &p));
     if !ok {
         tracing::info!(tenant, "authentication failed");
-        return Err(send_error(
-            s,
-            Op::Auth as u8,
-            h.id,
-            Status::AuthFailed,
-            "authentication failed",
-        )
-        .await);
+        return Err(send_error(s, Op::Auth as u8, h.id, Status::AuthFailed, "authentication failed").await);
     }
     b.clear();
     let f = proto::begin_frame(&mut b, Op::AuthOk as u8, 0, h.id);
@@ -384,22 +329,14 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(ctx: Arc<Ctx>, mut s: S) {
-    let tenant =
-        match tokio::time::timeout(ctx.cfg.handshake_timeout, handshake(&ctx, &mut s)).await {
-            Ok(Ok(t)) => t,
-            Ok(Err(_)) => return,
-            Err(_) => {
-                send_error(
-                    &mut s,
-                    Op::Hello as u8,
-                    0,
-                    Status::AuthFailed,
-                    "handshake timed out",
-                )
-                .await;
-                return;
-            }
-        };
+    let tenant = match tokio::time::timeout(ctx.cfg.handshake_timeout, handshake(&ctx, &mut s)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(_)) => return,
+        Err(_) => {
+            send_error(&mut s, Op::Hello as u8, 0, Status::AuthFailed, "handshake timed out").await;
+            return;
+        }
+    };
     for c in [&ctx.engine.global, &tenant.counters] {
         c.connections.fetch_add(1, Relaxed);
     }
@@ -410,9 +347,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(ctx: Arc<Ctx>, mut s: S) 
     if let Err(End::Io(e)) = end {
         if !matches!(
             e.kind(),
-            io::ErrorKind::UnexpectedEof
-                | io::ErrorKind::ConnectionReset
-                | io::ErrorKind::BrokenPipe
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
         ) {
             tracing::debug!(tenant = tenant.name(), "connection ended: {e}");
         }
@@ -426,11 +361,7 @@ fn count_io(ctx: &Ctx, t: &Tenant, bytes_in: usize, bytes_out: usize) {
     }
 }
 
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
-    ctx: &Arc<Ctx>,
-    tenant: &Arc<Tenant>,
-    s: &mut S,
-) -> Result<(), End> {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(ctx: &Arc<Ctx>, tenant: &Arc<Tenant>, s: &mut S) -> Result<(), End> {
     let mut inbuf: Vec<u8> = Vec::with_capacity(256 * 1024);
     let mut out: Vec<u8> = Vec::with_capacity(256 * 1024);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Vec<u8>>();
@@ -439,16 +370,14 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         // Execute every complete frame in the buffer.
         let mut at = 0;
         while inbuf.len() - at >= 4 {
-            let len = u32::from_le_bytes([inbuf[at], inbuf[at + 1], inbuf[at + 2], inbuf[at + 3]])
-                as usize;
+            let len = u32::from_le_bytes([inbuf[at], inbuf[at + 1], inbuf[at + 2], inbuf[at + 3]]) as usize;
             if len > MAX_FRAME {
                 let m = format!("frame of {len} bytes exceeds the maximum of {MAX_FRAME}");
                 s.write_all(&out).await?;
                 return Err(send_error(s, 0, 0, Status::TooLarge, &m).await);
             }
             if len < HEADER_LEN {
-                let m =
-                    format!("frame of {len} bytes is shorter than the {HEADER_LEN}-byte header");
+                let m = format!("frame of {len} bytes is shorter than the {HEADER_LEN}-byte header");
                 s.write_all(&out).await?;
                 return Err(send_error(s, 0, 0, Status::BadRequest, &m).await);
             }
@@ -465,23 +394,13 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     proto::end_frame(&mut out, f);
                     s.write_all(&out).await?;
                     if at != inbuf.len() {
-                        return Err(send_error(
-                            s,
-                            h.op,
-                            h.id,
-                            Status::BadRequest,
-                            "data after RAW",
-                        )
-                        .await);
+                        return Err(send_error(s, h.op, h.id, Status::BadRequest, "data after RAW").await);
                     }
-                    return raw_mode(s, mode, a as usize, b as usize)
-                        .await
-                        .map_err(End::Io);
+                    return raw_mode(s, mode, a as usize, b as usize).await.map_err(End::Io);
                 }
                 Ok(RequestView::Compute { .. }) => {
                     // Offloaded code may be slow: run it off the reactor and answer when it is done.
-                    let (ctx2, t2, frame, tx) =
-                        (ctx.clone(), tenant.clone(), body.to_vec(), done_tx.clone());
+                    let (ctx2, t2, frame, tx) = (ctx.clone(), tenant.clone(), body.to_vec(), done_tx.clone());
                     in_flight += 1;
                     tokio::task::spawn_blocking(move || {
                         let mut reply = Vec::new();
@@ -541,10 +460,7 @@ async fn write_timed<S: AsyncWrite + Unpin>(ctx: &Ctx, s: &mut S, b: &[u8]) -> R
     match tokio::time::timeout(ctx.cfg.write_stall, s.write_all(b)).await {
         Ok(r) => Ok(r?),
         Err(_) => {
-            tracing::info!(
-                "client stopped reading its replies for {:?}; disconnecting",
-                ctx.cfg.write_stall
-            );
+            tracing::info!("client stopped reading its replies for {:?}; disconnecting", ctx.cfg.write_stall);
             Err(End::Protocol)
         }
     }
@@ -552,23 +468,14 @@ async fn write_timed<S: AsyncWrite + Unpin>(ctx: &Ctx, s: &mut S, b: &[u8]) -> R
 
 /// Raw byte modes that give benchmarks a same-address baseline: 1 echo (`a` bytes in, `b` bytes out, repeated),
 /// 2 source (stream `a`-byte chunks until the client closes), 3 sink.
-async fn raw_mode<S: AsyncRead + AsyncWrite + Unpin>(
-    s: &mut S,
-    mode: u8,
-    a: usize,
-    b: usize,
-) -> io::Result<()> {
+async fn raw_mode<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, mode: u8, a: usize, b: usize) -> io::Result<()> {
     match mode {
         1 => {
             let mut inb = vec![0u8; a.max(1)];
             let outb = vec![0x5au8; b];
             loop {
                 if let Err(e) = s.read_exact(&mut inb[..a]).await {
-                    return if e.kind() == io::ErrorKind::UnexpectedEof {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    };
+                    return if e.kind() == io::ErrorKind::UnexpectedEof { Ok(()) } else { Err(e) };
                 }
                 s.write_all(&outb).await?;
             }

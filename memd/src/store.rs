@@ -48,8 +48,8 @@ fn shard_of(space: u64, key: u64) -> usize {
     let mut h = KeyHasher::default();
     h.write_u64(space);
     h.write_u64(key);
-    // The shard count is a small power of two; the mask keeps the value in range before the cast.
-    (h.finish() & (SHARDS as u64 - 1)) as usize
+    // The shard count is a small power of two: only the low bits matter.
+    usize::try_from(h.finish() % SHARDS as u64).unwrap_or(0)
 }
 
 /// Fixed-size slots carved out of large buffers, with a free list.
@@ -65,13 +65,7 @@ struct Slab {
 impl Slab {
     fn new(slot: usize) -> Slab {
         let per_slab = (256 * 1024 / slot).max(1);
-        Slab {
-            slot,
-            per_slab,
-            slabs: Vec::new(),
-            free: Vec::new(),
-            next: 0,
-        }
+        Slab { slot, per_slab, slabs: Vec::new(), free: Vec::new(), next: 0 }
     }
     fn alloc(&mut self) -> u32 {
         if let Some(s) = self.free.pop() {
@@ -79,8 +73,7 @@ impl Slab {
         }
         let s = self.next;
         if s as usize == self.slabs.len() * self.per_slab {
-            self.slabs
-                .push(vec![0u8; self.slot * self.per_slab].into_boxed_slice());
+            self.slabs.push(vec![0u8; self.slot * self.per_slab].into_boxed_slice());
         }
         self.next += 1;
         s
@@ -151,15 +144,10 @@ struct ObjShard {
 
 impl ObjShard {
     fn new(sizes: &[usize]) -> ObjShard {
-        ObjShard {
-            map: Map::default(),
-            classes: sizes.iter().map(|&s| Slab::new(s)).collect(),
-        }
+        ObjShard { map: Map::default(), classes: sizes.iter().map(|&s| Slab::new(s)).collect() }
     }
     fn get(&self, ds: u64, id: u64) -> Option<&[u8]> {
-        self.map
-            .get(&(ds, id))
-            .map(|l| &self.classes[l.class as usize].get(l.slot)[..l.len as usize])
+        self.map.get(&(ds, id)).map(|l| &self.classes[l.class as usize].get(l.slot)[..l.len as usize])
     }
     /// Stores a value; returns the previous length, if any.
     fn put(&mut self, sizes: &[usize], ds: u64, id: u64, v: &[u8]) -> Option<u32> {
@@ -234,13 +222,15 @@ impl Counters {
     }
 }
 
+type Instance = Arc<Mutex<Box<dyn crate::offload::DsInstance>>>;
+
 /// One tenant: its key spaces, counters and offloaded data-structure instances.
 #[derive(Debug)]
 pub struct Tenant {
     name: String,
     pages: Vec<Mutex<PageShard>>,
     objects: Vec<Mutex<ObjShard>>,
-    instances: Mutex<HashMap<u64, Arc<Mutex<Box<dyn crate::offload::DsInstance>>>>>,
+    instances: Mutex<HashMap<u64, Instance>>,
     /// This tenant's counters.
     pub counters: Counters,
 }
@@ -249,12 +239,8 @@ impl Tenant {
     fn new(name: &str, sizes: &[usize]) -> Tenant {
         Tenant {
             name: name.to_string(),
-            pages: (0..SHARDS)
-                .map(|_| Mutex::new(PageShard::default()))
-                .collect(),
-            objects: (0..SHARDS)
-                .map(|_| Mutex::new(ObjShard::new(sizes)))
-                .collect(),
+            pages: (0..SHARDS).map(|_| Mutex::new(PageShard::default())).collect(),
+            objects: (0..SHARDS).map(|_| Mutex::new(ObjShard::new(sizes))).collect(),
             instances: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         }
@@ -330,19 +316,11 @@ impl Engine {
             if new > self.capacity {
                 return Err(ProtoError::new(
                     Status::NoSpace,
-                    format!(
-                        "write of {bytes} new bytes refused: {cur} of {} bytes capacity in use",
-                        self.capacity
-                    ),
+                    format!("write of {bytes} new bytes refused: {cur} of {} bytes capacity in use", self.capacity),
                 ));
             }
             match self.used.compare_exchange_weak(cur, new, Relaxed, Relaxed) {
-                Ok(_) => {
-                    return Ok(Reservation {
-                        used: &self.used,
-                        bytes,
-                    })
-                }
+                Ok(_) => return Ok(Reservation { used: &self.used, bytes }),
                 Err(c) => cur = c,
             }
         }
@@ -391,24 +369,26 @@ impl Engine {
         self.global.ops[kind].fetch_add(1, Relaxed);
     }
 
-    fn add_stored(&self, t: &Tenant, bytes: i64, pages: i64, objects: i64) {
+    fn add_stored(&self, t: &Tenant, bytes: u64, pages: u64, objects: u64) {
         for c in [&t.counters, &self.global] {
-            c.bytes_stored.fetch_add(bytes as u64, Relaxed);
-            c.pages.fetch_add(pages as u64, Relaxed);
-            c.objects.fetch_add(objects as u64, Relaxed);
+            c.bytes_stored.fetch_add(bytes, Relaxed);
+            c.pages.fetch_add(pages, Relaxed);
+            c.objects.fetch_add(objects, Relaxed);
+        }
+    }
+
+    fn sub_stored(&self, t: &Tenant, bytes: u64, pages: u64, objects: u64) {
+        self.used.fetch_sub(bytes, Relaxed);
+        for c in [&t.counters, &self.global] {
+            c.bytes_stored.fetch_sub(bytes, Relaxed);
+            c.pages.fetch_sub(pages, Relaxed);
+            c.objects.fetch_sub(objects, Relaxed);
         }
     }
 
     /// Executes one decoded request for `tenant`, appending the complete reply frame (success or error) to
     /// `out`. `Raw` requests are the transport's business and answered here with an error.
-    pub fn dispatch(
-        &self,
-        tenant: &Tenant,
-        id: u64,
-        op: u8,
-        req: &RequestView<'_>,
-        out: &mut Vec<u8>,
-    ) {
+    pub fn dispatch(&self, tenant: &Tenant, id: u64, op: u8, req: &RequestView<'_>, out: &mut Vec<u8>) {
         let start = out.len();
         let frame = proto::begin_frame(out, op, Status::Ok as u8, id);
         match self.execute(tenant, req, out) {
@@ -422,12 +402,7 @@ impl Engine {
         }
     }
 
-    fn execute(
-        &self,
-        t: &Tenant,
-        req: &RequestView<'_>,
-        out: &mut Vec<u8>,
-    ) -> Result<(), ProtoError> {
+    fn execute(&self, t: &Tenant, req: &RequestView<'_>, out: &mut Vec<u8>) -> Result<(), ProtoError> {
         match *req {
             RequestView::Ping => self.count_op(t, 4),
             RequestView::Stats => {
@@ -449,21 +424,12 @@ impl Engine {
                     }
                 }
             }
-            RequestView::WritePages {
-                region,
-                pages,
-                data,
-            } => {
+            RequestView::WritePages { region, pages, data } => {
                 self.count_op(t, 1);
                 // Reserve room for pages not yet stored; the reservation is returned if anything fails.
                 let fresh = pages
                     .iter()
-                    .filter(|&p| {
-                        !t.pages[shard_of(region, p)]
-                            .lock()
-                            .map
-                            .contains_key(&(region, p))
-                    })
+                    .filter(|&p| !t.pages[shard_of(region, p)].lock().map.contains_key(&(region, p)))
                     .count() as u64;
                 let res = self.reserve(fresh * PAGE_SIZE as u64)?;
                 let mut added = 0u64;
@@ -479,25 +445,19 @@ impl Engine {
                             s
                         }
                     };
-                    shard
-                        .slab()
-                        .get_mut(slot)
-                        .copy_from_slice(&data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
+                    shard.slab().get_mut(slot).copy_from_slice(&data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
                 }
                 // Commit what was really added (a concurrent writer may have added some of the same pages).
                 std::mem::forget(res);
-                self.used
-                    .fetch_sub((fresh - added.min(fresh)) * PAGE_SIZE as u64, Relaxed);
+                self.used.fetch_sub((fresh - added.min(fresh)) * PAGE_SIZE as u64, Relaxed);
                 if added > fresh {
-                    self.used
-                        .fetch_add((added - fresh) * PAGE_SIZE as u64, Relaxed);
+                    self.used.fetch_add((added - fresh) * PAGE_SIZE as u64, Relaxed);
                 }
-                let added = added as i64;
-                self.add_stored(t, added * PAGE_SIZE as i64, added, 0);
+                self.add_stored(t, added * PAGE_SIZE as u64, added, 0);
             }
             RequestView::DeletePages { region, pages } => {
                 self.count_op(t, 2);
-                let mut removed = 0i64;
+                let mut removed = 0u64;
                 for p in pages.iter() {
                     let mut shard = t.pages[shard_of(region, p)].lock();
                     if let Some(s) = shard.map.remove(&(region, p)) {
@@ -509,7 +469,7 @@ impl Engine {
             }
             RequestView::DropRegion { region } => {
                 self.count_op(t, 2);
-                let mut removed = 0i64;
+                let mut removed = 0u64;
                 for shard in &t.pages {
                     let mut shard = shard.lock();
                     let shard = &mut *shard;
@@ -528,40 +488,29 @@ impl Engine {
             }
             RequestView::ReadObjects { ds, ids } => {
                 self.count_op(t, 0);
-                out.extend_from_slice(
-                    &u32::try_from(ids.len())
-                        .expect("batch bounded")
-                        .to_le_bytes(),
-                );
+                out.extend_from_slice(&u32::try_from(ids.len()).expect("batch bounded").to_le_bytes());
                 for id in ids.iter() {
                     out.extend_from_slice(&id.to_le_bytes());
                     let shard = t.objects[shard_of(ds, id)].lock();
                     match shard.get(ds, id) {
                         Some(v) => {
-                            out.extend_from_slice(
-                                &u32::try_from(v.len()).expect("bounded").to_le_bytes(),
-                            );
+                            out.extend_from_slice(&u32::try_from(v.len()).expect("bounded").to_le_bytes());
                             out.extend_from_slice(v);
                         }
                         None => out.extend_from_slice(&ABSENT.to_le_bytes()),
                     }
                 }
             }
-            RequestView::WriteObjects {
-                ds,
-                ids,
-                lens,
-                data,
-            } => {
+            RequestView::WriteObjects { ds, ids, lens, data } => {
                 self.count_op(t, 1);
                 self.write_objects(t, ds, ids.iter().zip(lens_iter(lens)), data)?;
             }
             RequestView::DeleteObjects { ds, ids } => {
                 self.count_op(t, 2);
-                let (mut bytes, mut n) = (0i64, 0i64);
+                let (mut bytes, mut n) = (0u64, 0u64);
                 for id in ids.iter() {
                     if let Some(l) = t.objects[shard_of(ds, id)].lock().remove(ds, id) {
-                        bytes += i64::from(l);
+                        bytes += u64::from(l);
                         n += 1;
                     }
                 }
@@ -577,34 +526,28 @@ impl Engine {
                 let inst = self.registry.construct(ty, params)?;
                 let mut m = t.instances.lock();
                 if m.contains_key(&ds) {
-                    return Err(ProtoError::bad(format!(
-                        "data structure {ds} already exists"
-                    )));
+                    return Err(ProtoError::bad(format!("data structure {ds} already exists")));
                 }
                 m.insert(ds, Arc::new(Mutex::new(inst)));
             }
             RequestView::Destruct { ds } => {
                 self.count_op(t, 3);
                 if t.instances.lock().remove(&ds).is_none() {
-                    return Err(ProtoError::new(
-                        Status::NoSuchDs,
-                        format!("no data structure {ds}"),
-                    ));
+                    return Err(ProtoError::new(Status::NoSuchDs, format!("no data structure {ds}")));
                 }
                 let (bytes, n) = self.drop_objects(t, ds);
                 self.release_objects(t, bytes, n);
             }
             RequestView::Compute { ds, op, input } => {
                 self.count_op(t, 3);
-                let inst = t.instances.lock().get(&ds).cloned().ok_or_else(|| {
-                    ProtoError::new(Status::NoSuchDs, format!("no data structure {ds}"))
-                })?;
+                let inst = t
+                    .instances
+                    .lock()
+                    .get(&ds)
+                    .cloned()
+                    .ok_or_else(|| ProtoError::new(Status::NoSuchDs, format!("no data structure {ds}")))?;
                 let mut inst = inst.lock();
-                let mut view = ObjectsView {
-                    engine: self,
-                    tenant: t,
-                    ds,
-                };
+                let mut view = ObjectsView { engine: self, tenant: t, ds };
                 let output = inst.compute(op, input, &mut view)?;
                 out.extend_from_slice(&output);
             }
@@ -615,30 +558,22 @@ impl Engine {
         Ok(())
     }
 
-    fn release_pages(&self, t: &Tenant, removed: i64) {
-        self.used
-            .fetch_sub(removed as u64 * PAGE_SIZE as u64, Relaxed);
-        self.add_stored(t, -removed * PAGE_SIZE as i64, -removed, 0);
+    fn release_pages(&self, t: &Tenant, removed: u64) {
+        self.sub_stored(t, removed * PAGE_SIZE as u64, removed, 0);
     }
 
-    fn release_objects(&self, t: &Tenant, bytes: i64, n: i64) {
-        self.used.fetch_sub(bytes as u64, Relaxed);
-        self.add_stored(t, -bytes, 0, -n);
+    fn release_objects(&self, t: &Tenant, bytes: u64, n: u64) {
+        self.sub_stored(t, bytes, 0, n);
     }
 
-    fn drop_objects(&self, t: &Tenant, ds: u64) -> (i64, i64) {
-        let (mut bytes, mut n) = (0i64, 0i64);
+    fn drop_objects(&self, t: &Tenant, ds: u64) -> (u64, u64) {
+        let (mut bytes, mut n) = (0u64, 0u64);
         for shard in &t.objects {
             let mut shard = shard.lock();
-            let keys: Vec<u64> = shard
-                .map
-                .keys()
-                .filter(|k| k.0 == ds)
-                .map(|k| k.1)
-                .collect();
+            let keys: Vec<u64> = shard.map.keys().filter(|k| k.0 == ds).map(|k| k.1).collect();
             for id in keys {
                 if let Some(l) = shard.remove(ds, id) {
-                    bytes += i64::from(l);
+                    bytes += u64::from(l);
                     n += 1;
                 }
             }
@@ -647,65 +582,49 @@ impl Engine {
     }
 
     /// Stores objects of `ds` for `t`, all or nothing with respect to capacity.
-    pub(crate) fn write_objects<'a>(
+    pub(crate) fn write_objects(
         &self,
         t: &Tenant,
         ds: u64,
         entries: impl Iterator<Item = (u64, u32)> + Clone,
-        data: &'a [u8],
+        data: &[u8],
     ) -> Result<(), ProtoError> {
-        // Net growth if every entry replaced what is stored now.
-        let mut grow = 0i64;
+        // Growth if every entry replaced what is stored now (shrinking entries give room back only afterwards).
+        let mut grow = 0u64;
         for (id, len) in entries.clone() {
-            let old = t.objects[shard_of(ds, id)]
-                .lock()
-                .map
-                .get(&(ds, id))
-                .map_or(0, |l| i64::from(l.len));
-            grow += i64::from(len) - old;
+            let old = t.objects[shard_of(ds, id)].lock().map.get(&(ds, id)).map_or(0, |l| l.len);
+            grow += u64::from(len.saturating_sub(old));
         }
-        let res = self.reserve(grow.max(0) as u64)?;
-        let (mut delta, mut added, mut off) = (0i64, 0i64, 0usize);
+        let res = self.reserve(grow)?;
+        let (mut added_bytes, mut freed_bytes, mut added, mut off) = (0u64, 0u64, 0u64, 0usize);
         for (id, len) in entries {
             let v = &data[off..off + len as usize];
             off += len as usize;
-            match t.objects[shard_of(ds, id)]
-                .lock()
-                .put(&self.sizes, ds, id, v)
-            {
-                Some(old) => delta += i64::from(len) - i64::from(old),
-                None => {
-                    delta += i64::from(len);
-                    added += 1;
-                }
+            let old = t.objects[shard_of(ds, id)].lock().put(&self.sizes, ds, id, v);
+            if old.is_none() {
+                added += 1;
             }
+            let old = old.unwrap_or(0);
+            added_bytes += u64::from(len.saturating_sub(old));
+            freed_bytes += u64::from(old.saturating_sub(len));
         }
+        // Settle the reservation against what really changed (a concurrent writer may have raced us).
         std::mem::forget(res);
-        // Settle the reservation against what really changed.
-        let reserved = grow.max(0);
-        if delta >= reserved {
-            self.used.fetch_add((delta - reserved) as u64, Relaxed);
+        if added_bytes > grow {
+            self.used.fetch_add(added_bytes - grow, Relaxed);
         } else {
-            self.used.fetch_sub((reserved - delta) as u64, Relaxed);
+            self.used.fetch_sub(grow - added_bytes, Relaxed);
         }
-        self.add_stored(t, delta, 0, added);
+        self.add_stored(t, added_bytes, 0, added);
+        self.sub_stored(t, freed_bytes, 0, 0);
         Ok(())
     }
 
     pub(crate) fn read_object(&self, t: &Tenant, ds: u64, id: u64) -> Option<Vec<u8>> {
-        t.objects[shard_of(ds, id)]
-            .lock()
-            .get(ds, id)
-            .map(<[u8]>::to_vec)
+        t.objects[shard_of(ds, id)].lock().get(ds, id).map(<[u8]>::to_vec)
     }
 
-    pub(crate) fn with_object<R>(
-        &self,
-        t: &Tenant,
-        ds: u64,
-        id: u64,
-        f: impl FnOnce(Option<&[u8]>) -> R,
-    ) -> R {
+    pub(crate) fn with_object<R>(&self, t: &Tenant, ds: u64, id: u64, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
         f(t.objects[shard_of(ds, id)].lock().get(ds, id))
     }
 
@@ -722,8 +641,7 @@ impl Engine {
 }
 
 fn lens_iter(lens: &[u8]) -> impl Iterator<Item = u32> + Clone + '_ {
-    lens.chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+    lens.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
 }
 
 #[cfg(test)]
@@ -735,9 +653,7 @@ mod tests {
         let s = class_sizes();
         assert_eq!(s[0], 16);
         assert_eq!(*s.last().unwrap(), MAX_OBJECT);
-        assert!(s
-            .windows(2)
-            .all(|w| w[0] < w[1] && w[1] * 4 <= w[0] * 5 + w[0] / 4 * 4));
+        assert!(s.windows(2).all(|w| w[0] < w[1] && w[1] * 4 <= w[0] * 5 + w[0] / 4 * 4));
         assert!(s.len() < 256);
     }
 

@@ -27,27 +27,15 @@ impl TestServer {
 
     /// Starts a server after letting `adjust` change its configuration (registry, timeouts, listen address).
     pub fn start_with(adjust: impl FnOnce(&mut ServerConfig), capacity: u64) -> TestServer {
-        let cred = Credential {
-            tenant: "test".into(),
-            secret: crate::config::random_secret().into_bytes(),
-        };
+        let cred = Credential { tenant: "test".into(), secret: crate::config::random_secret().into_bytes() };
         let mut cfg = ServerConfig::loopback(capacity, vec![cred.clone()]);
         adjust(&mut cfg);
         let dir = private_dir();
         let token_file = dir.join("token");
-        let line = format!(
-            "{}:{}\n",
-            cred.tenant,
-            String::from_utf8_lossy(&cred.secret)
-        );
+        let line = format!("{}:{}\n", cred.tenant, String::from_utf8_lossy(&cred.secret));
         std::fs::write(&token_file, line).expect("write the test token file");
         let server = server::start(cfg).expect("start a test memd");
-        TestServer {
-            server: Some(server),
-            cred,
-            dir,
-            token_file,
-        }
+        TestServer { server: Some(server), cred, dir, token_file }
     }
 
     /// Where the server listens.
@@ -107,18 +95,11 @@ pub fn private_dir() -> PathBuf {
     use std::os::unix::fs::DirBuilderExt;
     let base = std::env::temp_dir();
     loop {
-        let p = base.join(format!(
-            "farmem-{}-{:016x}",
-            std::process::id(),
-            crate::far::fresh_space_id()
-        ));
+        let p = base.join(format!("farmem-{}-{:016x}", std::process::id(), crate::far::fresh_space_id()));
         match std::fs::DirBuilder::new().mode(0o700).create(&p) {
             Ok(()) => return p,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => panic!(
-                "cannot create a private directory in {}: {e}",
-                base.display()
-            ),
+            Err(e) => panic!("cannot create a private directory in {}: {e}", base.display()),
         }
     }
 }

@@ -1,0 +1,522 @@
+//! memd against a live server on loopback: every op, pipelining, tenants, bad input, capacity, authentication,
+//! reconnects, and the `memd` command.
+#![allow(clippy::cast_possible_truncation, reason = "test data generators fold numbers into bytes on purpose")]
+
+use farmem_memd::config::{Addr, Credential};
+use farmem_memd::offload::{DsInstance, DsType, ObjectsView, OffloadError, Registry};
+use farmem_memd::proto::{self, Header, Op, Status, HEADER_LEN, MAGIC, PAGE_SIZE, VERSION};
+use farmem_memd::server::{self, ServerConfig};
+use farmem_memd::testing::TestServer;
+use farmem_memd::{Client, ClientConfig, FarStore, ObjBatch, Request, StoreError};
+use proptest::prelude::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A test type: op 0 sleeps `input[0]` × 10 ms and echoes the input; op 1 sums the u64 objects 0..n of its ds.
+struct Slow;
+struct SlowInst;
+impl DsType for Slow {
+    fn construct(&self, _: &[u8]) -> Result<Box<dyn DsInstance>, OffloadError> {
+        Ok(Box::new(SlowInst))
+    }
+}
+impl DsInstance for SlowInst {
+    fn compute(&mut self, op: u32, input: &[u8], objs: &mut ObjectsView<'_>) -> Result<Vec<u8>, OffloadError> {
+        match op {
+            0 => {
+                std::thread::sleep(Duration::from_millis(10 * u64::from(*input.first().unwrap_or(&0))));
+                Ok(input.to_vec())
+            }
+            1 => {
+                let n = u64::from_le_bytes(input.try_into().map_err(|_| OffloadError::BadInput("want u64".into()))?);
+                let mut sum = 0u64;
+                for id in 0..n {
+                    let v = objs.get(id).ok_or(OffloadError::MissingObject(id))?;
+                    sum += u64::from_le_bytes(v[..8].try_into().unwrap());
+                }
+                Ok(sum.to_le_bytes().to_vec())
+            }
+            o => Err(OffloadError::UnknownOp(o)),
+        }
+    }
+}
+
+fn with_slow(cfg: &mut ServerConfig) {
+    let mut r = Registry::new();
+    r.register("slow", Arc::new(Slow));
+    cfg.registry = r;
+}
+
+fn page(seed: u64) -> Vec<u8> {
+    (0..PAGE_SIZE).map(|i| (seed.wrapping_mul(31).wrapping_add(i as u64) % 251) as u8).collect()
+}
+
+fn exercise_every_op(c: &dyn FarStore) {
+    c.ping().unwrap();
+    let mut data = page(1);
+    data.extend(page(2));
+    c.write_pages(9, &[100, 200], &data).unwrap();
+    let (present, got) = c.read_pages(9, &[200, 300, 100]).unwrap();
+    assert_eq!(present, vec![true, false, true]);
+    assert_eq!(&got[..PAGE_SIZE], &page(2)[..]);
+    assert!(got[PAGE_SIZE..2 * PAGE_SIZE].iter().all(|&b| b == 0));
+    assert_eq!(&got[2 * PAGE_SIZE..], &page(1)[..]);
+    c.delete_pages(9, &[100]).unwrap();
+    assert_eq!(c.read_pages(9, &[100, 200]).unwrap().0, vec![false, true]);
+    c.drop_region(9).unwrap();
+    assert_eq!(c.read_pages(9, &[200]).unwrap().0, vec![false]);
+
+    let mut b = ObjBatch::new();
+    b.push(1, b"one");
+    b.push(2, &vec![2u8; proto::MAX_OBJECT]);
+    b.push(3, &[3u8; 64]);
+    c.write_objects(4, b).unwrap();
+    let got = c.read_objects(4, &[3, 9, 1, 2]).unwrap();
+    let v: Vec<_> = got.iter().map(|(id, v)| (id, v.map(<[u8]>::len))).collect();
+    assert_eq!(v, vec![(3, Some(64)), (9, None), (1, Some(3)), (2, Some(proto::MAX_OBJECT))]);
+    c.delete_objects(4, &[1]).unwrap();
+    assert_eq!(c.read_object(4, 1).unwrap(), None);
+    c.drop_objects(4).unwrap();
+    assert_eq!(c.read_object(4, 3).unwrap(), None);
+
+    c.construct(5, "slow", &[]).unwrap();
+    for i in 0..4u64 {
+        c.write_object(5, i, &(i * 10).to_le_bytes()).unwrap();
+    }
+    assert_eq!(c.compute(5, 1, &4u64.to_le_bytes()).unwrap(), 60u64.to_le_bytes());
+    let e = c.compute(5, 7, &[]).unwrap_err();
+    assert!(matches!(e, StoreError::Rejected { status: Status::ComputeFailed, .. }), "{e}");
+    assert!(e.to_string().contains("operation 7"), "{e}");
+    let e = c.compute(5, 1, &9u64.to_le_bytes()).unwrap_err();
+    assert!(e.to_string().contains("object 4 is missing"), "{e}");
+    c.destruct(5).unwrap();
+    assert_eq!(c.read_object(5, 0).unwrap(), None, "destruct drops the instance's objects");
+    let e = c.construct(6, "nope", &[]).unwrap_err();
+    assert!(matches!(e, StoreError::Rejected { status: Status::UnknownType, .. }), "{e}");
+    assert!(e.to_string().contains("slow"), "the error lists the known types: {e}");
+    let stats = c.stats().unwrap();
+    assert!(stats.iter().any(|(k, v)| k == "tenant.ops.write" && *v >= 3), "{stats:?}");
+}
+
+#[test]
+fn every_op_round_trips_over_tcp() {
+    let s = TestServer::start_with(with_slow, 1 << 30);
+    exercise_every_op(&s.client());
+    assert_eq!(s.server().engine().used(), 0, "everything written was deleted again");
+}
+
+#[test]
+fn every_op_round_trips_over_a_unix_socket() {
+    let dir = farmem_memd::testing::private_dir();
+    let path = dir.join("memd.sock");
+    let s = TestServer::start_with(
+        |c| {
+            with_slow(c);
+            c.listen = Addr::Unix(path.clone());
+        },
+        1 << 30,
+    );
+    assert_eq!(s.addr(), &Addr::Unix(path.clone()));
+    exercise_every_op(&s.client());
+    drop(s);
+    assert!(!path.exists(), "the socket file is removed when the server stops");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn the_in_process_store_behaves_the_same() {
+    let mut r = Registry::new();
+    r.register("slow", Arc::new(Slow));
+    exercise_every_op(&farmem_memd::MemStore::with_registry(1 << 30, r));
+}
+
+#[test]
+fn out_of_order_replies_reach_the_right_caller() {
+    let s = TestServer::start_with(with_slow, 1 << 30);
+    let mut cfg = s.client_config();
+    cfg.connections = 1;
+    let c = Client::connect(cfg).unwrap();
+    c.construct(1, "slow", &[]).unwrap();
+    c.write_pages(1, &[0], &page(7)).unwrap();
+    // A slow compute first, then fast reads on the same connection: the reads are answered before it.
+    let slow = c.submit(Request::Compute { ds: 1, op: 0, input: vec![30, 1, 2] }).unwrap();
+    let t = Instant::now();
+    let fast: Vec<_> = (0..10).map(|_| c.submit(Request::ReadPages { region: 1, pages: vec![0] }).unwrap()).collect();
+    for f in fast {
+        match f.wait().unwrap() {
+            farmem_memd::Reply::Pages { present, data } => {
+                assert_eq!(present, vec![true]);
+                assert_eq!(data, page(7));
+            }
+            r => panic!("{r:?}"),
+        }
+    }
+    let fast_done = t.elapsed();
+    assert!(!slow.is_ready() || fast_done < Duration::from_millis(300), "reads waited for the compute");
+    assert_eq!(slow.wait().unwrap(), farmem_memd::Reply::Output(vec![30, 1, 2]));
+}
+
+#[test]
+fn many_threads_and_tenants_at_once() {
+    let alice = Credential { tenant: "alice".into(), secret: b"alice-secret-0123456789".to_vec() };
+    let bob = Credential { tenant: "bob".into(), secret: b"bob-secret-0123456789ab".to_vec() };
+    let srv = server::start(ServerConfig::loopback(1 << 30, vec![alice.clone(), bob.clone()])).unwrap();
+    let connect = |cred: &Credential| {
+        let mut cfg = ClientConfig::new(srv.addr().clone(), cred.clone());
+        cfg.connections = 2;
+        Arc::new(Client::connect(cfg).unwrap())
+    };
+    let (a, b) = (connect(&alice), connect(&bob));
+    std::thread::scope(|sc| {
+        for (t, c) in [(0u64, &a), (1, &a), (2, &b), (3, &b)] {
+            sc.spawn(move || {
+                let tag = if t < 2 { 0xAAu8 } else { 0xBB };
+                for i in 0..200u64 {
+                    let p = t * 1000 + i;
+                    let mut d = page(p);
+                    d[0] = tag;
+                    // Both tenants use the same region and page numbers.
+                    let w = c.submit(Request::WritePages { region: 1, pages: vec![p % 300], data: d.clone() }).unwrap();
+                    let r = c.submit(Request::ReadPages { region: 1, pages: vec![p % 300] }).unwrap();
+                    w.wait().unwrap();
+                    match r.wait().unwrap() {
+                        farmem_memd::Reply::Pages { present, data } => {
+                            assert!(present[0]);
+                            assert_eq!(data[0], tag, "a tenant read another tenant's page");
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                }
+            });
+        }
+    });
+    // Bob dropping the region leaves Alice's copy alone.
+    b.drop_region(1).unwrap();
+    assert!(!b.read_pages(1, &[0]).unwrap().0[0]);
+    let (present, data) = a.read_pages(1, &[0]).unwrap();
+    assert!(present[0] && data[0] == 0xAA);
+    srv.stop();
+}
+
+#[test]
+fn capacity_is_enforced_and_nothing_partial_is_stored() {
+    let s = TestServer::start(8 * PAGE_SIZE as u64);
+    let c = s.client();
+    let data: Vec<u8> = (0..6).flat_map(page).collect();
+    c.write_pages(1, &[0, 1, 2, 3, 4, 5], &data).unwrap();
+    let e = c.write_pages(1, &[10, 11, 12], &data[..3 * PAGE_SIZE]).unwrap_err();
+    assert!(matches!(e, StoreError::NoSpace(_)), "{e}");
+    assert!(e.to_string().contains("capacity"), "{e}");
+    assert_eq!(c.read_pages(1, &[10, 11, 12]).unwrap().0, vec![false; 3], "a refused batch stores nothing");
+    let mut b = ObjBatch::new();
+    b.push(1, &[1; 100]);
+    b.push(2, &vec![2; 3 * PAGE_SIZE]);
+    assert!(matches!(c.write_objects(1, b), Err(StoreError::NoSpace(_))));
+    assert_eq!(c.read_object(1, 1).unwrap(), None);
+    // Overwrites of stored pages still work, and the old data is intact.
+    c.write_pages(1, &[0], &page(99)).unwrap();
+    let (_, got) = c.read_pages(1, &[0, 5]).unwrap();
+    assert_eq!(&got[..PAGE_SIZE], &page(99)[..]);
+    assert_eq!(&got[PAGE_SIZE..], &page(5)[..]);
+    c.delete_pages(1, &[0, 1, 2]).unwrap();
+    c.write_pages(1, &[10, 11, 12], &data[..3 * PAGE_SIZE]).unwrap();
+    c.ping().unwrap();
+}
+
+// ---- raw-socket helpers for bad input ----
+
+fn tcp(s: &TestServer) -> TcpStream {
+    let Addr::Tcp(a) = s.addr() else { panic!("tcp test server") };
+    let t = TcpStream::connect(a).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    t
+}
+
+fn frame(op: u8, id: u64, payload: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    let f = proto::begin_frame(&mut b, op, 0, id);
+    b.extend_from_slice(payload);
+    proto::end_frame(&mut b, f);
+    b
+}
+
+fn read_frame(t: &mut TcpStream) -> std::io::Result<(Header, Vec<u8>)> {
+    let mut len = [0u8; 4];
+    t.read_exact(&mut len)?;
+    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+    t.read_exact(&mut body)?;
+    Ok((Header::parse(&body).unwrap(), body[HEADER_LEN..].to_vec()))
+}
+
+fn hello(tenant: &str, version: u16) -> Vec<u8> {
+    let mut p = MAGIC.to_vec();
+    p.extend_from_slice(&version.to_le_bytes());
+    p.push(tenant.len() as u8);
+    p.extend_from_slice(tenant.as_bytes());
+    frame(Op::Hello as u8, 0, &p)
+}
+
+/// Completes a handshake by hand; returns the socket and the AUTH frame that was sent.
+fn authed(s: &TestServer) -> (TcpStream, Vec<u8>) {
+    let mut t = tcp(s);
+    let cred = s.credential();
+    t.write_all(&hello(&cred.tenant, VERSION)).unwrap();
+    let (h, p) = read_frame(&mut t).unwrap();
+    assert_eq!(h.op, Op::Challenge as u8);
+    let tag = farmem_memd::auth::respond(&cred.secret, &p[2..], &cred.tenant);
+    let auth = frame(Op::Auth as u8, 0, &tag);
+    t.write_all(&auth).unwrap();
+    let (h, _) = read_frame(&mut t).unwrap();
+    assert_eq!(h.op, Op::AuthOk as u8);
+    (t, auth)
+}
+
+fn closed(t: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(t.read(&mut b), Ok(0) | Err(_))
+}
+
+#[test]
+fn bad_frames_get_errors_and_the_server_keeps_serving() {
+    let s = TestServer::start(1 << 30);
+    let good = s.client();
+
+    // Unknown opcode: error frame, connection stays usable.
+    let (mut t, _) = authed(&s);
+    t.write_all(&frame(0x77, 5, b"xyz")).unwrap();
+    let (h, p) = read_frame(&mut t).unwrap();
+    assert_eq!((h.id, Status::from_u8(h.status)), (5, Some(Status::UnknownOp)));
+    assert!(String::from_utf8_lossy(&p).contains("0x77"));
+    // A payload that does not decode: error frame, connection stays usable.
+    t.write_all(&frame(Op::ReadPages as u8, 6, &[1, 2, 3])).unwrap();
+    let (h, p) = read_frame(&mut t).unwrap();
+    assert_eq!((h.id, Status::from_u8(h.status)), (6, Some(Status::BadRequest)));
+    assert!(String::from_utf8_lossy(&p).contains("truncated"), "{}", String::from_utf8_lossy(&p));
+    t.write_all(&frame(Op::Ping as u8, 7, &[])).unwrap();
+    assert_eq!(read_frame(&mut t).unwrap().0.status, 0);
+    // A batch count that lies about its size.
+    let mut p = 1u64.to_le_bytes().to_vec();
+    p.extend_from_slice(&1_000_000u32.to_le_bytes());
+    t.write_all(&frame(Op::ReadPages as u8, 8, &p)).unwrap();
+    assert_eq!(Status::from_u8(read_frame(&mut t).unwrap().0.status), Some(Status::TooLarge));
+
+    // Length over the maximum: error frame, then closed.
+    let (mut t, _) = authed(&s);
+    t.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    let (h, p) = read_frame(&mut t).unwrap();
+    assert_eq!(Status::from_u8(h.status), Some(Status::TooLarge), "{}", String::from_utf8_lossy(&p));
+    assert!(closed(&mut t));
+
+    // Length shorter than a header: error frame, then closed.
+    let (mut t, _) = authed(&s);
+    t.write_all(&3u32.to_le_bytes()).unwrap();
+    t.write_all(&[0; 3]).unwrap();
+    assert_eq!(Status::from_u8(read_frame(&mut t).unwrap().0.status), Some(Status::BadRequest));
+    assert!(closed(&mut t));
+
+    // Truncated frame, then the client goes away: nothing breaks.
+    let (mut t, _) = authed(&s);
+    let f = frame(Op::WritePages as u8, 1, &[0; 100]);
+    t.write_all(&f[..50]).unwrap();
+    drop(t);
+
+    // Requests before the handshake: refused and closed.
+    let mut t = tcp(&s);
+    t.write_all(&frame(Op::Ping as u8, 1, &[])).unwrap();
+    let (h, _) = read_frame(&mut t).unwrap();
+    assert_eq!(Status::from_u8(h.status), Some(Status::BadRequest));
+    assert!(closed(&mut t));
+
+    // Wrong protocol version.
+    let mut t = tcp(&s);
+    t.write_all(&hello("test", VERSION + 1)).unwrap();
+    let (h, p) = read_frame(&mut t).unwrap();
+    assert_eq!(Status::from_u8(h.status), Some(Status::Version));
+    assert!(String::from_utf8_lossy(&p).contains("version"));
+    assert!(closed(&mut t));
+
+    good.ping().unwrap();
+    exercise_pages_quickly(&good);
+}
+
+fn exercise_pages_quickly(c: &Client) {
+    c.write_pages(77, &[1], &page(1)).unwrap();
+    assert_eq!(c.read_pages(77, &[1]).unwrap().1, page(1));
+}
+
+#[test]
+fn authentication_rejects_wrong_missing_and_replayed_tokens() {
+    let s = TestServer::start(1 << 30);
+    let mut cfg = s.client_config();
+    cfg.credential.secret = b"definitely-not-the-secret".to_vec();
+    let e = Client::connect(cfg).unwrap_err();
+    assert!(matches!(e, StoreError::Auth { .. }), "{e}");
+    assert!(e.to_string().contains("authentication"), "{e}");
+    assert!(e.is_gone());
+
+    let mut cfg = s.client_config();
+    cfg.credential.tenant = "mallory".into();
+    assert!(matches!(Client::connect(cfg).unwrap_err(), StoreError::Auth { .. }));
+
+    // Replay: a captured AUTH frame is useless against a new challenge.
+    let (_t, captured) = authed(&s);
+    let mut t = tcp(&s);
+    t.write_all(&hello(&s.credential().tenant, VERSION)).unwrap();
+    read_frame(&mut t).unwrap();
+    t.write_all(&captured).unwrap();
+    let (h, _) = read_frame(&mut t).unwrap();
+    assert_eq!(Status::from_u8(h.status), Some(Status::AuthFailed));
+    assert!(closed(&mut t));
+    s.client().ping().unwrap();
+}
+
+#[test]
+fn a_client_that_stops_reading_only_hurts_itself() {
+    let s = TestServer::start_with(|c| c.write_stall = Duration::from_secs(1), 1 << 30);
+    let c = s.client();
+    c.write_pages(1, &[0], &page(3)).unwrap();
+    let (mut t, _) = authed(&s);
+    t.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    // Pour in reads of a 4 KiB page and never read a reply.
+    let req = frame(Op::ReadPages as u8, 1, &{
+        let mut p = 1u64.to_le_bytes().to_vec();
+        p.extend_from_slice(&1u32.to_le_bytes());
+        p.extend_from_slice(&0u64.to_le_bytes());
+        p
+    });
+    let burst: Vec<u8> = req.iter().copied().cycle().take(req.len() * 1000).collect();
+    let mut stalled = false;
+    for _ in 0..2000 {
+        if t.write_all(&burst).is_err() {
+            stalled = true;
+            break;
+        }
+    }
+    assert!(stalled, "the server kept reading although its replies were not read");
+    // Everyone else is served meanwhile.
+    for _ in 0..20 {
+        exercise_pages_quickly(&c);
+    }
+    // And the stalled connection is eventually closed.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut sink = vec![0u8; 1 << 20];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    t.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    loop {
+        match t.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => assert!(Instant::now() < deadline, "the stalled connection was never closed"),
+        }
+    }
+}
+
+#[test]
+fn a_client_survives_a_server_restart() {
+    let s = TestServer::start(1 << 30);
+    let Addr::Tcp(addr) = s.addr().clone() else { unreachable!() };
+    let cred = s.credential().clone();
+    let mut cfg = ClientConfig::new(Addr::Tcp(addr.clone()), cred.clone());
+    cfg.reconnect_timeout = Duration::from_secs(10);
+    let c = Client::connect(cfg).unwrap();
+    c.write_pages(1, &[1], &page(1)).unwrap();
+    drop(s);
+    // Restart on the same port a little later; the client's next calls reconnect.
+    let restarter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let mut sc = ServerConfig::loopback(1 << 30, vec![cred]);
+        sc.listen = Addr::Tcp(addr);
+        server::start(sc).unwrap()
+    });
+    c.write_pages(1, &[2], &page(2)).unwrap();
+    let srv = restarter.join().unwrap();
+    let (present, got) = c.read_pages(1, &[1, 2]).unwrap();
+    assert_eq!(present, vec![false, true], "the restarted server is empty; the new write is there");
+    assert_eq!(&got[PAGE_SIZE..], &page(2)[..]);
+    srv.stop();
+    // Gone for good: a typed error within the reconnect deadline, not a hang.
+    let mut cfg = c.config().clone();
+    cfg.reconnect_timeout = Duration::from_millis(500);
+    drop(c);
+    let t = Instant::now();
+    let e = Client::connect(cfg).unwrap_err();
+    assert!(e.is_gone(), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_call_in_flight_when_the_server_dies_fails_with_gone() {
+    let mut s = TestServer::start(1 << 30);
+    let mut cfg = s.client_config();
+    cfg.reconnect_timeout = Duration::from_millis(500);
+    let c = Client::connect(cfg).unwrap();
+    c.ping().unwrap();
+    s.stop();
+    let e = c.read_pages(1, &[0]).unwrap_err();
+    assert!(e.is_gone(), "{e}");
+    assert!(e.to_string().contains(&s.credential().tenant) || e.to_string().contains("127.0.0.1"), "{e}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn random_bytes_over_the_socket_never_hurt_the_server(
+        bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+        authenticate in any::<bool>(),
+    ) {
+        thread_local!(static SERVER: (TestServer, Client) = {
+            let s = TestServer::start(1 << 24);
+            let c = s.client();
+            (s, c)
+        });
+        SERVER.with(|(s, c)| {
+            let mut t = if authenticate { authed(s).0 } else { tcp(s) };
+            t.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            let _ = t.write_all(&bytes);
+            let mut sink = [0u8; 4096];
+            let _ = t.read(&mut sink);
+            drop(t);
+            c.ping().unwrap();
+        });
+    }
+}
+
+#[test]
+fn memd_command_ping_stats_and_signals() {
+    use std::process::{Command, Stdio};
+    let exe = env!("CARGO_BIN_EXE_memd");
+    let dir = farmem_memd::testing::private_dir();
+    let tok = dir.join("tok");
+    std::fs::write(&tok, "ops:0123456789abcdef0123456789\n").unwrap();
+    let mut child = Command::new(exe)
+        .args(["serve", "--listen", "127.0.0.1:0", "--capacity", "64M", "--token-file"])
+        .arg(&tok)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+    let addr = line.split_whitespace().nth(2).expect("listening on ADDR").to_string();
+    let out =
+        Command::new(exe).args(["ping", "--count", "2", "--server", &addr, "--token-file"]).arg(&tok).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pong from"));
+    let out = Command::new(exe).args(["stats", "--server", &addr, "--token-file"]).arg(&tok).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("global.capacity"), "{out:?}");
+    let bad = dir.join("bad");
+    std::fs::write(&bad, "ops:wrong-secret-wrong-secret\n").unwrap();
+    let out = Command::new(exe).args(["ping", "--server", &addr, "--token-file"]).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("authentication"), "{out:?}");
+    let out = Command::new(exe).args(["serve", "--capacity", "lots", "--token-file"]).arg(&tok).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--capacity"), "{out:?}");
+    // SIGTERM stops the server cleanly.
+    let st = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "memd exited with {status:?} on SIGTERM");
+    std::fs::remove_dir_all(dir).unwrap();
+}
