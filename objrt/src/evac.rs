@@ -1,0 +1,210 @@
+//! The pauseless evacuator.
+//!
+//! A cycle takes the emptiest sealed regions as victims and, for every object still in them:
+//! 1. **mark** it (`local → MARKED`, [`word::mark`]);
+//! 2. waits one **grace period** ([`crate::epoch::Domain::synchronize`]): afterwards no scope that could hold
+//!    a reference from before the mark is still open, and any later dereference found the mark and cancelled it;
+//! 3. **takes** it (`MARKED → BUSY`, [`word::begin_move`]) — this fails exactly when a mutator touched or freed
+//!    it, and then the object simply stays where it is;
+//! 4. moves it: a *hot* object (CLOCK bit clear: used since the last pass) is copied into the evacuator's own
+//!    region and gets its `COLD` bit set (second chance); a *cold clean* one is dropped (memd has it); a *cold
+//!    dirty* one is written to memd in batches — one `WriteObjects` per space and per `writeback_batch` bytes, all
+//!    in flight before the first is waited for — and becomes remote when its write is confirmed.
+//!
+//! A victim region whose live bytes reach zero goes back to the free pool; otherwise (an object was cancelled,
+//! or is still being published by its allocator) it returns to the sealed set and is retried later.
+//!
+//! Mutators never wait for a cycle: only a thread that touches an object while it is `BUSY` (being copied or
+//! written back) waits, for that object. To guarantee progress, the bytes kept by compaction in one cycle are
+//! capped at half of the victims' live bytes, and nothing is kept when free memory is at the hard watermark.
+
+use crate::heap::Header;
+use crate::runtime::{push_object, RtInner};
+use crate::slots::{self, Slot};
+use crate::stats::Counters;
+use crate::word;
+use farmem_memd::{ObjBatch, Pending, Request};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+/// Body of an evacuator thread.
+pub(crate) fn run(rt: &RtInner) {
+    farmem_memd::internal::mark_thread();
+    loop {
+        {
+            let mut stop = rt.heap.evac_mx.lock();
+            if *stop {
+                return;
+            }
+            if rt.heap.free_in_budget() > rt.heap.marks.low {
+                rt.heap.evac_cv.wait_for(&mut stop, Duration::from_millis(10));
+            }
+            if *stop {
+                return;
+            }
+        }
+        if rt.heap.free_in_budget() <= rt.heap.marks.low {
+            evacuate_until(rt, rt.heap.marks.high, false);
+        }
+        if rt.deletes_pending() {
+            if let Err(e) = rt.flush_deletes() {
+                tracing::warn!("farmem: deleting freed far objects failed: {e}");
+            }
+        }
+    }
+}
+
+/// Runs cycles until `target` regions of the budget are free or a cycle makes no progress. `seal`: also
+/// evacuate the regions lanes are filling (explicit calls, where the caller wants memory back now).
+pub(crate) fn evacuate_until(rt: &RtInner, target: usize, seal: bool) {
+    let mut idle = 0;
+    while rt.heap.free_in_budget() < target && idle < 2 {
+        let want = (target - rt.heap.free_in_budget()).max(1);
+        if cycle(rt, want, true) == 0 {
+            idle += 1;
+            if seal || rt.heap.free_in_budget() <= rt.heap.marks.hard {
+                rt.heap.seal_all();
+            }
+        } else {
+            idle = 0;
+        }
+    }
+}
+
+/// Moves every object nobody holds to far memory.
+pub(crate) fn evacuate_all(rt: &RtInner) {
+    rt.heap.seal_all();
+    let mut idle = 0;
+    while rt.heap.sealed_count() > 0 && idle < 3 {
+        if cycle(rt, usize::MAX, false) == 0 {
+            idle += 1;
+        }
+    }
+}
+
+struct Marked {
+    slot: &'static Slot,
+    word: u64,
+    addr: u64,
+    h: Header,
+}
+
+/// One cycle over up to `want` victim regions. Returns the number of regions freed.
+pub(crate) fn cycle(rt: &RtInner, want: usize, keep_hot: bool) -> usize {
+    let _one_at_a_time = rt.evac_lock.lock();
+    let heap = &rt.heap;
+    // Victims: enough to reach the target, a few more for compaction's sake, bounded per cycle.
+    let victims = heap.take_victims(want.saturating_add(want / 2).clamp(1, 64));
+    if victims.is_empty() {
+        return 0;
+    }
+    Counters::add(&rt.ctr.evac_cycles, 1);
+
+    // 1. Mark.
+    let mut marked = Vec::new();
+    let mut victim_live = 0usize;
+    for &r in &victims {
+        for (addr, h) in heap.objects(r) {
+            let Some(slot) = slots::get(h.slot) else { continue };
+            if let Some(w) = word::mark(&slot.word, addr) {
+                victim_live += crate::heap::footprint(h.size);
+                marked.push(Marked { slot, word: w, addr, h });
+            }
+        }
+    }
+
+    // 2. Grace period.
+    crate::epoch::domain().synchronize();
+
+    // 3 and 4. Take and move.
+    let mut keep_budget = if keep_hot { victim_live / 2 } else { 0 };
+    let mut batches: Batches = HashMap::new();
+    for m in marked {
+        let Ok(w) = word::begin_move(&m.slot.word, m.word) else {
+            let now = m.slot.word.load(Relaxed);
+            if word::is_local(now) && word::addr(now) == m.addr {
+                Counters::add(&rt.ctr.evac_cancelled, 1);
+            }
+            continue;
+        };
+        let keep_flags = w & (word::CLEAN | word::HAS_REMOTE | word::SHARED);
+        let fp = crate::heap::footprint(m.h.size);
+        if w & word::COLD == 0 && fp <= keep_budget {
+            if let Some(new) = heap.evac_alloc(m.h) {
+                heap.mem.copy_within(m.addr, new, m.h.size);
+                word::publish(&m.slot.word, word::local(new, keep_flags | word::COLD));
+                heap.sub_live(m.addr, m.h.size);
+                keep_budget -= fp;
+                Counters::add(&rt.ctr.compacted, 1);
+                continue;
+            }
+        }
+        if w & word::CLEAN != 0 {
+            word::publish(&m.slot.word, word::remote(m.h.space, m.h.size, w & word::SHARED != 0));
+            heap.sub_live(m.addr, m.h.size);
+            Counters::add(&rt.ctr.clean_drops, 1);
+            continue;
+        }
+        let per_space = batches.entry(m.h.space).or_default();
+        let full = per_space.last().is_none_or(|(b, _)| {
+            b.data.len() + m.h.size > rt.cfg.writeback_batch || b.len() >= farmem_memd::proto::MAX_BATCH
+        });
+        if full {
+            per_space.push((ObjBatch::new(), Vec::new()));
+        }
+        let Some((batch, entries)) = per_space.last_mut() else { continue };
+        push_object(heap, batch, m.slot.id, m.addr, m.h.size);
+        entries.push((m.slot, w, m.addr, m.h));
+    }
+    write_batches(rt, batches);
+
+    // Reclaim.
+    let mut freed = 0;
+    for r in victims {
+        if heap.region_live(r) == 0 {
+            heap.release_region(r);
+            freed += 1;
+        } else {
+            heap.return_victim(r);
+        }
+    }
+    Counters::add_usize(&rt.ctr.regions_freed, freed);
+    freed
+}
+
+/// An object being written back: slot, its word (held `BUSY`), old address, header.
+type Writing = (&'static Slot, u64, u64, Header);
+type Batches = HashMap<u16, Vec<(ObjBatch, Vec<Writing>)>>;
+
+/// Sends every write-back batch, then waits for all; publishes the written objects as remote, puts the
+/// others back (local, dirty).
+fn write_batches(rt: &RtInner, batches: Batches) {
+    let mut sent: Vec<(Result<Pending, farmem_memd::StoreError>, Vec<Writing>, usize)> = Vec::new();
+    for (space, list) in batches {
+        let ds = rt.ds(space);
+        for (batch, entries) in list {
+            let bytes = batch.data.len();
+            sent.push((rt.store.submit(Request::WriteObjects { ds, batch }), entries, bytes));
+        }
+    }
+    for (p, entries, bytes) in sent {
+        match p.and_then(Pending::wait) {
+            Ok(_) => {
+                Counters::add_usize(&rt.ctr.written_back, entries.len());
+                for (slot, w, addr, h) in entries {
+                    word::publish(&slot.word, word::remote(h.space, h.size, w & word::SHARED != 0));
+                    rt.heap.sub_live(addr, h.size);
+                }
+                Counters::add_usize(&rt.ctr.bytes_out, bytes);
+            }
+            Err(e) => {
+                tracing::warn!("farmem: evacuator write-back of {bytes} bytes failed, objects stay local: {e}");
+                Counters::add(&rt.ctr.writeback_errors, 1);
+                for (slot, w, _, _) in entries {
+                    word::publish(&slot.word, w | word::COLD);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! The local object heap: log-structured regions, bump allocation per lane, and the budget.
+//!
+//! All of a runtime's local memory is one allocation ([`crate::raw::HeapMem`]) cut into equal regions (1 MiB by
+//! default). Threads allocate by bumping a pointer in the region of their *lane* (a thread picks a lane once,
+//! round robin; with a few lanes per core that is per-thread bump allocation without thread-exit hooks). A full
+//! region is *sealed*: only sealed regions are evacuated, so the evacuator never races an allocation in the
+//! region it walks. Every object starts with a 16-byte header — slot id, size and space — which is what lets the
+//! evacuator walk a region and find each object's pointer word.
+//!
+//! The budget is a number of regions. The evacuator is woken when free regions fall to the low watermark (12% of
+//! the budget by default) and runs until they reach the high one (22%); at the hard watermark (3%) threads
+//! outside any scope wait. Threads inside a scope never wait for the evacuator — it may be waiting for *them* to
+//! leave their scope — and dip into a reserve of regions above the budget instead (counted as overflow). The
+//! allocation itself is zeroed once and never returned to the allocator while the runtime lives.
+
+use crate::raw::HeapMem;
+use crate::word;
+use parking_lot::{Condvar, Mutex};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, AtomicUsize,
+    Ordering::{Acquire, Relaxed, Release},
+};
+use std::time::{Duration, Instant};
+
+/// Bytes of the header before each object.
+pub(crate) const HEADER: usize = 16;
+
+/// What the evacuator learns from an object's header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub slot: u64,
+    pub size: usize,
+    pub space: u16,
+}
+
+/// Bytes an object of `size` occupies with its header, rounded to 16.
+pub(crate) fn footprint(size: usize) -> usize {
+    HEADER + size.div_ceil(16) * 16
+}
+
+#[derive(Debug, Default)]
+struct RegionMeta {
+    /// Bytes of objects that are live in the region (approximate between updates).
+    live: AtomicUsize,
+    /// Bytes used, fixed when the region is sealed.
+    end: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Lane {
+    region: Option<u32>,
+    off: usize,
+}
+
+/// Watermarks, in free regions of the budget.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Marks {
+    pub hard: usize,
+    pub low: usize,
+    pub high: usize,
+}
+
+/// Why an allocation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeapFull {
+    /// Every region, the reserve included, is in use.
+    Exhausted,
+}
+
+#[derive(Debug)]
+pub(crate) struct Heap {
+    pub mem: HeapMem,
+    pub region_size: usize,
+    pub budget_regions: usize,
+    pub total_regions: usize,
+    pub marks: Marks,
+    regions: Box<[RegionMeta]>,
+    free: Mutex<Vec<u32>>,
+    free_count: AtomicUsize,
+    sealed: Mutex<Vec<u32>>,
+    lanes: Box<[Mutex<Lane>]>,
+    evac_lane: Mutex<Lane>,
+    space_mx: Mutex<()>,
+    space_cv: Condvar,
+    /// The evacuator's wake-up: `true` asks it to stop.
+    pub evac_mx: Mutex<bool>,
+    pub evac_cv: Condvar,
+    hard: AtomicBool,
+    /// Whether this heap's hard watermark holds back scope entry process-wide (a runtime's heap does).
+    pub global_pressure: bool,
+    pub peak_regions: AtomicUsize,
+    pub overflow_takes: AtomicU64,
+    pub alloc_wait_ns: AtomicU64,
+}
+
+fn lane_index(n: usize) -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static MINE: usize = NEXT.fetch_add(1, Relaxed);
+    }
+    MINE.with(|m| *m % n)
+}
+
+impl Heap {
+    /// A heap of `budget_regions` regions of `region_size` bytes plus `reserve` regions above the budget.
+    pub(crate) fn new(
+        region_size: usize,
+        budget_regions: usize,
+        reserve: usize,
+        lanes: usize,
+        marks: Marks,
+    ) -> Option<Heap> {
+        let total = budget_regions + reserve;
+        let mem = HeapMem::new(region_size.checked_mul(total)?, region_size.min(1 << 21))?;
+        if mem.base() + mem.len() as u64 >= word::ADDR_LIMIT {
+            return None;
+        }
+        let total_u32 = u32::try_from(total).ok()?;
+        Some(Heap {
+            mem,
+            region_size,
+            budget_regions,
+            total_regions: total,
+            marks,
+            regions: (0..total).map(|_| RegionMeta::default()).collect(),
+            // Pop from the end: hand out low regions first.
+            free: Mutex::new((0..total_u32).rev().collect()),
+            free_count: AtomicUsize::new(total),
+            sealed: Mutex::new(Vec::new()),
+            lanes: (0..lanes.max(1)).map(|_| Mutex::new(Lane::default())).collect(),
+            evac_lane: Mutex::new(Lane::default()),
+            space_mx: Mutex::new(()),
+            space_cv: Condvar::new(),
+            evac_mx: Mutex::new(false),
+            evac_cv: Condvar::new(),
+            hard: AtomicBool::new(false),
+            global_pressure: false,
+            peak_regions: AtomicUsize::new(0),
+            overflow_takes: AtomicU64::new(0),
+            alloc_wait_ns: AtomicU64::new(0),
+        })
+    }
+
+    /// Regions in use (allocated to lanes, sealed, or being evacuated).
+    pub(crate) fn in_use(&self) -> usize {
+        self.total_regions - self.free_count.load(Relaxed)
+    }
+
+    /// Free regions counted against the budget (0 when the reserve is in use).
+    pub(crate) fn free_in_budget(&self) -> usize {
+        self.budget_regions.saturating_sub(self.in_use())
+    }
+
+    /// Largest object the heap holds.
+    pub(crate) fn max_object(&self) -> usize {
+        (self.region_size - HEADER).min(word::MAX_SIZE)
+    }
+
+    fn region_of(&self, addr: u64) -> usize {
+        usize::try_from((addr - self.mem.base()) / self.region_size as u64).unwrap_or(usize::MAX)
+    }
+
+    fn region_base(&self, r: u32) -> u64 {
+        self.mem.base() + u64::from(r) * self.region_size as u64
+    }
+
+    /// Records that `bytes` of the object at payload address `addr` are no longer live.
+    pub(crate) fn sub_live(&self, addr: u64, size: usize) {
+        if let Some(m) = self.regions.get(self.region_of(addr)) {
+            m.live.fetch_sub(footprint(size), Release);
+        }
+    }
+
+    /// Live bytes of region `r` (zero: every object in it was freed or moved out, and its memory may be reused).
+    pub(crate) fn region_live(&self, r: u32) -> usize {
+        self.regions[r as usize].live.load(Acquire)
+    }
+
+    /// Allocates an object of `size` bytes for slot `slot` in space `space` and writes its header; returns the
+    /// payload address. `may_wait`: the caller is outside every scope and may wait at the hard watermark.
+    pub(crate) fn alloc(&self, size: usize, slot: u64, space: u16, may_wait: bool) -> Result<u64, HeapFull> {
+        let need = footprint(size);
+        debug_assert!(need <= self.region_size);
+        let lane = &self.lanes[lane_index(self.lanes.len())];
+        loop {
+            {
+                let mut l = lane.lock();
+                if let Some(at) = self.bump(&mut l, need) {
+                    return Ok(self.place(at, Header { slot, size, space }));
+                }
+            }
+            let r = self.take_region(may_wait)?;
+            let mut l = lane.lock();
+            if let Some(at) = self.bump(&mut l, need) {
+                // Another thread of this lane installed a region meanwhile.
+                drop(l);
+                self.give_back(r);
+                return Ok(self.place(at, Header { slot, size, space }));
+            }
+            self.seal_lane(&mut l);
+            l.region = Some(r);
+            l.off = 0;
+        }
+    }
+
+    /// Allocation for the evacuator's compaction: never waits, and fails rather than go below the hard
+    /// watermark (the caller then evicts the object instead of keeping it).
+    pub(crate) fn evac_alloc(&self, h: Header) -> Option<u64> {
+        let need = footprint(h.size);
+        let mut l = self.evac_lane.lock();
+        if let Some(at) = self.bump(&mut l, need) {
+            return Some(self.place(at, h));
+        }
+        if self.free_in_budget() <= self.marks.hard {
+            return None;
+        }
+        let r = self.pop_free()?;
+        self.seal_lane(&mut l);
+        l.region = Some(r);
+        l.off = 0;
+        self.bump(&mut l, need).map(|at| self.place(at, h))
+    }
+
+    fn bump(&self, l: &mut Lane, need: usize) -> Option<u64> {
+        let r = l.region?;
+        if l.off + need > self.region_size {
+            return None;
+        }
+        let at = self.region_base(r) + l.off as u64;
+        l.off += need;
+        self.regions[r as usize].live.fetch_add(need, Relaxed);
+        Some(at)
+    }
+
+    fn place(&self, at: u64, h: Header) -> u64 {
+        let mut hdr = [0u8; HEADER];
+        hdr[..8].copy_from_slice(&h.slot.to_le_bytes());
+        hdr[8..12].copy_from_slice(&u32::try_from(h.size).unwrap_or(u32::MAX).to_le_bytes());
+        hdr[12..14].copy_from_slice(&h.space.to_le_bytes());
+        self.mem.write_bytes(at, &hdr);
+        at + HEADER as u64
+    }
+
+    /// Reads the header of the object whose payload is at `addr`.
+    pub(crate) fn header(&self, addr: u64) -> Header {
+        let mut hdr = [0u8; HEADER];
+        self.mem.read_bytes(addr - HEADER as u64, &mut hdr);
+        let le8 = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+        Header {
+            slot: le8(&hdr[..8]),
+            size: u32::from_le_bytes(hdr[8..12].try_into().unwrap_or([0; 4])) as usize,
+            space: u16::from_le_bytes([hdr[12], hdr[13]]),
+        }
+    }
+
+    fn seal_lane(&self, l: &mut Lane) {
+        if let Some(r) = l.region.take() {
+            self.regions[r as usize].end.store(l.off, Relaxed);
+            self.sealed.lock().push(r);
+        }
+    }
+
+    /// Seals every lane's current region (so that the evacuator may take them): used by explicit full
+    /// evacuations and at shutdown-time checks.
+    pub(crate) fn seal_all(&self) {
+        for lane in self.lanes.iter().chain(std::iter::once(&self.evac_lane)) {
+            self.seal_lane(&mut lane.lock());
+        }
+    }
+
+    fn pop_free(&self) -> Option<u32> {
+        let r = self.free.lock().pop()?;
+        let left = self.free_count.fetch_sub(1, Relaxed) - 1;
+        let used = self.total_regions - left;
+        self.peak_regions.fetch_max(used, Relaxed);
+        if used > self.budget_regions {
+            self.overflow_takes.fetch_add(1, Relaxed);
+        }
+        self.regions[r as usize].live.store(0, Relaxed);
+        self.regions[r as usize].end.store(0, Relaxed);
+        self.after_change();
+        Some(r)
+    }
+
+    fn give_back(&self, r: u32) {
+        self.free.lock().push(r);
+        self.free_count.fetch_add(1, Relaxed);
+        self.after_change();
+        let _g = self.space_mx.lock();
+        self.space_cv.notify_all();
+    }
+
+    /// Returns an evacuated region to the free pool.
+    pub(crate) fn release_region(&self, r: u32) {
+        self.give_back(r);
+    }
+
+    fn take_region(&self, may_wait: bool) -> Result<u32, HeapFull> {
+        let start = Instant::now();
+        let mut waited = false;
+        let res = loop {
+            let at_hard = self.free_in_budget() <= self.marks.hard;
+            // Outside a scope, wait at the hard watermark — but not forever: an evacuator that cannot make
+            // progress (memd full) must slow the program down, never hang it.
+            if may_wait && at_hard && start.elapsed() < Duration::from_secs(1) {
+                self.wake_evacuator();
+                waited = true;
+                let mut g = self.space_mx.lock();
+                if self.free_in_budget() <= self.marks.hard {
+                    self.space_cv.wait_for(&mut g, Duration::from_millis(5));
+                }
+                continue;
+            }
+            if let Some(r) = self.pop_free() {
+                break Ok(r);
+            }
+            // Nothing left at all, reserve included.
+            self.wake_evacuator();
+            if !may_wait || start.elapsed() > Duration::from_secs(5) {
+                break Err(HeapFull::Exhausted);
+            }
+            waited = true;
+            let mut g = self.space_mx.lock();
+            self.space_cv.wait_for(&mut g, Duration::from_millis(5));
+        };
+        if waited {
+            let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.alloc_wait_ns.fetch_add(ns, Relaxed);
+        }
+        res
+    }
+
+    fn after_change(&self) {
+        let free = self.free_in_budget();
+        let hard = free <= self.marks.hard;
+        if self.global_pressure && self.hard.swap(hard, Relaxed) != hard {
+            if hard {
+                crate::epoch::HARD_PRESSURE.fetch_add(1, std::sync::atomic::Ordering::Release);
+            } else {
+                crate::epoch::HARD_PRESSURE.fetch_sub(1, std::sync::atomic::Ordering::Release);
+                crate::epoch::pressure_relieved();
+            }
+        }
+        if free <= self.marks.low {
+            self.wake_evacuator();
+        }
+    }
+
+    /// Wakes the evacuator thread (if any).
+    pub(crate) fn wake_evacuator(&self) {
+        self.evac_cv.notify_all();
+    }
+
+    /// Takes up to `max` sealed regions for evacuation, emptiest first.
+    pub(crate) fn take_victims(&self, max: usize) -> Vec<u32> {
+        let mut sealed = self.sealed.lock();
+        sealed.sort_by_key(|&r| std::cmp::Reverse(self.regions[r as usize].live.load(Relaxed)));
+        let n = max.min(sealed.len());
+        let at = sealed.len() - n;
+        sealed.split_off(at)
+    }
+
+    /// Puts a region that could not be fully evacuated back among the sealed ones.
+    pub(crate) fn return_victim(&self, r: u32) {
+        self.sealed.lock().push(r);
+    }
+
+    /// Number of sealed regions.
+    pub(crate) fn sealed_count(&self) -> usize {
+        self.sealed.lock().len()
+    }
+
+    /// Every object of sealed region `r`, as (payload address, header).
+    pub(crate) fn objects(&self, r: u32) -> Vec<(u64, Header)> {
+        let end = self.regions[r as usize].end.load(Relaxed);
+        let base = self.region_base(r);
+        let mut out = Vec::new();
+        let mut off = 0usize;
+        while off + HEADER <= end {
+            let payload = base + (off + HEADER) as u64;
+            let h = self.header(payload);
+            if h.size == 0 {
+                break;
+            }
+            out.push((payload, h));
+            off += footprint(h.size);
+        }
+        out
+    }
+
+    /// Clears this heap's share of the process-wide hard-pressure count (at runtime shutdown).
+    pub(crate) fn leave_pressure(&self) {
+        if self.hard.swap(false, Relaxed) {
+            crate::epoch::HARD_PRESSURE.fetch_sub(1, std::sync::atomic::Ordering::Release);
+            crate::epoch::pressure_relieved();
+        }
+    }
+}
+
+#[cfg(all(test, not(farmem_loom)))]
+mod tests {
+    use super::*;
+
+    fn small() -> Heap {
+        Heap::new(4096, 16, 4, 2, Marks { hard: 1, low: 2, high: 4 }).unwrap()
+    }
+
+    #[test]
+    fn bump_allocation_and_walk() {
+        let h = small();
+        let a = h.alloc(24, 7, 1, true).unwrap();
+        let b = h.alloc(1, 8, 2, true).unwrap();
+        assert_eq!(a % 16, 0);
+        assert_eq!(b - a, footprint(24) as u64, "objects are laid out back to back");
+        assert_eq!(h.header(a), Header { slot: 7, size: 24, space: 1 });
+        assert_eq!(h.header(b), Header { slot: 8, size: 1, space: 2 });
+        assert_eq!(h.in_use(), 1);
+        h.seal_all();
+        let v = h.take_victims(8);
+        assert_eq!(v.len(), 1);
+        let objs = h.objects(v[0]);
+        assert_eq!(objs.iter().map(|o| o.1.slot).collect::<Vec<_>>(), vec![7, 8]);
+        h.release_region(v[0]);
+        assert_eq!(h.in_use(), 0);
+    }
+
+    #[test]
+    fn budget_and_reserve_are_enforced() {
+        let h = small();
+        // Fill: each region holds 4096 / footprint(2032) = 2 objects.
+        let mut n = 0;
+        while h.alloc(2032, n, 0, false).is_ok() {
+            n += 1;
+            assert!(n < 1000);
+        }
+        assert_eq!(n, 2 * 20, "budget plus reserve, and not one object more");
+        assert_eq!(h.in_use(), 20);
+        assert!(h.overflow_takes.load(Relaxed) >= 4);
+        assert_eq!(h.alloc(16, 0, 0, false), Err(HeapFull::Exhausted));
+        h.leave_pressure();
+    }
+
+    #[test]
+    fn live_bytes_pick_emptiest_victims() {
+        let h = small();
+        let mut addrs = Vec::new();
+        for i in 0..6 {
+            addrs.push(h.alloc(2032, i, 0, true).unwrap());
+        }
+        h.seal_all();
+        // Free both objects of the second region.
+        h.sub_live(addrs[2], 2032);
+        h.sub_live(addrs[3], 2032);
+        let v = h.take_victims(1);
+        assert_eq!(h.objects(v[0]).iter().map(|o| o.0).collect::<Vec<_>>(), vec![addrs[2], addrs[3]]);
+    }
+}

@@ -1,0 +1,172 @@
+//! The one module of this crate with `unsafe` code: the local heap's memory and the conversion of object
+//! addresses into references.
+//!
+//! # Safety
+//! [`HeapMem`] owns one zero-initialised allocation (so every byte of it is always initialised), exposes its
+//! provenance, and frees it on drop. Everything else here turns an address inside it into a reference or copies
+//! bytes in or out. Those functions are safe to call *because of the crate's protocol*, which this module cannot
+//! check by itself; it is written down here and every caller is listed:
+//!
+//! - **P1 (liveness).** An address passed in is the payload address of an object allocated by
+//!   [`crate::heap::Heap::alloc`] from a `HeapMem` that is still alive: every far pointer keeps its runtime
+//!   (and so its heap) alive through an `Arc`, and the evacuator and fetchers only run while the runtime lives.
+//! - **P2 (size and alignment).** The object is at least `size_of::<T>()` bytes and its payload is 16-aligned;
+//!   `T: Pod` with `align_of::<T>() <= 16` (checked at compile time in [`crate::ptr`]), so any bytes form a
+//!   valid `T` and no padding is ever read.
+//! - **P3 (exclusion).** A `&T` is produced only by a dereference that found the pointer word local and neither
+//!   `BUSY` nor `MARKED` inside a pinned [`crate::epoch::DerefScope`], and lives no longer than that scope;
+//!   a `&mut T` additionally comes from `&mut FarBox`, so no other reference to the object exists. Nobody
+//!   writes an object's bytes or reuses its memory while such a reference can exist: the evacuator copies an
+//!   object only after marking it, waiting a grace period and winning the `MARKED → BUSY` CAS
+//!   ([`crate::word::begin_move`]), and reuses a region only after every object in it was moved that way or
+//!   freed (a freed object has no references: freeing takes the far pointer by value).
+//! - **P4 (claims).** [`read_bytes`]/[`write_bytes`] are called on an object only by the thread that holds it
+//!   `BUSY` ([`crate::word::claim`]), by its owner holding `&mut`, or (for headers) on headers that are written
+//!   once before the object is published and never again until the region is reused.
+//!
+//! Callers: `ptr.rs` (dereferences: P1–P3), `runtime.rs` (allocation, fetch install, write-back, free:
+//! P1, P2, P4), `evac.rs` (copying marked-then-busy objects: P1, P4), `heap.rs` (headers: P4).
+//!
+//! Addresses are plain `u64`s because the pointer word stores them; they are turned back into pointers with the
+//! exposed provenance of the heap allocation (`with_exposed_provenance`), which Miri accepts.
+
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "addresses are usize values kept in u64 pointer words; 64-bit targets only"
+)]
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::ptr::NonNull;
+
+/// One zeroed, aligned allocation holding every region of a runtime's local heap.
+#[derive(Debug)]
+pub(crate) struct HeapMem {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+// SAFETY: HeapMem is an owned allocation; concurrent access to its bytes is governed by P3/P4 above.
+unsafe impl Send for HeapMem {}
+// SAFETY: as above: shared access only hands out bytes under the crate's exclusion protocol.
+unsafe impl Sync for HeapMem {}
+
+impl HeapMem {
+    /// Allocates `len` zeroed bytes aligned to `align` (a power of two). `None` if the allocator refuses or the
+    /// arguments do not form a layout.
+    pub(crate) fn new(len: usize, align: usize) -> Option<HeapMem> {
+        let layout = Layout::from_size_align(len, align).ok()?;
+        if layout.size() == 0 {
+            return None;
+        }
+        // The heap is farmem's own memory: never let FarAlloc place it in a far region.
+        let _internal = farmem_memd::internal::enter();
+        // SAFETY: the layout has a non-zero size (checked above).
+        let p = unsafe { alloc_zeroed(layout) };
+        let ptr = NonNull::new(p)?;
+        let _ = ptr.as_ptr().expose_provenance();
+        Some(HeapMem { ptr, layout })
+    }
+
+    /// Address of the first byte.
+    pub(crate) fn base(&self) -> u64 {
+        self.ptr.as_ptr().addr() as u64
+    }
+
+    /// Length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.layout.size()
+    }
+
+    fn check(&self, addr: u64, len: usize) {
+        let base = self.base();
+        assert!(
+            addr >= base && (addr - base) as usize + len <= self.layout.size(),
+            "object {addr:#x}+{len} outside the heap {base:#x}+{}",
+            self.layout.size()
+        );
+    }
+
+    /// Copies `dst.len()` bytes at `addr` into `dst` (P1, P4).
+    pub(crate) fn read_bytes(&self, addr: u64, dst: &mut [u8]) {
+        self.check(addr, dst.len());
+        let src = std::ptr::with_exposed_provenance::<u8>(addr as usize);
+        // SAFETY: in bounds (checked), initialised (zeroed allocation), and not written concurrently (P4).
+        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) };
+    }
+
+    /// Copies `src` to `addr` (P1, P4).
+    pub(crate) fn write_bytes(&self, addr: u64, src: &[u8]) {
+        self.check(addr, src.len());
+        let dst = std::ptr::with_exposed_provenance_mut::<u8>(addr as usize);
+        // SAFETY: in bounds (checked); the caller holds the object exclusively (P4), so nobody reads or writes
+        // these bytes meanwhile.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+    }
+
+    /// Copies `len` bytes from `from` to `to`, both inside this heap and not overlapping (evacuator compaction:
+    /// the source is held `BUSY`, the destination is fresh).
+    pub(crate) fn copy_within(&self, from: u64, to: u64, len: usize) {
+        self.check(from, len);
+        self.check(to, len);
+        assert!(from + len as u64 <= to || to + len as u64 <= from, "overlapping copy");
+        let s = std::ptr::with_exposed_provenance::<u8>(from as usize);
+        let d = std::ptr::with_exposed_provenance_mut::<u8>(to as usize);
+        // SAFETY: both ranges in bounds and disjoint (checked); exclusive per P4.
+        unsafe { std::ptr::copy_nonoverlapping(s, d, len) };
+    }
+}
+
+impl Drop for HeapMem {
+    fn drop(&mut self) {
+        // SAFETY: ptr was returned by alloc_zeroed with this very layout and is freed once.
+        unsafe { dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+/// A shared reference to the object at `addr` (P1–P3).
+#[inline(always)]
+pub(crate) fn obj_ref<'s, T: bytemuck::Pod>(addr: u64) -> &'s T {
+    debug_assert!(addr % 16 == 0 && addr != 0);
+    let p = std::ptr::with_exposed_provenance::<T>(addr as usize);
+    // SAFETY: P1 (live heap memory), P2 (large enough, aligned, any bytes are a valid T), P3 (no writer while
+    // the scope that bounds 's lives).
+    unsafe { &*p }
+}
+
+/// An exclusive reference to the object at `addr` (P1–P3, with `&mut FarBox` as the proof of uniqueness).
+#[inline(always)]
+pub(crate) fn obj_mut<'s, T: bytemuck::Pod>(addr: u64) -> &'s mut T {
+    debug_assert!(addr % 16 == 0 && addr != 0);
+    let p = std::ptr::with_exposed_provenance_mut::<T>(addr as usize);
+    // SAFETY: as obj_ref; the caller holds `&mut FarBox`, so this is the only reference to the object.
+    unsafe { &mut *p }
+}
+
+#[cfg(all(test, not(farmem_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heap_mem_bytes_roundtrip() {
+        let h = HeapMem::new(4096, 4096).unwrap();
+        assert_eq!(h.base() % 4096, 0);
+        let a = h.base() + 32;
+        let mut buf = [1u8; 8];
+        h.read_bytes(a, &mut buf);
+        assert_eq!(buf, [0; 8], "the heap starts zeroed");
+        h.write_bytes(a, &42u64.to_le_bytes());
+        assert_eq!(*obj_ref::<u64>(a), 42);
+        *obj_mut::<u64>(a) += 1;
+        h.copy_within(a, a + 16, 8);
+        h.read_bytes(a + 16, &mut buf);
+        assert_eq!(u64::from_le_bytes(buf), 43);
+        assert!(HeapMem::new(0, 16).is_none());
+    }
+
+    #[test]
+    #[should_panic(expected = "outside the heap")]
+    fn out_of_bounds_is_caught() {
+        let h = HeapMem::new(64, 16).unwrap();
+        h.write_bytes(h.base() + 60, &[0; 8]);
+    }
+}

@@ -1,0 +1,852 @@
+//! The runtime: configuration, spaces, swap-in, fetch handles, write-back, free and stats.
+
+use crate::epoch::{self, backoff};
+use crate::error::ObjError;
+use crate::heap::{Heap, HeapFull, Marks};
+use crate::primitive::Ordering;
+use crate::slots::{self, Slot};
+use crate::stats::{Counters, Stats};
+use crate::word::{self, Found};
+use farmem_memd::config::{env_size, env_str, ConfigError};
+use farmem_memd::far::fresh_space_id;
+use farmem_memd::{FarStore, ObjBatch, Pending, Reply, Request};
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// How a [`Runtime`] is set up. Build with [`RuntimeConfig::new`] and adjust fields.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuntimeConfig {
+    /// Local memory for objects, in bytes (the budget).
+    pub local_mem: usize,
+    /// Bytes per heap region; 0 picks 1 MiB, or less for small budgets (at least 64 regions, at least 64 KiB).
+    pub region_size: usize,
+    /// Evacuator threads. 0: no background evacuation — objects leave local memory only through
+    /// [`Runtime::evacuate`] and friends, and allocations never wait (for tests and single-threaded tools).
+    pub evacuator_threads: usize,
+    /// Allocation lanes (bump regions in use at once); 0 picks two per CPU, at most 16.
+    pub lanes: usize,
+    /// Free fraction of the budget at which the evacuator starts (AIFM: 0.12).
+    pub low_watermark: f64,
+    /// Free fraction at which it stops (AIFM: 0.22).
+    pub high_watermark: f64,
+    /// Free fraction at which mutators outside scopes wait (AIFM: 0.03).
+    pub hard_watermark: f64,
+    /// Regions above the budget that threads inside a scope may use at the hard watermark, as a fraction of
+    /// the budget (they cannot wait there: the evacuator may be waiting for their scope to end).
+    pub reserve: f64,
+    /// Bytes per write-back request of the evacuator.
+    pub writeback_batch: usize,
+}
+
+impl RuntimeConfig {
+    /// Defaults around a budget of `local_mem` bytes.
+    pub fn new(local_mem: usize) -> RuntimeConfig {
+        RuntimeConfig {
+            local_mem,
+            region_size: 0,
+            evacuator_threads: 1,
+            lanes: 0,
+            low_watermark: 0.12,
+            high_watermark: 0.22,
+            hard_watermark: 0.03,
+            reserve: 0.125,
+            writeback_batch: 4 << 20,
+        }
+    }
+
+    /// From `FARMEM_LOCAL_MEM` (default 256M).
+    pub fn from_env() -> Result<RuntimeConfig, ConfigError> {
+        let mem = env_size("FARMEM_LOCAL_MEM")?.unwrap_or(256 << 20);
+        let mem = usize::try_from(mem).map_err(|_| ConfigError::new("FARMEM_LOCAL_MEM", "too large"))?;
+        Ok(RuntimeConfig::new(mem))
+    }
+
+    fn region_size(&self) -> usize {
+        if self.region_size != 0 {
+            return self.region_size;
+        }
+        let per = (self.local_mem / 64).max(1);
+        let pow = if per.is_power_of_two() { per } else { per.next_power_of_two() / 2 };
+        pow.clamp(64 << 10, 1 << 20)
+    }
+
+    fn validate(&self) -> Result<Shape, ObjError> {
+        let bad = |m: String| Err(ObjError::Config(m));
+        let rs = self.region_size();
+        if !rs.is_power_of_two() || rs < 4096 {
+            return bad(format!("region_size {rs} must be a power of two of at least 4096"));
+        }
+        let regions = self.local_mem / rs;
+        if regions < 16 {
+            return bad(format!(
+                "local_mem {} holds only {regions} regions of {rs} bytes; at least 16 are needed",
+                self.local_mem
+            ));
+        }
+        let frac = |name: &str, f: f64| {
+            if (0.0..1.0).contains(&f) {
+                Ok(f)
+            } else {
+                Err(ObjError::Config(format!("{name} {f} must be in [0, 1)")))
+            }
+        };
+        let (hard, low, high) = (
+            frac("hard_watermark", self.hard_watermark)?,
+            frac("low_watermark", self.low_watermark)?,
+            frac("high_watermark", self.high_watermark)?,
+        );
+        if !(hard < low && low < high) {
+            return bad(format!("watermarks must satisfy hard {hard} < low {low} < high {high}"));
+        }
+        let reserve = frac("reserve", self.reserve)?;
+        if self.writeback_batch < 4096 {
+            return bad(format!("writeback_batch {} is below 4096", self.writeback_batch));
+        }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "fractions of a small count")]
+        let count = |f: f64| (f * regions as f64).ceil() as usize;
+        let hard_r = count(hard).max(1);
+        let low_r = count(low).max(hard_r + 1);
+        let high_r = count(high).max(low_r + 1).min(regions);
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let lanes = if self.lanes == 0 { (2 * cpus).min(16).min(regions / 4 - 1).max(1) } else { self.lanes };
+        // Lanes and the evacuator's destination hold regions that cannot be evacuated: keep them a small part.
+        if lanes + 1 > regions / 4 {
+            return bad(format!("{lanes} lanes need at least {} regions; the budget has {regions}", 4 * (lanes + 1)));
+        }
+        let reserve_r = count(reserve).max(2) + lanes;
+        Ok(Shape {
+            region_size: rs,
+            regions,
+            marks: Marks { hard: hard_r, low: low_r, high: high_r },
+            reserve: reserve_r,
+            lanes,
+        })
+    }
+}
+
+/// What a validated configuration works out to.
+struct Shape {
+    region_size: usize,
+    regions: usize,
+    marks: Marks,
+    reserve: usize,
+    lanes: usize,
+}
+
+/// A data structure's key space in memd: objects of one space share memd's `ds` id, which offloaded
+/// computation uses to find them. Every runtime has [`Space::DEFAULT`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Space(pub(crate) u16);
+
+impl Space {
+    /// The space every runtime starts with.
+    pub const DEFAULT: Space = Space(0);
+}
+
+/// Objects held `BUSY` by an operation, with the words they had.
+type Claimed = Vec<(&'static Slot, u64)>;
+
+/// Objects whose fetch started and that others may complete.
+#[derive(Debug)]
+pub(crate) struct Inflight {
+    groups: Mutex<Option<Vec<Group>>>,
+}
+
+#[derive(Debug)]
+struct Group {
+    space: u16,
+    pending: Pending,
+    entries: Vec<(&'static Slot, u64)>,
+}
+
+#[derive(Debug)]
+/// The shared state behind a [`Runtime`] and its far pointers (opaque).
+#[doc(hidden)]
+pub struct RtInner {
+    pub(crate) heap: Heap,
+    pub(crate) store: Arc<dyn FarStore>,
+    spaces: RwLock<Vec<u64>>,
+    pub(crate) ctr: Counters,
+    inflight: Mutex<HashMap<u64, Arc<Inflight>>>,
+    deletes: Mutex<Vec<(u16, u64)>>,
+    pub(crate) evac_lock: Mutex<()>,
+    pub(crate) cfg: RuntimeConfig,
+    pub(crate) background: bool,
+}
+
+/// An object runtime: a local heap under a budget, an evacuator, and a far store.
+///
+/// Several may exist in one process (each with its own heap, budget and memd data-structure ids); far
+/// pointers keep their runtime's heap alive. Dropping the `Runtime` stops its evacuator threads (objects that
+/// are still alive stay valid, but nothing evacuates them any more). Applications that want one runtime for
+/// everything use [`Runtime::global`].
+#[derive(Debug)]
+pub struct Runtime {
+    pub(crate) inner: Arc<RtInner>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+const DELETE_BATCH: usize = 512;
+
+impl Runtime {
+    /// A runtime with budget and tuning from `cfg`, keeping far objects in `store`.
+    pub fn new(cfg: RuntimeConfig, store: Arc<dyn FarStore>) -> Result<Runtime, ObjError> {
+        let Shape { region_size: rs, regions, marks, reserve, lanes } = cfg.validate()?;
+        let mut heap =
+            Heap::new(rs, regions, reserve, lanes, marks).ok_or(ObjError::HeapAlloc(rs * (regions + reserve)))?;
+        heap.global_pressure = cfg.evacuator_threads > 0;
+        let background = cfg.evacuator_threads > 0;
+        let inner = Arc::new(RtInner {
+            heap,
+            store,
+            spaces: RwLock::new(vec![fresh_space_id()]),
+            ctr: Counters::default(),
+            inflight: Mutex::new(HashMap::new()),
+            deletes: Mutex::new(Vec::new()),
+            evac_lock: Mutex::new(()),
+            cfg: cfg.clone(),
+            background,
+        });
+        let mut threads = Vec::new();
+        for i in 0..cfg.evacuator_threads {
+            let rt = Arc::clone(&inner);
+            let t = std::thread::Builder::new()
+                .name(format!("farmem-evac-{i}"))
+                .spawn(move || crate::evac::run(&rt))
+                .map_err(|e| ObjError::Config(format!("cannot start an evacuator thread: {e}")))?;
+            threads.push(t);
+        }
+        tracing::debug!(region_size = rs, regions, reserve, lanes, ?marks, "object runtime started");
+        Ok(Runtime { inner, threads })
+    }
+
+    /// The process's default runtime: the one given to [`Runtime::set_global`], or else one built on first use
+    /// from `FARMEM_LOCAL_MEM` and, when `FARMEM_SERVER` is set, a memd client (`FARMEM_TOKEN_FILE`); without
+    /// `FARMEM_SERVER` far objects stay in an in-process store (a warning says so). Panics with the reason if
+    /// that fails; [`Runtime::try_global`] returns it instead.
+    pub fn global() -> &'static Runtime {
+        match Self::try_global() {
+            Ok(rt) => rt,
+            Err(e) => panic!("farmem: cannot start the default object runtime: {e}"),
+        }
+    }
+
+    /// See [`Runtime::global`].
+    pub fn try_global() -> Result<&'static Runtime, ObjError> {
+        if let Some(rt) = GLOBAL.get() {
+            return Ok(rt);
+        }
+        let cfg = RuntimeConfig::from_env()?;
+        let store: Arc<dyn FarStore> = match farmem_memd::ClientConfig::from_env()? {
+            Some(c) => Arc::new(farmem_memd::Client::connect(c)?),
+            None => {
+                if env_str("FARMEM_SERVER")?.is_none() {
+                    tracing::warn!("FARMEM_SERVER is not set: far objects are kept in an in-process store");
+                }
+                Arc::new(farmem_memd::MemStore::new(u64::MAX))
+            }
+        };
+        let rt = Runtime::new(cfg, store)?;
+        // A racing initialiser may have won: theirs is used, ours dropped.
+        let _ = GLOBAL.set(rt);
+        GLOBAL.get().ok_or_else(|| ObjError::Config("global runtime vanished".into()))
+    }
+
+    /// Installs `rt` as the default runtime; gives it back if one is already installed.
+    pub fn set_global(rt: Runtime) -> Result<(), Runtime> {
+        GLOBAL.set(rt)
+    }
+
+    /// A new space (a fresh memd `ds` id) for a data structure's objects.
+    pub fn new_space(&self) -> Result<Space, ObjError> {
+        let mut s = self.inner.spaces.write();
+        let i = u16::try_from(s.len()).map_err(|_| ObjError::OutOfSpaces(word::MAX_SPACES))?;
+        s.push(fresh_space_id());
+        Ok(Space(i))
+    }
+
+    /// memd's `ds` id for `space` (for offloaded computation on its objects).
+    pub fn space_ds(&self, space: Space) -> u64 {
+        self.inner.ds(space.0)
+    }
+
+    /// The far store.
+    pub fn store(&self) -> &Arc<dyn FarStore> {
+        &self.inner.store
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats()
+    }
+
+    /// Largest object this runtime holds.
+    pub fn max_object(&self) -> usize {
+        self.inner.heap.max_object()
+    }
+
+    /// Runs evacuation cycles now until free local memory reaches the high watermark (or nothing more can be
+    /// evacuated). Must be called outside every scope.
+    pub fn evacuate(&self) -> Result<(), ObjError> {
+        not_in_scope()?;
+        let target = self.inner.heap.marks.high;
+        crate::evac::evacuate_until(&self.inner, target, true);
+        Ok(())
+    }
+
+    /// Moves every object that nobody is using right now to far memory (dirty ones written back), leaving the
+    /// local heap (nearly) empty. Must be called outside every scope.
+    pub fn evacuate_all(&self) -> Result<(), ObjError> {
+        not_in_scope()?;
+        crate::evac::evacuate_all(&self.inner);
+        Ok(())
+    }
+
+    /// Starts fetching every object of `objs` that is remote (one batched request per space) and returns at
+    /// once. Objects already local or being fetched are skipped. The objects must belong to this runtime.
+    pub fn fetch<'a, P, I>(&self, objs: I) -> Result<FetchHandle, ObjError>
+    where
+        P: crate::ptr::FarHandle + 'a,
+        I: IntoIterator<Item = &'a P>,
+    {
+        let mut slots = Vec::new();
+        for p in objs {
+            self.check_owner(p)?;
+            slots.push(p.far_slot());
+        }
+        Self::fetch_in(&self.inner, &slots)
+    }
+
+    pub(crate) fn fetch_in(rt: &Arc<RtInner>, slots: &[&'static Slot]) -> Result<FetchHandle, ObjError> {
+        let inf = rt.start_fetch(slots)?;
+        Ok(FetchHandle { rt: Arc::clone(rt), inf })
+    }
+
+    /// Writes every dirty local object of `objs` to memd in batches and marks it clean (it stays local), so
+    /// that memd's copy — which offloaded computation reads — is current. Returns how many were written.
+    pub fn write_back<'a, P, I>(&self, objs: I) -> Result<usize, ObjError>
+    where
+        P: crate::ptr::FarHandle + 'a,
+        I: IntoIterator<Item = &'a P>,
+    {
+        let mut slots = Vec::new();
+        for p in objs {
+            self.check_owner(p)?;
+            slots.push(p.far_slot());
+        }
+        self.inner.write_back(&slots)
+    }
+
+    /// Sends the deletes of freed remote objects that are still queued.
+    pub fn flush_deletes(&self) -> Result<(), ObjError> {
+        self.inner.flush_deletes()
+    }
+
+    fn check_owner<P: crate::ptr::FarHandle>(&self, p: &P) -> Result<(), ObjError> {
+        if Arc::ptr_eq(p.far_runtime(), &self.inner) {
+            Ok(())
+        } else {
+            Err(ObjError::Config("object belongs to another runtime".into()))
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        *self.inner.heap.evac_mx.lock() = true;
+        self.inner.heap.evac_cv.notify_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.inner.heap.leave_pressure();
+        if let Err(e) = self.inner.flush_deletes() {
+            tracing::warn!("farmem: deleting freed objects at runtime shutdown: {e}");
+        }
+    }
+}
+
+static GLOBAL: OnceLock<Runtime> = OnceLock::new();
+
+fn not_in_scope() -> Result<(), ObjError> {
+    if epoch::pinned() {
+        Err(ObjError::Config("evacuation was requested inside a DerefScope (it would wait for that very scope)".into()))
+    } else {
+        Ok(())
+    }
+}
+
+/// Fetches started by [`Runtime::fetch`] or a pointer's `prefetch`. Waiting installs the objects locally;
+/// dropping the handle waits too. Other threads that dereference one of the objects meanwhile complete the
+/// fetch themselves rather than fetching again.
+#[derive(Debug)]
+#[must_use = "a fetch is completed by waiting on its handle (or dropping it)"]
+pub struct FetchHandle {
+    rt: Arc<RtInner>,
+    inf: Option<Arc<Inflight>>,
+}
+
+impl FetchHandle {
+    /// Waits for the objects to arrive and places them in local memory.
+    pub fn wait(mut self) -> Result<(), ObjError> {
+        match self.inf.take() {
+            Some(inf) => self.rt.complete(&inf),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the handle started any fetch at all (false when every object was local or already in flight).
+    pub fn is_empty(&self) -> bool {
+        self.inf.is_none()
+    }
+}
+
+impl Drop for FetchHandle {
+    fn drop(&mut self) {
+        if let Some(inf) = self.inf.take() {
+            if let Err(e) = self.rt.complete(&inf) {
+                tracing::warn!("farmem: a dropped fetch handle failed: {e}");
+            }
+        }
+    }
+}
+
+impl RtInner {
+    pub(crate) fn ds(&self, space: u16) -> u64 {
+        self.spaces.read().get(usize::from(space)).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let c = &self.ctr;
+        let h = &self.heap;
+        Stats {
+            hits: epoch::domain().hits(),
+            misses: c.misses.load(Relaxed),
+            shared_misses: c.shared_misses.load(Relaxed),
+            bytes_in: c.bytes_in.load(Relaxed),
+            bytes_out: c.bytes_out.load(Relaxed),
+            evac_cycles: c.evac_cycles.load(Relaxed),
+            compacted: c.compacted.load(Relaxed),
+            written_back: c.written_back.load(Relaxed),
+            clean_drops: c.clean_drops.load(Relaxed),
+            evac_cancelled: c.evac_cancelled.load(Relaxed),
+            regions_freed: c.regions_freed.load(Relaxed),
+            frees: c.frees.load(Relaxed),
+            remote_deletes: c.remote_deletes.load(Relaxed),
+            alloc_wait_ns: h.alloc_wait_ns.load(Relaxed),
+            scope_wait_ns: epoch::scope_wait_ns(),
+            busy_wait_ns: c.busy_wait_ns.load(Relaxed),
+            overflow_regions: h.overflow_takes.load(Relaxed),
+            peak_regions: h.peak_regions.load(Relaxed) as u64,
+            regions_in_use: h.in_use() as u64,
+            region_size: h.region_size as u64,
+            writeback_errors: c.writeback_errors.load(Relaxed),
+        }
+    }
+
+    fn exhausted(&self) -> ObjError {
+        ObjError::HeapExhausted { regions: self.heap.in_use(), region_size: self.heap.region_size }
+    }
+
+    /// Allocates a new object holding `bytes` in `space` and returns its slot (published, dirty, hot).
+    pub(crate) fn alloc_obj(&self, space: u16, bytes: &[u8], shared: bool) -> Result<&'static Slot, ObjError> {
+        let max = self.heap.max_object();
+        if bytes.len() > max {
+            return Err(ObjError::TooLarge { size: bytes.len(), max });
+        }
+        let slot = slots::alloc().ok_or(ObjError::OutOfSlots)?;
+        let may_wait = self.background && !epoch::pinned();
+        let addr = match self.heap.alloc(bytes.len(), slot.id, space, may_wait) {
+            Ok(a) => a,
+            Err(HeapFull::Exhausted) => {
+                slots::release([slot.id]);
+                return Err(self.exhausted());
+            }
+        };
+        self.heap.mem.write_bytes(addr, bytes);
+        word::publish(&slot.word, word::local(addr, if shared { word::SHARED } else { 0 }));
+        Ok(slot)
+    }
+
+    /// Slow path of a dereference: returns the object's local address once the word lets the fast path through
+    /// (or, for a non-temporal access, once the object is local without warming it).
+    pub(crate) fn deref_slow(&self, slot: &'static Slot, write: bool, warm: bool) -> Result<u64, ObjError> {
+        let mut spins = 0u32;
+        let mut wait_start: Option<Instant> = None;
+        let r = loop {
+            match word::touch(&slot.word, write, warm) {
+                Found::Local(a) => break Ok(a),
+                Found::Remote(_) => {
+                    if let Some(inf) = self.start_fetch(&[slot])? {
+                        self.complete(&inf)?;
+                    }
+                }
+                Found::Busy(w) => {
+                    if w & word::ABSENT != 0 {
+                        let found = self.inflight.lock().get(&slot.id).cloned();
+                        if let Some(inf) = found {
+                            Counters::add(&self.ctr.shared_misses, 1);
+                            self.complete(&inf)?;
+                            continue;
+                        }
+                    }
+                    wait_start.get_or_insert_with(Instant::now);
+                    backoff(&mut spins);
+                }
+            }
+        };
+        if let Some(t) = wait_start {
+            Counters::add(&self.ctr.busy_wait_ns, u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        }
+        r
+    }
+
+    /// Waits until `slot` is not busy (helping a fetch in flight) and returns its word.
+    fn settle(&self, slot: &'static Slot) -> Result<u64, ObjError> {
+        let mut spins = 0u32;
+        loop {
+            let w = slot.word.load(Ordering::Acquire);
+            if w & word::BUSY == 0 {
+                return Ok(w);
+            }
+            if w & word::ABSENT != 0 {
+                let found = self.inflight.lock().get(&slot.id).cloned();
+                if let Some(inf) = found {
+                    self.complete(&inf)?;
+                    continue;
+                }
+            }
+            backoff(&mut spins);
+        }
+    }
+
+    /// Claims every remote, unclaimed object of `slots` and sends one read per space.
+    pub(crate) fn start_fetch(&self, slots: &[&'static Slot]) -> Result<Option<Arc<Inflight>>, ObjError> {
+        let mut by_space: HashMap<u16, Vec<(&'static Slot, u64)>> = HashMap::new();
+        for &s in slots {
+            let w = s.word.load(Ordering::Acquire);
+            if w & word::ABSENT == 0 || w & word::BUSY != 0 || w == word::FREE {
+                continue;
+            }
+            if let Ok(seen) = word::claim(&s.word, w) {
+                by_space.entry(word::remote_space(seen)).or_default().push((s, seen));
+            }
+        }
+        if by_space.is_empty() {
+            return Ok(None);
+        }
+        let mut groups = Vec::with_capacity(by_space.len());
+        let mut failed = None;
+        for (space, entries) in by_space {
+            if failed.is_some() {
+                entries.iter().for_each(|&(s, seen)| word::publish(&s.word, seen));
+                continue;
+            }
+            let req = Request::ReadObjects { ds: self.ds(space), ids: entries.iter().map(|(s, _)| s.id).collect() };
+            match self.store.submit(req) {
+                Ok(pending) => groups.push(Group { space, pending, entries }),
+                Err(e) => {
+                    entries.iter().for_each(|&(s, seen)| word::publish(&s.word, seen));
+                    failed = Some(e);
+                }
+            }
+        }
+        let inf = Arc::new(Inflight { groups: Mutex::new(Some(groups)) });
+        {
+            let mut map = self.inflight.lock();
+            for g in inf.groups.lock().iter().flatten() {
+                for (s, _) in &g.entries {
+                    map.insert(s.id, Arc::clone(&inf));
+                }
+            }
+        }
+        if let Some(e) = failed {
+            // The groups already sent are completed so that their objects do not stay claimed.
+            let _ = self.complete(&inf);
+            return Err(e.into());
+        }
+        Ok(Some(inf))
+    }
+
+    /// Completes a fetch: waits for its replies and installs the objects. Idempotent; concurrent callers wait
+    /// for the first.
+    pub(crate) fn complete(&self, inf: &Inflight) -> Result<(), ObjError> {
+        let mut guard = inf.groups.lock();
+        let Some(groups) = guard.take() else { return Ok(()) };
+        let mut first_err = None;
+        let mut done = Vec::new();
+        for g in groups {
+            done.extend(g.entries.iter().map(|(s, _)| s.id));
+            let ds = self.ds(g.space);
+            let res = g.pending.wait();
+            let batch = match res {
+                Ok(Reply::Objects(b)) => b,
+                Ok(r) => {
+                    let e = ObjError::Store(farmem_memd::StoreError::Protocol {
+                        server: self.store.describe(),
+                        msg: format!("expected objects, got {r:?}"),
+                    });
+                    g.entries.iter().for_each(|&(s, seen)| word::publish(&s.word, seen));
+                    first_err.get_or_insert(e);
+                    continue;
+                }
+                Err(e) => {
+                    g.entries.iter().for_each(|&(s, seen)| word::publish(&s.word, seen));
+                    first_err.get_or_insert(e.into());
+                    continue;
+                }
+            };
+            let mut vals = batch.iter();
+            for &(s, seen) in &g.entries {
+                let size = word::remote_size(seen);
+                match vals.next() {
+                    Some((id, Some(v))) if id == s.id && v.len() == size => {
+                        if let Err(e) = self.install(s, seen, v) {
+                            word::publish(&s.word, seen);
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                    _ => {
+                        word::publish(&s.word, seen);
+                        first_err.get_or_insert(ObjError::Missing { ds, id: s.id });
+                    }
+                }
+            }
+        }
+        {
+            let mut map = self.inflight.lock();
+            for id in done {
+                map.remove(&id);
+            }
+        }
+        drop(guard);
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn install(&self, s: &'static Slot, seen: u64, bytes: &[u8]) -> Result<(), ObjError> {
+        let space = word::remote_space(seen);
+        let may_wait = self.background && !epoch::pinned();
+        let addr = self.heap.alloc(bytes.len(), s.id, space, may_wait).map_err(|_| self.exhausted())?;
+        self.heap.mem.write_bytes(addr, bytes);
+        let flags = word::CLEAN | word::HAS_REMOTE | (seen & word::SHARED);
+        word::publish(&s.word, word::local(addr, flags));
+        Counters::add(&self.ctr.misses, 1);
+        Counters::add_usize(&self.ctr.bytes_in, bytes.len());
+        Ok(())
+    }
+
+    /// Reads an object's bytes without making it local (non-temporal read). `dst` has the object's size.
+    pub(crate) fn read_nt(&self, slot: &'static Slot, dst: &mut [u8]) -> Result<(), ObjError> {
+        loop {
+            {
+                let _scope = epoch::DerefScope::new();
+                match word::touch(&slot.word, false, false) {
+                    Found::Local(a) => {
+                        self.heap.mem.read_bytes(a, dst);
+                        return Ok(());
+                    }
+                    Found::Busy(_) => {}
+                    Found::Remote(w) => {
+                        drop(_scope);
+                        let ds = self.ds(word::remote_space(w));
+                        // The owner borrows the pointer for this call, so nobody can change the object: memd's copy
+                        // is current even if another thread swaps the object in meanwhile.
+                        let v = self.store.read_object(ds, slot.id)?.ok_or(ObjError::Missing { ds, id: slot.id })?;
+                        if v.len() != dst.len() {
+                            return Err(ObjError::Missing { ds, id: slot.id });
+                        }
+                        dst.copy_from_slice(&v);
+                        Counters::add(&self.ctr.misses, 1);
+                        Counters::add_usize(&self.ctr.bytes_in, v.len());
+                        return Ok(());
+                    }
+                }
+            }
+            self.settle(slot)?;
+        }
+    }
+
+    /// Overwrites an object without making it local (non-temporal write); `&mut` access is the caller's proof
+    /// that no reference to it exists.
+    pub(crate) fn write_nt(&self, slot: &'static Slot, src: &[u8]) -> Result<(), ObjError> {
+        loop {
+            let w = self.settle(slot)?;
+            if word::is_local(w) {
+                let _scope = epoch::DerefScope::new();
+                if let Found::Local(a) = word::touch(&slot.word, true, false) {
+                    self.heap.mem.write_bytes(a, src);
+                    return Ok(());
+                }
+                continue;
+            }
+            let Ok(seen) = word::claim(&slot.word, w) else { continue };
+            let ds = self.ds(word::remote_space(seen));
+            let r = self.store.write_object(ds, slot.id, src);
+            word::publish(&slot.word, seen);
+            r?;
+            Counters::add_usize(&self.ctr.bytes_out, src.len());
+            return Ok(());
+        }
+    }
+
+    /// Moves one object to far memory now (writing it if dirty); `&mut` access is the caller's proof that no
+    /// reference to it exists.
+    pub(crate) fn evict(&self, slot: &'static Slot) -> Result<(), ObjError> {
+        loop {
+            let w = self.settle(slot)?;
+            if !word::is_local(w) {
+                return Ok(());
+            }
+            let Ok(seen) = word::claim(&slot.word, w) else { continue };
+            let a = word::addr(seen);
+            let h = self.heap.header(a);
+            let remote = word::remote(h.space, h.size, seen & word::SHARED != 0);
+            if seen & word::CLEAN == 0 {
+                let mut v = vec![0u8; h.size];
+                self.heap.mem.read_bytes(a, &mut v);
+                if let Err(e) = self.store.write_object(self.ds(h.space), slot.id, &v) {
+                    word::publish(&slot.word, seen);
+                    return Err(e.into());
+                }
+                Counters::add_usize(&self.ctr.bytes_out, h.size);
+            }
+            word::publish(&slot.word, remote);
+            self.heap.sub_live(a, h.size);
+            return Ok(());
+        }
+    }
+
+    pub(crate) fn write_back(&self, slots: &[&'static Slot]) -> Result<usize, ObjError> {
+        let mut by_space: HashMap<u16, (ObjBatch, Claimed)> = HashMap::new();
+        for &s in slots {
+            let seen = loop {
+                let w = self.settle(s)?;
+                if !word::is_local(w) || w & word::CLEAN != 0 {
+                    break None;
+                }
+                if let Ok(seen) = word::claim(&s.word, w) {
+                    break Some(seen);
+                }
+            };
+            let Some(seen) = seen else { continue };
+            let a = word::addr(seen);
+            let h = self.heap.header(a);
+            let (batch, entries) = by_space.entry(h.space).or_insert_with(|| (ObjBatch::new(), Vec::new()));
+            push_object(&self.heap, batch, s.id, a, h.size);
+            entries.push((s, seen));
+        }
+        let mut sent = Vec::new();
+        for (space, (batch, entries)) in by_space {
+            let bytes = batch.data.len();
+            let p = self.store.submit(Request::WriteObjects { ds: self.ds(space), batch });
+            sent.push((p, entries, bytes));
+        }
+        let mut n = 0;
+        let mut first_err = None;
+        for (p, entries, bytes) in sent {
+            let ok = match p.and_then(Pending::wait) {
+                Ok(_) => true,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                    false
+                }
+            };
+            for (s, seen) in &entries {
+                let w = if ok { seen | word::CLEAN | word::HAS_REMOTE } else { *seen };
+                word::publish(&s.word, w);
+            }
+            if ok {
+                n += entries.len();
+                Counters::add_usize(&self.ctr.bytes_out, bytes);
+            }
+        }
+        first_err.map_or(Ok(n), |e| Err(e.into()))
+    }
+
+    /// Frees an object: its local copy at once, its remote copy through a batched delete.
+    pub(crate) fn free(&self, slot: &'static Slot) {
+        let mut spins = 0;
+        let w = loop {
+            match word::take_for_free(&slot.word) {
+                Ok(w) => break w,
+                Err(w) => {
+                    if w & word::ABSENT != 0 {
+                        let found = self.inflight.lock().get(&slot.id).cloned();
+                        if let Some(inf) = found {
+                            let _ = self.complete(&inf);
+                            continue;
+                        }
+                    }
+                    backoff(&mut spins);
+                }
+            }
+        };
+        Counters::add(&self.ctr.frees, 1);
+        let remote_space = if word::is_local(w) {
+            let a = word::addr(w);
+            let h = self.heap.header(a);
+            self.heap.sub_live(a, h.size);
+            (w & word::HAS_REMOTE != 0).then_some(h.space)
+        } else {
+            Some(word::remote_space(w))
+        };
+        match remote_space {
+            None => slots::release([slot.id]),
+            Some(space) => {
+                let full = {
+                    let mut d = self.deletes.lock();
+                    d.push((space, slot.id));
+                    d.len() >= DELETE_BATCH
+                };
+                if full {
+                    if let Err(e) = self.flush_deletes() {
+                        tracing::warn!("farmem: deleting freed far objects failed: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends queued deletes; their slots are reused only once memd confirms.
+    pub(crate) fn flush_deletes(&self) -> Result<(), ObjError> {
+        let d = std::mem::take(&mut *self.deletes.lock());
+        if d.is_empty() {
+            return Ok(());
+        }
+        let mut by_space: HashMap<u16, Vec<u64>> = HashMap::new();
+        for (s, id) in d {
+            by_space.entry(s).or_default().push(id);
+        }
+        let mut first_err = None;
+        for (space, ids) in by_space {
+            match self.store.delete_objects(self.ds(space), &ids) {
+                Ok(()) => {
+                    Counters::add_usize(&self.ctr.remote_deletes, ids.len());
+                    slots::release(ids);
+                }
+                // The slots are not reused: a delete that may still arrive must not remove a newer object.
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), |e| Err(e.into()))
+    }
+
+    /// Whether deletes are queued.
+    pub(crate) fn deletes_pending(&self) -> bool {
+        !self.deletes.lock().is_empty()
+    }
+}
+
+/// Appends the object at `a` to `batch` without an intermediate copy.
+pub(crate) fn push_object(heap: &Heap, batch: &mut ObjBatch, id: u64, a: u64, size: usize) {
+    let at = batch.data.len();
+    batch.data.resize(at + size, 0);
+    heap.mem.read_bytes(a, &mut batch.data[at..]);
+    batch.ids.push(id);
+    batch.lens.push(u32::try_from(size).unwrap_or(u32::MAX));
+}

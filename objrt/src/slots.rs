@@ -1,0 +1,103 @@
+//! The slot table: where pointer words live.
+//!
+//! A far pointer is moved around freely by Rust, so the word the evacuator must update cannot live inside it (as
+//! it does in AIFM's C++). It lives in a slot of a process-wide table instead; the pointer holds a `&'static`
+//! reference to its slot and the object's header in the local heap holds the slot's index, which doubles as the
+//! object's id in memd. Slot memory is allocated in chunks that are never freed ("type-stable"), so a stale
+//! index read by the evacuator from a dead object's header still names a valid word; the word's address check
+//! ([`crate::word::mark`]) tells the evacuator the object is gone.
+//!
+//! A freed slot is reused only once memd no longer holds an object under its id (the runtime deletes the remote
+//! copy first), so a delete still queued for a dead object can never remove a newer one.
+
+use crate::primitive::AtomicU64;
+use parking_lot::Mutex;
+use std::sync::OnceLock;
+
+/// One pointer word and its immutable id.
+#[derive(Debug)]
+pub struct Slot {
+    pub(crate) word: AtomicU64,
+    pub(crate) id: u64,
+}
+
+const CHUNK_BITS: u32 = 14;
+const CHUNK: usize = 1 << CHUNK_BITS;
+const CHUNKS: usize = 1 << 16;
+
+struct Table {
+    chunks: Box<[OnceLock<&'static [Slot]>]>,
+    free: Mutex<Vec<u64>>,
+    next_chunk: Mutex<usize>,
+}
+
+fn table() -> &'static Table {
+    static T: OnceLock<Table> = OnceLock::new();
+    T.get_or_init(|| Table {
+        chunks: (0..CHUNKS).map(|_| OnceLock::new()).collect(),
+        free: Mutex::new(Vec::new()),
+        next_chunk: Mutex::new(0),
+    })
+}
+
+/// A free slot (its word is [`crate::word::FREE`]), or `None` when all 2^30 slots are in use.
+pub fn alloc() -> Option<&'static Slot> {
+    let t = table();
+    loop {
+        if let Some(id) = t.free.lock().pop() {
+            return get(id);
+        }
+        let mut next = t.next_chunk.lock();
+        if !t.free.lock().is_empty() {
+            continue;
+        }
+        if *next >= CHUNKS {
+            return None;
+        }
+        let c = *next;
+        let base = (c as u64) << CHUNK_BITS;
+        let chunk: Vec<Slot> =
+            (0..CHUNK as u64).map(|i| Slot { word: AtomicU64::new(crate::word::FREE), id: base + i }).collect();
+        let leaked: &'static [Slot] = Box::leak(chunk.into_boxed_slice());
+        if t.chunks[c].set(leaked).is_err() {
+            unreachable!("chunk {c} filled twice under the chunk lock");
+        }
+        *next = c + 1;
+        // Hand out slots from the low end first: push in reverse.
+        t.free.lock().extend((1..CHUNK as u64).rev().map(|i| base + i));
+        return Some(&leaked[0]);
+    }
+}
+
+/// The slot with index `id`, if it was ever allocated.
+pub fn get(id: u64) -> Option<&'static Slot> {
+    let c = usize::try_from(id >> CHUNK_BITS).ok()?;
+    let i = usize::try_from(id & (CHUNK as u64 - 1)).ok()?;
+    table().chunks.get(c)?.get().map(|ch| &ch[i])
+}
+
+/// Returns slots to the free list. Their words must be [`crate::word::FREE`] and memd must hold no object
+/// under their ids.
+pub fn release(ids: impl IntoIterator<Item = u64>) {
+    table().free.lock().extend(ids);
+}
+
+#[cfg(all(test, not(farmem_loom)))]
+mod tests {
+    use super::*;
+    use crate::primitive::Ordering;
+
+    #[test]
+    fn slots_are_unique_and_reused() {
+        let a = alloc().unwrap();
+        let b = alloc().unwrap();
+        assert_ne!(a.id, b.id);
+        assert_eq!(a.word.load(Ordering::Relaxed), crate::word::FREE);
+        assert!(std::ptr::eq(get(a.id).unwrap(), a));
+        release([a.id, b.id]);
+        let c = alloc().unwrap();
+        assert!(c.id == a.id || c.id == b.id, "a released slot is reused");
+        release([c.id]);
+        assert!(get(u64::MAX).is_none());
+    }
+}

@@ -1,0 +1,355 @@
+//! Runtime tests. Those named `miri_*` use an in-process store, no evacuator thread and no timing, so they also
+//! run under Miri.
+
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "small test indices and seeds")]
+
+use crate::{DerefScope, FarArc, FarBox, ObjError, Runtime, RuntimeConfig, Space};
+use farmem_memd::{FarStore, MemStore};
+use parking_lot::Mutex;
+use std::sync::Arc;
+
+/// A runtime with no evacuator thread over a fresh in-process store.
+fn manual(local_mem: usize) -> (Runtime, MemStore) {
+    let store = MemStore::new(1 << 30);
+    let mut cfg = RuntimeConfig::new(local_mem);
+    cfg.evacuator_threads = 0;
+    cfg.lanes = 2;
+    (Runtime::new(cfg, Arc::new(store.clone())).unwrap(), store)
+}
+
+fn pattern(seed: u64) -> [u64; 16] {
+    let mut a = [0u64; 16];
+    for (i, x) in a.iter_mut().enumerate() {
+        *x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i as u64);
+    }
+    a
+}
+
+#[test]
+fn miri_alloc_deref_write_read() {
+    let (rt, _) = manual(1 << 20);
+    let mut b = FarBox::new_in(&rt, pattern(1));
+    {
+        let s = DerefScope::new();
+        assert_eq!(*b.deref(&s), pattern(1));
+        b.deref_mut(&s)[0] = 99;
+        let inner = DerefScope::new();
+        assert_eq!(b.deref(&inner)[0], 99, "nested scopes see the write");
+    }
+    assert_eq!(b.read()[0], 99);
+    b.write(pattern(2));
+    assert_eq!(b.read(), pattern(2));
+    assert!(b.is_local());
+}
+
+#[test]
+fn miri_evacuate_all_then_swap_in_then_clean_drop() {
+    let (rt, store) = manual(1 << 20);
+    let boxes: Vec<_> = (0..40).map(|i| FarBox::new_in(&rt, pattern(i))).collect();
+    rt.evacuate_all().unwrap();
+    let st = rt.stats();
+    assert_eq!(st.written_back, 40, "{st:?}");
+    assert_eq!(st.bytes_out, 40 * 128);
+    assert!(boxes.iter().all(|b| !b.is_local()));
+    assert_eq!(store.engine().used(), 40 * 128);
+    for (i, b) in boxes.iter().enumerate() {
+        assert_eq!(b.read(), pattern(i as u64));
+    }
+    let st = rt.stats();
+    assert_eq!(st.misses, 40);
+    assert_eq!(st.bytes_in, 40 * 128);
+    // They came back clean: evacuating again drops them without writing.
+    rt.evacuate_all().unwrap();
+    let st2 = rt.stats();
+    assert_eq!(st2.clean_drops, 40, "{st2:?}");
+    assert_eq!(st2.bytes_out, st.bytes_out, "clean objects are not written again");
+    assert_eq!(rt.stats().regions_in_use, 0, "every region reclaimed");
+}
+
+#[test]
+fn miri_free_deletes_remote_copy() {
+    let (rt, store) = manual(1 << 20);
+    let a = FarBox::new_in(&rt, 7u64);
+    let b = FarBox::new_in(&rt, 8u64);
+    let c = FarBox::new_in(&rt, 9u64);
+    rt.evacuate_all().unwrap();
+    assert_eq!(store.engine().used(), 24);
+    // c comes back, so it is local with a remote copy.
+    assert_eq!(c.read(), 9);
+    drop(a);
+    b.free();
+    drop(c);
+    rt.flush_deletes().unwrap();
+    assert_eq!(store.engine().used(), 0, "remote copies are deleted");
+    assert_eq!(rt.stats().remote_deletes, 3);
+    assert_eq!(rt.stats().frees, 3);
+    // A never-evicted object has nothing remote to delete.
+    let d = FarBox::new_in(&rt, 1u64);
+    drop(d);
+    rt.flush_deletes().unwrap();
+    assert_eq!(rt.stats().remote_deletes, 3);
+}
+
+#[test]
+fn miri_fetch_handle_batches_misses() {
+    let (rt, _) = manual(1 << 20);
+    let boxes: Vec<_> = (0..32).map(|i| FarBox::new_in(&rt, pattern(i))).collect();
+    rt.evacuate_all().unwrap();
+    let h = rt.fetch(&boxes).unwrap();
+    assert!(!h.is_empty());
+    h.wait().unwrap();
+    assert!(boxes.iter().all(FarBox::is_local));
+    assert_eq!(rt.stats().misses, 32);
+    // Everything is local: nothing to start.
+    assert!(rt.fetch(&boxes).unwrap().is_empty());
+    let s = DerefScope::new();
+    for (i, b) in boxes.iter().enumerate() {
+        assert_eq!(*b.deref(&s), pattern(i as u64));
+    }
+    assert_eq!(rt.stats().misses, 32, "no miss after the fetch");
+}
+
+#[test]
+fn miri_dropped_fetch_handle_completes() {
+    let (rt, _) = manual(1 << 20);
+    let b = FarBox::new_in(&rt, 5u32);
+    rt.evacuate_all().unwrap();
+    drop(b.prefetch().unwrap());
+    assert!(b.is_local());
+    assert_eq!(b.read(), 5);
+}
+
+#[test]
+fn miri_non_temporal_access_stays_remote() {
+    let (rt, store) = manual(1 << 20);
+    let mut b = FarBox::new_in(&rt, 11u64);
+    assert_eq!(b.read_nt().unwrap(), 11, "a local object is copied");
+    rt.evacuate_all().unwrap();
+    assert_eq!(b.read_nt().unwrap(), 11);
+    assert!(!b.is_local(), "a non-temporal read does not cache");
+    b.write_nt(12).unwrap();
+    assert!(!b.is_local(), "nor does a non-temporal write");
+    assert_eq!(store.read_object(rt.space_ds(Space::DEFAULT), b.id()).unwrap().unwrap(), 12u64.to_le_bytes());
+    assert_eq!(b.read(), 12);
+    assert!(b.is_local());
+}
+
+#[test]
+fn miri_write_back_makes_memd_current() {
+    let (rt, store) = manual(1 << 20);
+    let sp = rt.new_space().unwrap();
+    let mut boxes: Vec<_> = (0..10).map(|i| FarBox::try_new_in(&rt, sp, i as u64).unwrap()).collect();
+    assert_eq!(rt.write_back(&boxes).unwrap(), 10);
+    let ds = rt.space_ds(sp);
+    assert_ne!(ds, rt.space_ds(Space::DEFAULT));
+    assert_eq!(store.read_object(ds, boxes[3].id()).unwrap().unwrap(), 3u64.to_le_bytes());
+    assert!(boxes.iter().all(FarBox::is_local), "write-back keeps objects local");
+    assert_eq!(rt.write_back(&boxes).unwrap(), 0, "clean objects are not written again");
+    boxes[3].write(33);
+    assert_eq!(rt.write_back(&boxes).unwrap(), 1, "only the dirtied object");
+    assert_eq!(store.read_object(ds, boxes[3].id()).unwrap().unwrap(), 33u64.to_le_bytes());
+    // Clean now: evacuation drops them all without writing.
+    let out = rt.stats().bytes_out;
+    rt.evacuate_all().unwrap();
+    assert_eq!(rt.stats().bytes_out, out);
+    assert_eq!(boxes[3].read(), 33);
+}
+
+#[test]
+fn miri_evict_and_shared_objects() {
+    let (rt, _) = manual(1 << 20);
+    let mut b = FarBox::new_in(&rt, [3u8; 40]);
+    b.evict().unwrap();
+    assert!(!b.is_local());
+    assert_eq!(b.read(), [3u8; 40]);
+    let a = FarArc::new_in(&rt, 77u16);
+    let a2 = a.clone();
+    assert_eq!(a.count(), 2);
+    rt.evacuate_all().unwrap();
+    assert!(!a2.is_local());
+    {
+        let s = DerefScope::new();
+        assert_eq!(*a.deref(&s), 77);
+        assert_eq!(*a2.deref(&s), 77);
+    }
+    drop(a);
+    assert_eq!(a2.read(), 77, "the object lives while a clone does");
+}
+
+#[test]
+fn miri_hot_objects_are_compacted_and_kept() {
+    let (rt, _) = manual(2 << 20);
+    let boxes: Vec<_> = (0..2000).map(|i| FarBox::new_in(&rt, pattern(i))).collect();
+    rt.inner.heap.seal_all();
+    crate::evac::cycle(&rt.inner, 64, true);
+    let st = rt.stats();
+    assert!(st.compacted > 0, "fresh (hot) objects are kept on the first pass: {st:?}");
+    // Keep touching the first half; the rest goes cold and leaves.
+    for _ in 0..3 {
+        let s = DerefScope::new();
+        for b in &boxes[..1000] {
+            let _ = b.deref(&s)[0];
+        }
+        drop(s);
+        rt.evacuate_all().unwrap();
+    }
+    let hot_local = boxes[..1000].iter().filter(|b| b.is_local()).count();
+    let cold_local = boxes[1000..].iter().filter(|b| b.is_local()).count();
+    assert!(cold_local <= hot_local, "hot {hot_local} vs cold {cold_local}");
+    for (i, b) in boxes.iter().enumerate() {
+        assert_eq!(b.read(), pattern(i as u64));
+    }
+}
+
+#[test]
+fn miri_too_large_and_bad_configs_are_errors() {
+    let (rt, _) = manual(1 << 20);
+    let e = FarBox::try_new_in(&rt, Space::DEFAULT, [0u8; 65536]).unwrap_err();
+    assert!(matches!(e, ObjError::TooLarge { size: 65536, .. }), "{e}");
+    let store: Arc<dyn FarStore> = Arc::new(MemStore::new(1 << 20));
+    let e = Runtime::new(RuntimeConfig::new(100_000), Arc::clone(&store)).unwrap_err();
+    assert!(e.to_string().contains("at least 16"), "{e}");
+    let mut c = RuntimeConfig::new(16 << 20);
+    c.low_watermark = 0.5;
+    c.high_watermark = 0.2;
+    assert!(Runtime::new(c, Arc::clone(&store)).unwrap_err().to_string().contains("watermarks"));
+    let mut c = RuntimeConfig::new(16 << 20);
+    c.region_size = 5000;
+    assert!(Runtime::new(c, store).unwrap_err().to_string().contains("power of two"));
+}
+
+#[test]
+fn evacuating_inside_a_scope_is_refused() {
+    let (rt, _) = manual(1 << 20);
+    let _s = DerefScope::new();
+    assert!(rt.evacuate_all().is_err());
+}
+
+#[test]
+fn concurrent_derefs_fetch_once() {
+    let (rt, _) = manual(1 << 20);
+    let a = FarArc::new_in(&rt, pattern(5));
+    for round in 0..20 {
+        rt.evacuate_all().unwrap();
+        assert!(!a.is_local());
+        let before = rt.stats().misses;
+        let barrier = std::sync::Barrier::new(4);
+        std::thread::scope(|t| {
+            for _ in 0..4 {
+                t.spawn(|| {
+                    barrier.wait();
+                    let s = DerefScope::new();
+                    assert_eq!(*a.deref(&s), pattern(5));
+                });
+            }
+        });
+        assert_eq!(rt.stats().misses - before, 1, "round {round}: one fetch for four derefs");
+    }
+}
+
+#[test]
+fn store_failure_is_reported_not_hung() {
+    // A store with room for one object: write-back of more fails, objects stay local and correct.
+    let store = MemStore::new(200);
+    let mut cfg = RuntimeConfig::new(1 << 20);
+    cfg.evacuator_threads = 0;
+    let rt = Runtime::new(cfg, Arc::new(store)).unwrap();
+    let boxes: Vec<_> = (0..10).map(|i| FarBox::new_in(&rt, pattern(i))).collect();
+    rt.evacuate_all().unwrap();
+    assert!(rt.stats().writeback_errors > 0);
+    for (i, b) in boxes.iter().enumerate() {
+        assert_eq!(b.read(), pattern(i as u64));
+    }
+}
+
+/// Many threads read and mutate random objects (and replace some) while the evacuator runs, with a budget of
+/// about 8% of the data; every value is checked against a shadow copy.
+#[test]
+fn stress_against_shadow_with_background_evacuator() {
+    const OBJS: usize = 12_000; // 12 000 × 1 KiB ≈ 12 MiB of data
+    const THREADS: usize = 4;
+    const OPS: usize = 6_000;
+    type Obj = [u64; 128];
+    let fill = |seed: u64| -> Obj {
+        let mut a = [0u64; 128];
+        for (i, x) in a.iter_mut().enumerate() {
+            *x = seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+        a
+    };
+    let store = MemStore::new(1 << 30);
+    let mut cfg = RuntimeConfig::new(1 << 20); // 16 regions of 64 KiB: ≈ 8% of the data
+    cfg.region_size = 64 << 10;
+    cfg.lanes = 2;
+    let rt = Runtime::new(cfg, Arc::new(store.clone())).unwrap();
+    let objs: Vec<Mutex<(FarBox<Obj>, u64)>> =
+        (0..OBJS as u64).map(|i| Mutex::new((FarBox::new_in(&rt, fill(i)), i))).collect();
+    let shared: Vec<FarArc<Obj>> = (0..64u64).map(|i| FarArc::new_in(&rt, fill(1_000_000 + i))).collect();
+    std::thread::scope(|t| {
+        for th in 0..THREADS as u64 {
+            let (objs, shared, rt) = (&objs, &shared, &rt);
+            t.spawn(move || {
+                let mut x = 0x1234_5678_9abc_def1u64 ^ (th << 32);
+                let mut next = || {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x
+                };
+                for op in 0..OPS {
+                    let r = next();
+                    let i = (r % OBJS as u64) as usize;
+                    let mut g = objs[i].lock();
+                    let (b, seed) = &mut *g;
+                    match (r >> 32) % 10 {
+                        0..=4 => {
+                            let s = DerefScope::new();
+                            assert_eq!(*b.deref(&s), fill(*seed), "object {i} op {op}");
+                        }
+                        5..=7 => {
+                            let new = next();
+                            let s = DerefScope::new();
+                            let mut m = b.deref_mut(&s);
+                            assert_eq!(m[5], fill(*seed)[5]);
+                            *m = fill(new);
+                            *seed = new;
+                        }
+                        8 => {
+                            // Replace: free the old object, allocate a new one.
+                            let new = next();
+                            *b = FarBox::new_in(rt, fill(new));
+                            *seed = new;
+                        }
+                        _ => {
+                            let k = (r as usize >> 8) % shared.len();
+                            let s = DerefScope::new();
+                            assert_eq!(*shared[k].deref(&s), fill(1_000_000 + k as u64));
+                            // Two objects in one scope: the first reference stays valid across the second miss.
+                            let first = b.deref(&s);
+                            let other = objs[(i + 1) % OBJS].try_lock();
+                            if let Some(o) = other {
+                                assert_eq!(*o.0.deref(&s), fill(o.1));
+                            }
+                            assert_eq!(*first, fill(*seed));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    // Everything still right after the storm, read both ways.
+    for (i, m) in objs.iter().enumerate() {
+        let g = m.lock();
+        assert_eq!(g.0.read(), fill(g.1), "object {i}");
+    }
+    let st = rt.stats();
+    assert!(st.evac_cycles > 0 && st.misses > 0 && st.written_back > 0, "{st:?}");
+    assert!(st.frees > 0 && st.remote_deletes + 600 >= st.frees / 2, "{st:?}");
+    eprintln!("{st:?}");
+    let total = rt.inner.heap.total_regions as u64;
+    assert!(st.peak_regions <= total, "{st:?}");
+    drop(objs);
+    drop(shared);
+    rt.flush_deletes().unwrap();
+    assert_eq!(store.engine().used(), 0, "every remote copy deleted once all objects are freed");
+}
