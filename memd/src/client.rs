@@ -123,6 +123,12 @@ impl Write for Stream {
             Stream::Unix(s) => s.write(b),
         }
     }
+    fn write_vectored(&mut self, b: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write_vectored(b),
+            Stream::Unix(s) => s.write_vectored(b),
+        }
+    }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -446,7 +452,9 @@ fn write_all_vectored(s: &mut Stream, frames: &[&[u8]]) -> io::Result<()> {
     let mut slices: Vec<io::IoSlice<'_>> = frames.iter().map(|f| io::IoSlice::new(f)).collect();
     let mut rest = &mut slices[..];
     while !rest.is_empty() {
-        match s.write_vectored(rest) {
+        // writev takes at most IOV_MAX (1024) slices at a time.
+        let n = rest.len().min(1024);
+        match s.write_vectored(&rest[..n]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => io::IoSlice::advance_slices(&mut rest, n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

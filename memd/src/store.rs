@@ -658,6 +658,22 @@ mod tests {
     }
 
     #[test]
+    fn page_metadata_stays_under_three_percent() {
+        let store = crate::far::MemStore::new(1 << 30);
+        let data = vec![1u8; 256 * PAGE_SIZE];
+        for start in (0..16384u64).step_by(256) {
+            let ids: Vec<u64> = (start..start + 256).collect();
+            crate::far::FarStore::write_pages(&store, 3, &ids, &data).unwrap();
+        }
+        let (meta, slabs) = store.engine().footprint();
+        let stored = store.engine().used() as usize;
+        assert_eq!(stored, 16384 * PAGE_SIZE);
+        // Each shard may have one partly used slab.
+        assert!(slabs >= stored && slabs <= stored + SHARDS * 256 * 1024, "slabs reserve {slabs} bytes");
+        assert!(meta * 100 <= stored * 3, "metadata {meta} bytes for {stored} bytes of pages");
+    }
+
+    #[test]
     fn slab_reuses_and_returns_memory() {
         let mut s = Slab::new(PAGE_SIZE);
         let a = s.alloc();
