@@ -47,14 +47,27 @@ impl Record {
     pub(crate) fn pin(&self) {
         let s = self.state.load(Ordering::Relaxed);
         let next = ((s >> 1) + 1) << 1 | 1;
-        // SeqCst swap: a full fence on x86, ordering this store before every later pointer-word load.
+        // The store, then a SeqCst fence: orders it before every later pointer-word load (the evacuator has the
+        // matching fence between its mark and its snapshot of the records).
+        #[cfg(not(farmem_loom))]
+        {
+            self.state.store(next, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+        }
+        // loom models SeqCst fences as AcqRel only; a SeqCst read-modify-write on both sides is what it can check.
+        #[cfg(farmem_loom)]
         self.state.swap(next, Ordering::SeqCst);
     }
 
     /// Leaves the outermost scope.
     pub(crate) fn unpin(&self) {
-        let s = self.state.load(Ordering::Relaxed);
-        self.state.store(s & !1, Ordering::Release);
+        #[cfg(not(farmem_loom))]
+        {
+            let s = self.state.load(Ordering::Relaxed);
+            self.state.store(s & !1, Ordering::Release);
+        }
+        #[cfg(farmem_loom)]
+        self.state.fetch_and(!1, Ordering::SeqCst);
     }
 
     fn read(&self) -> u64 {

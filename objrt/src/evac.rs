@@ -31,21 +31,26 @@ use std::time::Duration;
 /// Body of an evacuator thread.
 pub(crate) fn run(rt: &RtInner) {
     farmem_memd::internal::mark_thread();
+    let mut stalled = false;
     loop {
         {
             let mut stop = rt.heap.evac_mx.lock();
             if *stop {
                 return;
             }
-            if rt.heap.free_in_budget() > rt.heap.marks.low {
+            // Sleep unless there is work — and after a cycle that could not reach the target (memd full, every
+            // object in use), sleep anyway rather than spin.
+            if stalled || rt.heap.free_in_budget() > rt.heap.marks.low {
                 rt.heap.evac_cv.wait_for(&mut stop, Duration::from_millis(10));
             }
             if *stop {
                 return;
             }
         }
+        stalled = false;
         if rt.heap.free_in_budget() <= rt.heap.marks.low {
             evacuate_until(rt, rt.heap.marks.high, false);
+            stalled = rt.heap.free_in_budget() < rt.heap.marks.high;
         }
         if rt.deletes_pending() {
             if let Err(e) = rt.flush_deletes() {

@@ -24,3 +24,14 @@ pub(crate) fn load_word(w: &AtomicU64) -> u64 {
         w.fetch_add(0, Ordering::SeqCst)
     }
 }
+
+/// Publishes a pointer word (release). Under loom a read-modify-write: in our models a thread spinning with
+/// read-modify-writes never observed a plain store of another thread, so every store a spinner waits for is an
+/// RMW there.
+#[inline(always)]
+pub(crate) fn store_word(w: &AtomicU64, v: u64) {
+    #[cfg(not(farmem_loom))]
+    w.store(v, Ordering::Release);
+    #[cfg(farmem_loom)]
+    w.swap(v, Ordering::SeqCst);
+}

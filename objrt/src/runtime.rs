@@ -175,7 +175,8 @@ pub struct RtInner {
     deletes: Mutex<Vec<(u16, u64)>>,
     pub(crate) evac_lock: Mutex<()>,
     pub(crate) cfg: RuntimeConfig,
-    pub(crate) background: bool,
+    /// Evacuator threads are running (cleared when the `Runtime` is dropped).
+    pub(crate) background: std::sync::atomic::AtomicBool,
 }
 
 /// An object runtime: a local heap under a budget, an evacuator, and a far store.
@@ -209,7 +210,7 @@ impl Runtime {
             deletes: Mutex::new(Vec::new()),
             evac_lock: Mutex::new(()),
             cfg: cfg.clone(),
-            background,
+            background: std::sync::atomic::AtomicBool::new(background),
         });
         let mut threads = Vec::new();
         for i in 0..cfg.evacuator_threads {
@@ -357,6 +358,7 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
+        self.inner.background.store(false, Relaxed);
         *self.inner.heap.evac_mx.lock() = true;
         self.inner.heap.evac_cv.notify_all();
         for t in self.threads.drain(..) {
@@ -458,7 +460,7 @@ impl RtInner {
             return Err(ObjError::TooLarge { size: bytes.len(), max });
         }
         let slot = slots::alloc().ok_or(ObjError::OutOfSlots)?;
-        let may_wait = self.background && !epoch::pinned();
+        let may_wait = self.background.load(Relaxed) && !epoch::pinned();
         let addr = match self.heap.alloc(bytes.len(), slot.id, space, may_wait) {
             Ok(a) => a,
             Err(HeapFull::Exhausted) => {
@@ -628,8 +630,8 @@ impl RtInner {
 
     fn install(&self, s: &'static Slot, seen: u64, bytes: &[u8]) -> Result<(), ObjError> {
         let space = word::remote_space(seen);
-        let may_wait = self.background && !epoch::pinned();
-        let addr = self.heap.alloc(bytes.len(), s.id, space, may_wait).map_err(|_| self.exhausted())?;
+        // Never wait here: a fetch is completed while others (possibly inside scopes) wait for it.
+        let addr = self.heap.alloc(bytes.len(), s.id, space, false).map_err(|_| self.exhausted())?;
         self.heap.mem.write_bytes(addr, bytes);
         let flags = word::CLEAN | word::HAS_REMOTE | (seen & word::SHARED);
         word::publish(&s.word, word::local(addr, flags));

@@ -151,7 +151,7 @@ pub fn claim(word: &AtomicU64, seen: u64) -> Result<u64, u64> {
 /// are visible to whoever sees it.
 pub fn publish(word: &AtomicU64, w: u64) {
     debug_assert!(w & BUSY == 0 || w == FREE);
-    word.store(w, Ordering::Release);
+    crate::primitive::store_word(word, w);
 }
 
 /// Evacuator: marks a local object at `at` for evacuation. `None` if the word no longer describes that object
