@@ -21,6 +21,12 @@ use std::sync::{Once, OnceLock};
 /// as C requires of objects of such types; smaller requests of 16 go through `mi_malloc_aligned`).
 const MI_ALIGN: usize = 8;
 
+/// `mi_option_purge_delay`: the 16th entry of mimalloc v3's `mi_option_e` (the Rust bindings do not name it).
+const MI_OPTION_PURGE_DELAY: mi::mi_option_t = 15;
+/// Purge delay while far memory runs, in ms. mimalloc v3 keeps freed pages resident for 1 s by default; the
+/// paging path's transient buffers (fetch and write-back batches) would stay resident on top of the budget.
+const FAR_PURGE_DELAY_MS: std::ffi::c_long = 10;
+
 const UNCONFIGURED: u8 = 0;
 const CONFIGURING: u8 = 1;
 const CONFIGURED: u8 = 2;
@@ -308,6 +314,10 @@ impl FarAlloc {
                     return self.fail("far memory started twice", cfg.required);
                 }
                 self.register();
+                if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+                    // SAFETY: setting a mimalloc option is allowed at any time.
+                    unsafe { mi::mi_option_set(MI_OPTION_PURGE_DELAY, FAR_PURGE_DELAY_MS) };
+                }
                 self.lo.store(lo, Ordering::Relaxed);
                 self.len.store(hi - lo, Ordering::Release);
                 self.state.store(READY, Ordering::Release);

@@ -1,1 +1,158 @@
-//! farmem-preload: filled by its own issue.
+//! farmem-preload: `libfarmem_preload.so`, far memory for programs nobody changes.
+//!
+//! Loaded with `LD_PRELOAD` (as `farmem run` does), the library exports the whole malloc family — `malloc`,
+//! `free`, `calloc`, `realloc`, `reallocarray`, `posix_memalign`, `aligned_alloc`, `memalign`, `valloc`,
+//! `pvalloc`, `malloc_usable_size` — and interposes them on the C library's. Each is a thin wrapper over one
+//! process-wide [`FarAlloc`], which is also this library's own Rust global allocator, so farmem's internal
+//! allocations take the same path and are routed to mimalloc by the internal mark. Small blocks go to mimalloc
+//! (linked in statically, called directly); blocks of at least `FARMEM_THRESHOLD` go to a userfaultfd region
+//! backed by the memd at `FARMEM_SERVER`, started on the first such allocation.
+//!
+//! Start-up never re-enters the shim's far path: configuration, the memd connection, the region's threads and
+//! the log subscriber are all created with the thread marked internal, so whatever they allocate (thread-local
+//! destructor registration through `calloc`, `dlsym`, thread stacks' bookkeeping) is served by mimalloc. The
+//! configuration is read by a load-time constructor, so a malformed `FARMEM_*` value is reported at start-up
+//! and `FARMEM_STATS=1` prints its summary at exit even for a program that never allocated a large block.
+//!
+//! Nothing unwinds out of the shim: a panic in an `extern "C"` function aborts the process (Rust ≥ 1.81), and
+//! FarAlloc's own fatal conditions abort or `_exit` after one line on stderr. No FarAlloc lock is held across
+//! `fork` (`pthread_atfork`).
+//!
+//! # Safety
+//! The exported functions are `unsafe extern "C"`: their callers are C programs bound by the C library's
+//! contracts for these functions (a pointer passed to `free`/`realloc` came from this family and is live).
+
+use farmem_alloc::config::AllocConfig;
+use farmem_alloc::{FarAlloc, StartError, Started};
+use std::ffi::c_void;
+
+fn start(cfg: &AllocConfig) -> Result<Started, StartError> {
+    let filter = cfg.log.clone().unwrap_or_else(|| "warn".to_string());
+    match tracing_subscriber::EnvFilter::try_new(&filter) {
+        Ok(f) => {
+            let _ = tracing_subscriber::fmt().with_env_filter(f).with_writer(std::io::stderr).try_init();
+        }
+        Err(e) => {
+            return Err(StartError::Config(farmem_memd::config::ConfigError::new(
+                "FARMEM_LOG",
+                format!("{filter:?} is not a log filter: {e}"),
+            )))
+        }
+    }
+    farmem_alloc::start::start_from_env(cfg)
+}
+
+#[global_allocator]
+static A: FarAlloc = FarAlloc::with_start(start, 0);
+
+extern "C" fn init() {
+    A.threshold();
+}
+
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = init;
+
+/// C `malloc`.
+///
+/// # Safety
+/// None beyond C's.
+#[no_mangle]
+pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    A.malloc(size)
+}
+
+/// C `free`.
+///
+/// # Safety
+/// `p` is null or a live block of this family.
+#[no_mangle]
+pub unsafe extern "C" fn free(p: *mut c_void) {
+    // SAFETY: C's contract for free, which the caller is bound by.
+    unsafe { A.free(p) }
+}
+
+/// C `calloc`.
+///
+/// # Safety
+/// None beyond C's.
+#[no_mangle]
+pub unsafe extern "C" fn calloc(nmemb: usize, size: usize) -> *mut c_void {
+    A.calloc(nmemb, size)
+}
+
+/// C `realloc`.
+///
+/// # Safety
+/// `p` is null or a live block of this family.
+#[no_mangle]
+pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: C's contract for realloc, which the caller is bound by.
+    unsafe { A.realloc(p, size) }
+}
+
+/// C `reallocarray`.
+///
+/// # Safety
+/// `p` is null or a live block of this family.
+#[no_mangle]
+pub unsafe extern "C" fn reallocarray(p: *mut c_void, nmemb: usize, size: usize) -> *mut c_void {
+    // SAFETY: C's contract for reallocarray, which the caller is bound by.
+    unsafe { A.reallocarray(p, nmemb, size) }
+}
+
+/// C `posix_memalign`.
+///
+/// # Safety
+/// `out` is valid for a pointer write.
+#[no_mangle]
+pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> i32 {
+    // SAFETY: C's contract for posix_memalign, which the caller is bound by.
+    unsafe { A.posix_memalign(out, align, size) }
+}
+
+/// C `aligned_alloc`.
+///
+/// # Safety
+/// None beyond C's.
+#[no_mangle]
+pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    A.aligned_alloc(align, size)
+}
+
+/// C `memalign`.
+///
+/// # Safety
+/// None beyond C's.
+#[no_mangle]
+pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+    A.memalign(align, size)
+}
+
+/// C `valloc`.
+///
+/// # Safety
+/// None beyond C's.
+#[no_mangle]
+pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
+    A.valloc(size)
+}
+
+/// C `pvalloc`.
+///
+/// # Safety
+/// None beyond C's.
+#[no_mangle]
+pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
+    A.pvalloc(size)
+}
+
+/// C `malloc_usable_size`.
+///
+/// # Safety
+/// `p` is null or a live block of this family.
+#[no_mangle]
+pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
+    // SAFETY: C's contract for malloc_usable_size, which the caller is bound by.
+    unsafe { A.usable_size(p) }
+}
