@@ -1,0 +1,163 @@
+//! `farmem-bench`: AIFM's evaluation rerun side by side — paging, objects, hybrid, kernel swap — with plots.
+//!
+//! ```text
+//! farmem-bench run WORKLOAD --mode MODE [--local 0.25] [--scale S] [--zipf 0.99] [--seed N] [--no-offload]
+//! farmem-bench sweep WORKLOAD [--local 0.1,0.25,0.5,1.0] [--modes local,paging,...] [--out results/] [...]
+//! ```
+//! `run` prints one JSON line; `sweep` runs every mode at every local fraction, prints a JSON line per run, and
+//! writes `OUT/WORKLOAD.csv` and `OUT/WORKLOAD.png`. Every run is checked against `local`'s checksum.
+
+use anyhow::{bail, Context, Result};
+use farmem_alloc::FarAlloc;
+use farmem_tests::harness::{self, ChildReport, Mode, RunResult, Workload};
+use farmem_tests::workloads::{self, Outcome, Params};
+use std::path::PathBuf;
+
+#[global_allocator]
+static ALLOC: FarAlloc = FarAlloc::from_env();
+
+const USAGE: &str = "usage:
+  farmem-bench run WORKLOAD --mode MODE [--local F] [--scale S] [--zipf S] [--seed N] [--no-offload]
+  farmem-bench sweep WORKLOAD [--local F,F,...] [--modes M,M,...] [--out DIR] [--scale S] [--zipf S] [--seed N]
+WORKLOAD: hashtable, array, web, dataframe (or `all` for sweep)
+MODE: local, paging, objects, hybrid, swap
+--local: local memory as a fraction of the working set (run: 0.25; sweep: 0.1,0.25,0.5,1.0)";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = match args.first().map(String::as_str) {
+        Some("exec") => child(&args[1..]),
+        Some("run") => cmd_run(&args[1..]),
+        Some("sweep") => cmd_sweep(&args[1..]),
+        _ => {
+            println!("{USAGE}");
+            Ok(())
+        }
+    };
+    if let Err(e) = r {
+        eprintln!("farmem-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+struct Opts {
+    workload: String,
+    mode: Option<String>,
+    local: Vec<f64>,
+    modes: Vec<Mode>,
+    out: PathBuf,
+    params: Params,
+}
+
+fn parse(args: &[String], sweep: bool) -> Result<Opts> {
+    let mut it = args.iter();
+    let workload = it.next().context(USAGE)?.clone();
+    let mut o = Opts {
+        workload,
+        mode: None,
+        local: if sweep { vec![0.1, 0.25, 0.5, 1.0] } else { vec![0.25] },
+        modes: Mode::ALL.to_vec(),
+        out: PathBuf::from("results"),
+        params: Params { scale: 1.0, seed: 42, zipf: 0.99, offload: true, budget: 0 },
+    };
+    while let Some(a) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{a} needs a value\n{USAGE}"));
+        let num = |v: &str, what: &str| v.parse::<f64>().with_context(|| format!("{what} {v:?} is not a number"));
+        match a.as_str() {
+            "--mode" => o.mode = Some(val()?.clone()),
+            "--local" => {
+                o.local = val()?.split(',').map(|v| num(v, "--local")).collect::<Result<_>>()?;
+                if o.local.iter().any(|&f| !(f > 0.0 && f <= 1.0)) {
+                    bail!("--local fractions must be in (0, 1]");
+                }
+            }
+            "--modes" => o.modes = val()?.split(',').map(Mode::parse).collect::<Result<_>>()?,
+            "--out" => o.out = PathBuf::from(val()?),
+            "--scale" => {
+                o.params.scale = num(val()?, "--scale")?;
+                if o.params.scale <= 0.0 {
+                    bail!("--scale must be positive");
+                }
+            }
+            "--zipf" => {
+                o.params.zipf = num(val()?, "--zipf")?;
+                if o.params.zipf <= 0.0 {
+                    bail!("--zipf must be positive");
+                }
+            }
+            "--seed" => o.params.seed = val()?.parse().context("--seed must be a whole number")?,
+            "--no-offload" => o.params.offload = false,
+            other => bail!("unknown option {other:?}\n{USAGE}"),
+        }
+    }
+    Ok(o)
+}
+
+fn cmd_run(args: &[String]) -> Result<()> {
+    let o = parse(args, false)?;
+    let w = Workload::parse(&o.workload)?;
+    let mode = Mode::parse(o.mode.as_deref().context("--mode is required")?)?;
+    let local = harness::run(w, Mode::Local, 1.0, &o.params, None)?;
+    let expected = u64::from_str_radix(&local.checksum, 16)?;
+    let r = if mode == Mode::Local { local } else { harness::run(w, mode, o.local[0], &o.params, Some(expected))? };
+    println!("{}", serde_json::to_string(&r)?);
+    Ok(())
+}
+
+fn cmd_sweep(args: &[String]) -> Result<()> {
+    let o = parse(args, true)?;
+    let ws: Vec<Workload> =
+        if o.workload == "all" { Workload::ALL.to_vec() } else { vec![Workload::parse(&o.workload)?] };
+    std::fs::create_dir_all(&o.out).with_context(|| format!("create {}", o.out.display()))?;
+    for w in ws {
+        let mut runs: Vec<RunResult> = Vec::new();
+        let local = harness::run(w, Mode::Local, 1.0, &o.params, None)?;
+        let expected = u64::from_str_radix(&local.checksum, 16)?;
+        println!("{}", serde_json::to_string(&local)?);
+        runs.push(local);
+        for &f in &o.local {
+            for &m in o.modes.iter().filter(|&&m| m != Mode::Local) {
+                let r = harness::run(w, m, f, &o.params, Some(expected))?;
+                if let Some(why) = &r.skipped {
+                    eprintln!("farmem-bench: {} {} skipped: {why}", w.name(), m.name());
+                }
+                println!("{}", serde_json::to_string(&r)?);
+                runs.push(r);
+            }
+        }
+        let csv = o.out.join(format!("{}.csv", w.name()));
+        farmem_tests::plot::write_csv(&csv, &runs)?;
+        let png = o.out.join(format!("{}.png", w.name()));
+        let title = format!("{} (scale {}, zipf {})", w.name(), o.params.scale, o.params.zipf);
+        farmem_tests::plot::plot(&png, &title, &runs, &o.local)?;
+        eprintln!("farmem-bench: wrote {} and {}", csv.display(), png.display());
+    }
+    Ok(())
+}
+
+/// The child side of a run: executes one workload in one mode and prints a [`ChildReport`].
+fn child(args: &[String]) -> Result<()> {
+    let [w, m, p] = args else { bail!("exec takes WORKLOAD MODE PARAMS") };
+    let (w, m) = (Workload::parse(w)?, Mode::parse(m)?);
+    let p: Params = serde_json::from_str(p).context("exec PARAMS")?;
+    if !matches!(m, Mode::Paging | Mode::Hybrid) {
+        ALLOC.set_local_only();
+    }
+    let outcome: Result<Outcome, String> = match m {
+        Mode::Local | Mode::Swap | Mode::Paging => Ok(match w {
+            Workload::Hashtable => workloads::hashtable::local(&p),
+            Workload::Array => workloads::array::local(&p),
+            Workload::Web => workloads::web::local(&p),
+            Workload::Dataframe => workloads::dataframe::local(&p),
+        }),
+        Mode::Objects | Mode::Hybrid => {
+            Err(format!("{} mode of {} is not implemented yet: it needs objrt's containers", m.name(), w.name()))
+        }
+    };
+    let report = match outcome {
+        Ok(outcome) => ChildReport { outcome, peak_rss: harness::peak_rss(), skipped: None },
+        Err(why) => ChildReport { outcome: Outcome::default(), peak_rss: 0, skipped: Some(why) },
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}

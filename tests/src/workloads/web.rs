@@ -1,0 +1,97 @@
+//! Web frontend, the shape of AIFM's §6.2 application: each request looks a user key up in a hashtable, reads the
+//! 8 KiB array element it names (non-temporally: it is used once), and compresses it with snappy.
+
+use super::{fold, scaled, Outcome, Params, FOLD_START};
+use crate::rng::{mix64, Rng, Zipf};
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// Bytes of an element.
+pub const ELEM: usize = 8192;
+/// An element.
+pub type Elem = [u8; ELEM];
+
+/// Keys in the hashtable.
+pub fn keys(p: &Params) -> u64 {
+    scaled(500_000, p.scale)
+}
+
+/// Elements in the array.
+pub fn elems(p: &Params) -> u64 {
+    scaled(16_384, p.scale)
+}
+
+/// Requests in the timed phase.
+pub fn requests(p: &Params) -> u64 {
+    scaled(100_000, p.scale)
+}
+
+/// Bytes of the hashtable plus the array.
+pub fn working_set(p: &Params) -> u64 {
+    (keys(p) * 8 / 7).next_power_of_two() * (8 + 4 + 1) + elems(p) * ELEM as u64
+}
+
+/// The key of rank `r`.
+pub fn key(seed: u64, r: u64) -> u64 {
+    mix64(seed ^ 0x77 ^ r.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+/// The array index the key of rank `r` points at.
+pub fn target(p: &Params, r: u64) -> u32 {
+    u32::try_from(mix64(r ^ p.seed) % elems(p)).expect("fewer than 2^32 elements")
+}
+
+const WORDS: [&str; 16] = [
+    "the ", "far ", "memory ", "page ", "object ", "remote ", "local ", "cache ", "evict ", "fetch ", "pointer ",
+    "scope ", "runtime ", "server ", "client ", "batch ",
+];
+
+/// Fills element `i` with compressible text.
+pub fn fill(seed: u64, i: u64, e: &mut Elem) {
+    let mut rng = Rng::new(mix64(seed ^ 0x300 ^ i));
+    let mut at = 0;
+    while at < ELEM {
+        let w = WORDS[usize::try_from(rng.below(16)).expect("small")].as_bytes();
+        let n = w.len().min(ELEM - at);
+        e[at..at + n].copy_from_slice(&w[..n]);
+        at += n;
+    }
+}
+
+/// The request stream: ranks of keys.
+pub fn ranks(p: &Params) -> impl Iterator<Item = u64> {
+    let z = Zipf::new(keys(p), p.zipf);
+    let mut rng = Rng::new(p.seed ^ 0x400);
+    (0..requests(p)).map(move |_| z.sample(&mut rng) - 1)
+}
+
+/// Serves one request's element: compress and fold.
+pub fn respond(enc: &mut snap::raw::Encoder, e: &Elem, out: &mut Vec<u8>, acc: u64) -> u64 {
+    out.resize(snap::raw::max_compress_len(ELEM), 0);
+    let n = enc.compress(e, out).expect("snappy compresses any input");
+    fold(fold(acc, n as u64), u64::from_le_bytes(out[n - 8..n].try_into().expect("8 bytes")))
+}
+
+/// std HashMap + boxed slice (local, paging, swap).
+pub fn local(p: &Params) -> Outcome {
+    let t = Instant::now();
+    let mut index: HashMap<u64, u32> = HashMap::with_capacity(usize::try_from(keys(p)).expect("fits"));
+    for r in 0..keys(p) {
+        index.insert(key(p.seed, r), target(p, r));
+    }
+    let mut arr: Vec<Elem> = Vec::with_capacity(usize::try_from(elems(p)).expect("fits"));
+    for i in 0..elems(p) {
+        let mut e = [0u8; ELEM];
+        fill(p.seed, i, &mut e);
+        arr.push(e);
+    }
+    let setup_secs = t.elapsed().as_secs_f64();
+    let (mut enc, mut out) = (snap::raw::Encoder::new(), Vec::new());
+    let t = Instant::now();
+    let mut acc = FOLD_START;
+    for r in ranks(p) {
+        let i = index[&key(p.seed, r)];
+        acc = respond(&mut enc, &arr[i as usize], &mut out, acc);
+    }
+    Outcome { ops: requests(p), secs: t.elapsed().as_secs_f64(), setup_secs, checksum: acc, extra: vec![] }
+}
