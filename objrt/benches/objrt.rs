@@ -1,1 +1,246 @@
-fn main() {}
+//! objrt benchmarks, each against its baseline in the same run:
+//! - local dereference vs `Box` dereference (goal ≤ 1.2×);
+//! - remote dereference (fetch + install) vs one memd object read round trip (goal ≤ 1.3×), over a loopback memd
+//!   (`TestServer` + `Client`);
+//! - evacuator write-back throughput vs memd's pipelined batched object writes of the same bytes (reported).
+//!
+//! `cargo bench -p farmem-objrt --bench objrt`. After criterion's figures, a summary prints the three ratios
+//! measured in this process.
+
+#![allow(clippy::cast_possible_truncation, reason = "fill bytes are taken modulo 251")]
+
+use criterion::{black_box, criterion_group, Criterion};
+use farmem_memd::testing::TestServer;
+use farmem_memd::{FarStore, ObjBatch, Pending, Request};
+use farmem_objrt::{DerefScope, FarBox, Runtime, RuntimeConfig};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const N_LOCAL: usize = 4096;
+
+/// The dereference whose machine code the fast-path comment in `ptr.rs` describes (`objdump -d` the bench
+/// binary and look for `deref_one`).
+#[inline(never)]
+pub fn deref_one(b: &FarBox<u64>, s: &DerefScope) -> u64 {
+    *b.deref(s)
+}
+
+#[inline(never)]
+fn sum_far(v: &[FarBox<u64>], s: &DerefScope) -> u64 {
+    v.iter().map(|b| *b.deref(s)).sum()
+}
+
+#[inline(never)]
+fn sum_box(v: &[Box<u64>]) -> u64 {
+    v.iter().map(|b| **b).sum()
+}
+
+fn local_runtime() -> Runtime {
+    let mut cfg = RuntimeConfig::new(64 << 20);
+    cfg.evacuator_threads = 0;
+    Runtime::new(cfg, Arc::new(farmem_memd::MemStore::new(1 << 30))).expect("runtime")
+}
+
+fn time<F: FnMut()>(reps: usize, mut f: F) -> Duration {
+    // Median of 7 runs of `reps` calls.
+    let mut v: Vec<Duration> = (0..7)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..reps {
+                f();
+            }
+            t.elapsed()
+        })
+        .collect();
+    v.sort();
+    v[3]
+}
+
+fn bench_local(c: &mut Criterion) {
+    let rt = local_runtime();
+    let far: Vec<FarBox<u64>> = (0..N_LOCAL as u64).map(|i| FarBox::new_in(&rt, i)).collect();
+    let boxed: Vec<Box<u64>> = (0..N_LOCAL as u64).map(Box::new).collect();
+    let mut g = c.benchmark_group("local_deref_4096");
+    g.bench_function("box", |b| b.iter(|| sum_box(black_box(&boxed))));
+    g.bench_function("farbox", |b| {
+        let s = DerefScope::new();
+        b.iter(|| sum_far(black_box(&far), &s))
+    });
+    g.finish();
+    let s = DerefScope::new();
+    assert_eq!(deref_one(&far[1], &s), 1);
+}
+
+fn remote_setup(size: usize) -> (TestServer, Runtime, FarBox<[u8; 4096]>, Arc<dyn FarStore>) {
+    let srv = TestServer::start(1 << 30);
+    let store: Arc<dyn FarStore> = Arc::new(srv.client());
+    // A background evacuator reclaims the regions that the repeated fetches fill.
+    let rt = Runtime::new(RuntimeConfig::new(64 << 20), Arc::clone(&store)).expect("runtime");
+    assert_eq!(size, 4096);
+    let b = FarBox::new_in(&rt, [7u8; 4096]);
+    (srv, rt, b, store)
+}
+
+/// One remote dereference: evict (untimed), then time the dereference that fetches it back.
+fn remote_deref(b: &mut FarBox<[u8; 4096]>, iters: u64) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        b.evict().expect("evict");
+        let t = Instant::now();
+        {
+            let s = DerefScope::new();
+            black_box(b.deref(&s)[17]);
+        }
+        total += t.elapsed();
+    }
+    total
+}
+
+fn read_rtt(store: &dyn FarStore, ds: u64, id: u64, iters: u64) -> Duration {
+    let t = Instant::now();
+    for _ in 0..iters {
+        black_box(store.read_object(ds, id).expect("read").expect("present"));
+    }
+    t.elapsed()
+}
+
+fn bench_remote(c: &mut Criterion) {
+    let (_srv, rt, mut b, store) = remote_setup(4096);
+    let ds = rt.space_ds(farmem_objrt::Space::DEFAULT);
+    b.evict().expect("evict");
+    let id = b.id();
+    let mut g = c.benchmark_group("remote_4KiB");
+    g.bench_function("memd_read_object_rtt", |bch| bch.iter_custom(|n| read_rtt(&*store, ds, id, n)));
+    g.bench_function("farbox_remote_deref", |bch| bch.iter_custom(|n| remote_deref(&mut b, n)));
+    g.finish();
+}
+
+const WB_OBJ: usize = 4096;
+const WB_N: usize = 8192; // 32 MiB
+
+fn writeback_runtime(store: Arc<dyn FarStore>) -> Runtime {
+    let mut cfg = RuntimeConfig::new(128 << 20);
+    cfg.evacuator_threads = 0;
+    Runtime::new(cfg, store).expect("runtime")
+}
+
+/// Evacuator write-back of WB_N dirty 4 KiB objects; returns the time of `evacuate_all`.
+fn evac_writeback(store: &Arc<dyn FarStore>) -> Duration {
+    let rt = writeback_runtime(Arc::clone(store));
+    let objs: Vec<FarBox<[u8; WB_OBJ]>> = (0..WB_N).map(|i| FarBox::new_in(&rt, [(i % 251) as u8; WB_OBJ])).collect();
+    let t = Instant::now();
+    rt.evacuate_all().expect("evacuate");
+    let d = t.elapsed();
+    assert_eq!(rt.stats().written_back, WB_N as u64);
+    drop(objs);
+    d
+}
+
+/// memd's own pipelined batched writes of the same bytes in 4 MiB batches.
+fn memd_batched_write(store: &Arc<dyn FarStore>) -> Duration {
+    let ds = farmem_memd::far::fresh_space_id();
+    let per = (4 << 20) / WB_OBJ;
+    let batches: Vec<ObjBatch> = (0..WB_N / per)
+        .map(|k| {
+            let mut b = ObjBatch::new();
+            for i in 0..per {
+                b.push((k * per + i) as u64, &[(i % 251) as u8; WB_OBJ]);
+            }
+            b
+        })
+        .collect();
+    let t = Instant::now();
+    let pend: Vec<Pending> =
+        batches.into_iter().map(|batch| store.submit(Request::WriteObjects { ds, batch }).expect("submit")).collect();
+    for p in pend {
+        p.wait().expect("write");
+    }
+    let d = t.elapsed();
+    store.drop_objects(ds).expect("drop");
+    d
+}
+
+fn bench_writeback(c: &mut Criterion) {
+    let srv = TestServer::start(4 << 30);
+    let store: Arc<dyn FarStore> = Arc::new(srv.client());
+    let mut g = c.benchmark_group("writeback_32MiB");
+    g.sample_size(10);
+    g.throughput(criterion::Throughput::Bytes((WB_N * WB_OBJ) as u64));
+    g.bench_function("memd_batched_write", |b| b.iter_custom(|n| (0..n).map(|_| memd_batched_write(&store)).sum()));
+    g.bench_function("evacuator_writeback", |b| b.iter_custom(|n| (0..n).map(|_| evac_writeback(&store)).sum()));
+    g.finish();
+}
+
+fn summary() {
+    // Local.
+    let rt = local_runtime();
+    let far: Vec<FarBox<u64>> = (0..N_LOCAL as u64).map(|i| FarBox::new_in(&rt, i)).collect();
+    let boxed: Vec<Box<u64>> = (0..N_LOCAL as u64).map(Box::new).collect();
+    let s = DerefScope::new();
+    // Interleaved runs, medians: the machine is shared and noisy.
+    let (mut tbs, mut tfs) = (Vec::new(), Vec::new());
+    for _ in 0..9 {
+        tbs.push(time(500, || {
+            black_box(sum_box(black_box(&boxed)));
+        }));
+        tfs.push(time(500, || {
+            black_box(sum_far(black_box(&far), &s));
+        }));
+    }
+    tbs.sort();
+    tfs.sort();
+    let (tb, tf) = (tbs[4], tfs[4]);
+    drop(s);
+    // Remote.
+    let (_srv, rt2, mut b, store) = remote_setup(4096);
+    let ds = rt2.space_ds(farmem_objrt::Space::DEFAULT);
+    b.evict().expect("evict");
+    let id = b.id();
+    let mut rtt = Vec::new();
+    let mut rd = Vec::new();
+    for _ in 0..7 {
+        rtt.push(read_rtt(&*store, ds, id, 300));
+        rd.push(remote_deref(&mut b, 300));
+    }
+    rtt.sort();
+    rd.sort();
+    // Write-back.
+    let srv = TestServer::start(4 << 30);
+    let wstore: Arc<dyn FarStore> = Arc::new(srv.client());
+    let mut mw = Vec::new();
+    let mut ew = Vec::new();
+    for _ in 0..3 {
+        mw.push(memd_batched_write(&wstore));
+        ew.push(evac_writeback(&wstore));
+    }
+    mw.sort();
+    ew.sort();
+    let gbs = |d: Duration| (WB_N * WB_OBJ) as f64 / d.as_secs_f64() / 1e9;
+    println!("\nobjrt summary (medians, this run):");
+    println!(
+        "  local deref : farbox {:.2} ns/deref, box {:.2} ns/deref, ratio {:.2}x (goal <= 1.2x)",
+        tf.as_secs_f64() * 1e9 / (500.0 * N_LOCAL as f64),
+        tb.as_secs_f64() * 1e9 / (500.0 * N_LOCAL as f64),
+        tf.as_secs_f64() / tb.as_secs_f64()
+    );
+    println!(
+        "  remote deref: farbox {:.1} us, memd 4 KiB read rtt {:.1} us, ratio {:.2}x (goal <= 1.3x)",
+        rd[3].as_secs_f64() * 1e6 / 300.0,
+        rtt[3].as_secs_f64() * 1e6 / 300.0,
+        rd[3].as_secs_f64() / rtt[3].as_secs_f64()
+    );
+    println!(
+        "  write-back  : evacuator {:.2} GB/s, memd batched writes {:.2} GB/s, ratio {:.2}x",
+        gbs(ew[1]),
+        gbs(mw[1]),
+        gbs(ew[1]) / gbs(mw[1])
+    );
+}
+
+criterion_group!(benches, bench_local, bench_remote, bench_writeback);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    summary();
+}

@@ -124,7 +124,7 @@ pub(crate) fn cycle(rt: &RtInner, want: usize, keep_hot: bool) -> usize {
 
     // 3 and 4. Take and move.
     let mut keep_budget = if keep_hot { victim_live / 2 } else { 0 };
-    let mut batches: Batches = HashMap::new();
+    let mut writer = Writer { rt, open: HashMap::new(), sent: Vec::new() };
     for m in marked {
         let Ok(w) = word::begin_move(&m.slot.word, m.word) else {
             let now = m.slot.word.load(Relaxed);
@@ -151,18 +151,9 @@ pub(crate) fn cycle(rt: &RtInner, want: usize, keep_hot: bool) -> usize {
             Counters::add(&rt.ctr.clean_drops, 1);
             continue;
         }
-        let per_space = batches.entry(m.h.space).or_default();
-        let full = per_space.last().is_none_or(|(b, _)| {
-            b.data.len() + m.h.size > rt.cfg.writeback_batch || b.len() >= farmem_memd::proto::MAX_BATCH
-        });
-        if full {
-            per_space.push((ObjBatch::new(), Vec::new()));
-        }
-        let Some((batch, entries)) = per_space.last_mut() else { continue };
-        push_object(heap, batch, m.slot.id, m.addr, m.h.size);
-        entries.push((m.slot, w, m.addr, m.h));
+        writer.add((m.slot, w, m.addr, m.h));
     }
-    write_batches(rt, batches);
+    writer.finish();
 
     // Reclaim.
     let mut freed = 0;
@@ -180,34 +171,63 @@ pub(crate) fn cycle(rt: &RtInner, want: usize, keep_hot: bool) -> usize {
 
 /// An object being written back: slot, its word (held `BUSY`), old address, header.
 type Writing = (&'static Slot, u64, u64, Header);
-type Batches = HashMap<u16, Vec<(ObjBatch, Vec<Writing>)>>;
 
-/// Sends every write-back batch, then waits for all; publishes the written objects as remote, puts the
-/// others back (local, dirty).
-fn write_batches(rt: &RtInner, batches: Batches) {
-    let mut sent: Vec<(Result<Pending, farmem_memd::StoreError>, Vec<Writing>, usize)> = Vec::new();
-    for (space, list) in batches {
-        let ds = rt.ds(space);
-        for (batch, entries) in list {
-            let bytes = batch.data.len();
-            sent.push((rt.store.submit(Request::WriteObjects { ds, batch }), entries, bytes));
+/// Write-back batches: a batch is sent as soon as it is full, so copying the next objects overlaps the
+/// network; all are waited for at the end.
+struct Writer<'a> {
+    rt: &'a RtInner,
+    open: HashMap<u16, (ObjBatch, Vec<Writing>)>,
+    sent: Vec<(Result<Pending, farmem_memd::StoreError>, Vec<Writing>, usize)>,
+}
+
+impl Writer<'_> {
+    fn add(&mut self, o: Writing) {
+        let (slot, _, addr, h) = o;
+        let limit = self.rt.cfg.writeback_batch;
+        let (batch, entries) = self.open.entry(h.space).or_insert_with(|| {
+            // Room for a full batch up front: no regrowth copies while filling it.
+            let mut b = ObjBatch::new();
+            b.data.reserve(limit + h.size);
+            (b, Vec::new())
+        });
+        push_object(&self.rt.heap, batch, slot.id, addr, h.size);
+        entries.push(o);
+        if batch.data.len() >= limit || batch.len() >= farmem_memd::proto::MAX_BATCH {
+            if let Some((batch, entries)) = self.open.remove(&h.space) {
+                self.send(h.space, batch, entries);
+            }
         }
     }
-    for (p, entries, bytes) in sent {
-        match p.and_then(Pending::wait) {
-            Ok(_) => {
-                Counters::add_usize(&rt.ctr.written_back, entries.len());
-                for (slot, w, addr, h) in entries {
-                    word::publish(&slot.word, word::remote(h.space, h.size, w & word::SHARED != 0));
-                    rt.heap.sub_live(addr, h.size);
+
+    fn send(&mut self, space: u16, batch: ObjBatch, entries: Vec<Writing>) {
+        let bytes = batch.data.len();
+        let ds = self.rt.ds(space);
+        self.sent.push((self.rt.store.submit(Request::WriteObjects { ds, batch }), entries, bytes));
+    }
+
+    /// Sends what is left, waits for every batch, publishes the written objects as remote and puts the others
+    /// back (local, dirty).
+    fn finish(mut self) {
+        for (space, (batch, entries)) in std::mem::take(&mut self.open) {
+            self.send(space, batch, entries);
+        }
+        let rt = self.rt;
+        for (p, entries, bytes) in self.sent {
+            match p.and_then(Pending::wait) {
+                Ok(_) => {
+                    Counters::add_usize(&rt.ctr.written_back, entries.len());
+                    for (slot, w, addr, h) in entries {
+                        word::publish(&slot.word, word::remote(h.space, h.size, w & word::SHARED != 0));
+                        rt.heap.sub_live(addr, h.size);
+                    }
+                    Counters::add_usize(&rt.ctr.bytes_out, bytes);
                 }
-                Counters::add_usize(&rt.ctr.bytes_out, bytes);
-            }
-            Err(e) => {
-                tracing::warn!("farmem: evacuator write-back of {bytes} bytes failed, objects stay local: {e}");
-                Counters::add(&rt.ctr.writeback_errors, 1);
-                for (slot, w, _, _) in entries {
-                    word::publish(&slot.word, w | word::COLD);
+                Err(e) => {
+                    tracing::warn!("farmem: evacuator write-back of {bytes} bytes failed, objects stay local: {e}");
+                    Counters::add(&rt.ctr.writeback_errors, 1);
+                    for (slot, w, _, _) in entries {
+                        word::publish(&slot.word, w | word::COLD);
+                    }
                 }
             }
         }

@@ -24,8 +24,9 @@ pub struct RuntimeConfig {
     pub local_mem: usize,
     /// Bytes per heap region; 0 picks 1 MiB, or less for small budgets (at least 64 regions, at least 64 KiB).
     pub region_size: usize,
-    /// Evacuator threads. 0: no background evacuation — objects leave local memory only through
-    /// [`Runtime::evacuate`] and friends, and allocations never wait (for tests and single-threaded tools).
+    /// Evacuator threads. 0: no background evacuation — objects leave local memory through [`Runtime::evacuate`]
+    /// and friends, or when an allocation outside any scope finds the heap full and evacuates for itself; a
+    /// fetch inside a scope that finds it full fails (for tests and single-threaded tools).
     pub evacuator_threads: usize,
     /// Allocation lanes (bump regions in use at once); 0 picks two per CPU, at most 16.
     pub lanes: usize,
@@ -461,7 +462,13 @@ impl RtInner {
         }
         let slot = slots::alloc().ok_or(ObjError::OutOfSlots)?;
         let may_wait = self.background.load(Relaxed) && !epoch::pinned();
-        let addr = match self.heap.alloc(bytes.len(), slot.id, space, may_wait) {
+        let mut res = self.heap.alloc(bytes.len(), slot.id, space, may_wait);
+        if res.is_err() && !self.background.load(Relaxed) && !epoch::pinned() {
+            // No evacuator thread: an allocation outside any scope evacuates for itself.
+            crate::evac::evacuate_until(self, self.heap.marks.high, true);
+            res = self.heap.alloc(bytes.len(), slot.id, space, false);
+        }
+        let addr = match res {
             Ok(a) => a,
             Err(HeapFull::Exhausted) => {
                 slots::release([slot.id]);
