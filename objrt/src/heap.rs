@@ -86,8 +86,8 @@ pub(crate) struct Heap {
     pub evac_mx: Mutex<bool>,
     pub evac_cv: Condvar,
     hard: AtomicBool,
-    /// Whether this heap's hard watermark holds back scope entry process-wide (a runtime's heap does).
-    pub global_pressure: bool,
+    /// Whether this heap's hard watermark holds back scope entry process-wide (while evacuator threads run).
+    pub global_pressure: AtomicBool,
     pub peak_regions: AtomicUsize,
     pub overflow_takes: AtomicU64,
     pub alloc_wait_ns: AtomicU64,
@@ -134,7 +134,7 @@ impl Heap {
             evac_mx: Mutex::new(false),
             evac_cv: Condvar::new(),
             hard: AtomicBool::new(false),
-            global_pressure: false,
+            global_pressure: AtomicBool::new(false),
             peak_regions: AtomicUsize::new(0),
             overflow_takes: AtomicU64::new(0),
             alloc_wait_ns: AtomicU64::new(0),
@@ -333,7 +333,7 @@ impl Heap {
     fn after_change(&self) {
         let free = self.free_in_budget();
         let hard = free <= self.marks.hard;
-        if self.global_pressure && self.hard.swap(hard, Relaxed) != hard {
+        if self.global_pressure.load(Relaxed) && self.hard.swap(hard, Relaxed) != hard {
             if hard {
                 crate::epoch::HARD_PRESSURE.fetch_add(1, std::sync::atomic::Ordering::Release);
             } else {
@@ -390,6 +390,7 @@ impl Heap {
 
     /// Clears this heap's share of the process-wide hard-pressure count (at runtime shutdown).
     pub(crate) fn leave_pressure(&self) {
+        self.global_pressure.store(false, Relaxed);
         if self.hard.swap(false, Relaxed) {
             crate::epoch::HARD_PRESSURE.fetch_sub(1, std::sync::atomic::Ordering::Release);
             crate::epoch::pressure_relieved();

@@ -198,9 +198,9 @@ impl Runtime {
     /// A runtime with budget and tuning from `cfg`, keeping far objects in `store`.
     pub fn new(cfg: RuntimeConfig, store: Arc<dyn FarStore>) -> Result<Runtime, ObjError> {
         let Shape { region_size: rs, regions, marks, reserve, lanes } = cfg.validate()?;
-        let mut heap =
+        let heap =
             Heap::new(rs, regions, reserve, lanes, marks).ok_or(ObjError::HeapAlloc(rs * (regions + reserve)))?;
-        heap.global_pressure = cfg.evacuator_threads > 0;
+        heap.global_pressure.store(cfg.evacuator_threads > 0, Relaxed);
         let background = cfg.evacuator_threads > 0;
         let inner = Arc::new(RtInner {
             heap,
