@@ -405,6 +405,18 @@ impl FetchHandle {
     pub fn is_empty(&self) -> bool {
         self.inf.is_none()
     }
+
+    /// Whether [`FetchHandle::wait`] would return without waiting for the network: every reply has arrived
+    /// (or another thread completed the fetch). This is what an async dereference will poll.
+    pub fn is_ready(&self) -> bool {
+        match &self.inf {
+            None => true,
+            Some(inf) => inf
+                .groups
+                .try_lock()
+                .is_some_and(|g| g.as_ref().is_none_or(|gs| gs.iter().all(|g| g.pending.is_ready()))),
+        }
+    }
 }
 
 impl Drop for FetchHandle {
@@ -413,6 +425,15 @@ impl Drop for FetchHandle {
             if let Err(e) = self.rt.complete(&inf) {
                 tracing::warn!("farmem: a dropped fetch handle failed: {e}");
             }
+        }
+    }
+}
+
+impl Drop for RtInner {
+    fn drop(&mut self) {
+        // The last far pointer is gone: send the deletes still queued.
+        if let Err(e) = self.flush_deletes() {
+            tracing::warn!("farmem: deleting freed far objects failed: {e}");
         }
     }
 }

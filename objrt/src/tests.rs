@@ -95,9 +95,13 @@ fn miri_fetch_handle_batches_misses() {
     let (rt, _) = manual(1 << 20);
     let boxes: Vec<_> = (0..32).map(|i| FarBox::new_in(&rt, pattern(i))).collect();
     rt.evacuate_all().unwrap();
-    let h = rt.fetch(&boxes).unwrap();
-    assert!(!h.is_empty());
-    h.wait().unwrap();
+    // Two batches in flight before either is waited for.
+    let h1 = rt.fetch(&boxes[..16]).unwrap();
+    let h2 = rt.fetch(&boxes[16..]).unwrap();
+    assert!(!h1.is_empty() && !h2.is_empty());
+    assert!(h1.is_ready(), "the in-process store answers at once");
+    h2.wait().unwrap();
+    h1.wait().unwrap();
     assert!(boxes.iter().all(FarBox::is_local));
     assert_eq!(rt.stats().misses, 32);
     // Everything is local: nothing to start.
