@@ -28,6 +28,24 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+/// Logs a warning at most once a second (process-wide), then says how many were suppressed meanwhile: a
+/// failing memd must not flood the log from a loop that retries every few milliseconds.
+pub(crate) fn warn_limited(msg: &str) {
+    static LAST: parking_lot::Mutex<Option<std::time::Instant>> = parking_lot::Mutex::new(None);
+    static SUPPRESSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut last = LAST.lock();
+    if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+        SUPPRESSED.fetch_add(1, Relaxed);
+        return;
+    }
+    *last = Some(std::time::Instant::now());
+    drop(last);
+    match SUPPRESSED.swap(0, Relaxed) {
+        0 => tracing::warn!("farmem: {msg}"),
+        n => tracing::warn!("farmem: {msg} ({n} similar messages suppressed)"),
+    }
+}
+
 /// Body of an evacuator thread.
 pub(crate) fn run(rt: &RtInner) {
     farmem_memd::internal::mark_thread();
@@ -54,7 +72,7 @@ pub(crate) fn run(rt: &RtInner) {
         }
         if rt.deletes_pending() {
             if let Err(e) = rt.flush_deletes() {
-                tracing::warn!("farmem: deleting freed far objects failed: {e}");
+                warn_limited(&format!("deleting freed far objects failed: {e}"));
             }
         }
     }
@@ -223,7 +241,7 @@ impl Writer<'_> {
                     Counters::add_usize(&rt.ctr.bytes_out, bytes);
                 }
                 Err(e) => {
-                    tracing::warn!("farmem: evacuator write-back of {bytes} bytes failed, objects stay local: {e}");
+                    warn_limited(&format!("evacuator write-back of {bytes} bytes failed, objects stay local: {e}"));
                     Counters::add(&rt.ctr.writeback_errors, 1);
                     for (slot, w, _, _) in entries {
                         word::publish(&slot.word, w | word::COLD);

@@ -423,7 +423,7 @@ impl Drop for FetchHandle {
     fn drop(&mut self) {
         if let Some(inf) = self.inf.take() {
             if let Err(e) = self.rt.complete(&inf) {
-                tracing::warn!("farmem: a dropped fetch handle failed: {e}");
+                crate::evac::warn_limited(&format!("a dropped fetch handle failed: {e}"));
             }
         }
     }
@@ -833,7 +833,7 @@ impl RtInner {
                 };
                 if full {
                     if let Err(e) = self.flush_deletes() {
-                        tracing::warn!("farmem: deleting freed far objects failed: {e}");
+                        crate::evac::warn_limited(&format!("deleting freed far objects failed: {e}"));
                     }
                 }
             }
