@@ -1,1 +1,112 @@
-//! farmem-uffd: filled by its own issue.
+//! farmem-uffd: the transparent paging path — a userfaultfd-managed far-memory region under a local-memory
+//! budget.
+//!
+//! A [`Region`] reserves a large virtual range (`MAP_NORESERVE`, default 64 GiB) and registers it with a
+//! userfaultfd for missing and write-protect faults. Pages live in memd (any [`farmem_memd::FarStore`]), keyed
+//! by a fresh region id, and are cached locally up to a budget of frames. Several regions may exist in one
+//! process; each has its own userfaultfd and threads.
+//!
+//! ## Threads
+//! One **event thread** reads every userfaultfd message, in batches, and is the only thread that installs pages.
+//! Having a single installer is what makes release-versus-install ordering race-free: a REMOVE event (the
+//! program's `madvise`/`munmap`/`mremap`, or [`Region::release`]) is applied before any later fault is served,
+//! and a page released while its fetch is in flight is skipped rather than installed with stale contents.
+//! `handler_threads - 1` (at least one) **eviction threads** keep a reserve of free frames.
+//!
+//! ## Faults
+//! - A never-written (or released) page is zero-filled with `UFFDIO_COPY` from a zero buffer — writable for a
+//!   write fault, write-protected (`UFFDIO_COPY_MODE_WP`) for a read fault. `UFFDIO_ZEROPAGE` is not used: it
+//!   has no write-protect mode, and protecting the zero page afterwards leaves a window in which another thread's
+//!   write would go unseen and the page would later be dropped as clean.
+//! - A page memd holds is fetched (`READ_PAGES`) and installed with `UFFDIO_COPY`, write-protected for reads
+//!   (so it is known clean) and writable for writes (dirty from the start, saving a write-protect fault).
+//! - A write-protect fault marks the page dirty and referenced and lifts the protection.
+//! - `EEXIST` counts as installed; `EAGAIN` (a non-cooperative event is pending) makes the event thread read
+//!   and apply pending events, then retry page by page, skipping pages released meanwhile.
+//! - Faults that find no free frame wait in a queue (the faulting threads stay blocked in the kernel) while the
+//!   event thread keeps reading events; eviction signals an eventfd when frames are free.
+//!
+//! ## Dirty tracking: write-protect faults, not `WP_ASYNC` + `PAGEMAP_SCAN`
+//! Pages are mapped write-protected and marked dirty on their first write fault. `UFFD_FEATURE_WP_ASYNC` would
+//! save that fault, but then a write during eviction is resolved by the kernel without telling us, so a page
+//! copied out between the write-protect and the drop could lose a write unless eviction also moved pages out
+//! atomically (`UFFDIO_MOVE`, which refuses pages shared with a forked child). Synchronous write-protect faults
+//! make eviction race-free with two plain steps and also feed the replacement policy (below).
+//!
+//! ## Budget and eviction
+//! Resident pages (mapped, being fetched, or being evicted) hold one of `local_mem / 4 KiB` frames, so they
+//! never exceed the budget. Eviction starts below a reserve of free frames (1/16 of the budget, 2–1024) and
+//! stops at twice that. Victims come from a **CLOCK** over the frames whose reference bits are set by the
+//! signals userfaultfd gives: a page is installed referenced, and a write-protect fault references it again.
+//! When the hand passes a referenced dirty page it re-arms write protection, so a page that keeps being written
+//! keeps its second chance; FIFO would evict it every revolution ([`sim`] compares both with exact LRU on
+//! traces). Reads of resident pages give no signal (this kernel has no idle-page tracking and `PAGEMAP_SCAN`
+//! reports no accessed bit). Dirty victims are write-protected *before* they are copied out — a racing write
+//! faults and waits — written back in pipelined batches (several `WRITE_PAGES` in flight before the first
+//! wait), then dropped with `MADV_DONTNEED`; clean victims whose contents memd already holds (or that are zero)
+//! are dropped with no traffic. The eviction thread records each drop range so that the event thread does not
+//! mistake the REMOVE event it raises for a release by the program.
+//!
+//! ## Readahead
+//! [`readahead::Detector`] tracks up to eight sequential or strided (±64 pages) streams of missing faults on
+//! pages memd holds. After a stride repeats, the fault's batch read also asks for a window of pages ahead
+//! (8 pages, doubling each time the stream reaches the end of its window, up to `max_readahead`), all
+//! submitted before the demand page is waited on and installed in runs of one `UFFDIO_COPY` each. A window
+//! only uses frames above the eviction reserve, so it never pushes pages out, and prefetched pages are installed
+//! referenced so the CLOCK does not take them before the program reaches them.
+//!
+//! ## Release
+//! [`Region::release`] (and the program's own `madvise(DONTNEED)`, `munmap`, `mremap`, seen as REMOVE, UNMAP and
+//! REMAP events) drops local copies and deletes memd copies, so released memory reads zeros, never stale data.
+//!
+//! ## Failure
+//! memd calls that fail transiently are retried with exponential back-off; the network client itself retries
+//! reconnection until its own deadline. When memd is gone for good, a message naming the server goes to stderr
+//! once and every fault that needs memd is answered with `UFFDIO_POISON`, so the access raises SIGBUS instead
+//! of hanging.
+//!
+//! ## Fork
+//! See [`fork`]: pages resident at fork are inherited, pages that live in memd are made inaccessible in the
+//! child, whose access then dies with a message naming the region's server — never silent zeros.
+//!
+//! ## Living under a global allocator
+//! Metadata sized by the region (a state byte and a frame number per page) is mapped directly, not allocated.
+//! Region threads call `farmem_memd::internal::mark_thread` first and public methods run inside
+//! `farmem_memd::internal::enter`, so an allocator built on a region never routes their allocations into it.
+//!
+//! ## Limits
+//! The region's mapping should not be split into several VMAs (`mprotect`/`mlock` of part of it): eviction
+//! recognises its own REMOVE events by their exact range.
+#![cfg(target_os = "linux")]
+
+/// What a forked child sees of a region.
+pub mod fork;
+/// Anonymous mappings for the reservation and per-page metadata.
+pub mod mem;
+/// The raw userfaultfd ioctls (the only place they are issued from).
+pub mod raw;
+/// Sequential and strided fault-stream detection.
+pub mod readahead;
+/// The region: fault handling, budget, eviction, release, statistics.
+pub mod region;
+/// Replacement-policy simulator (region CLOCK vs FIFO vs exact LRU).
+pub mod sim;
+
+pub use region::{Region, RegionConfig, RegionError, RegionStats};
+
+/// The page size the region works in (memd's page size).
+pub const PAGE_SIZE: usize = farmem_memd::PAGE_SIZE;
+
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("farmem-uffd needs a 64-bit target");
+
+/// `usize` → `u64` (lossless on the 64-bit targets this crate builds for).
+pub(crate) fn as_u64(x: usize) -> u64 {
+    x as u64
+}
+
+/// `u64` → `usize` (lossless on the 64-bit targets this crate builds for).
+#[allow(clippy::cast_possible_truncation, reason = "the crate only builds for 64-bit targets")]
+pub(crate) fn as_usize(x: u64) -> usize {
+    x as usize
+}

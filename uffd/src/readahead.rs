@@ -1,0 +1,207 @@
+//! Stream detection for readahead: sequential and strided missing-fault streams, with an adaptive window.
+//!
+//! The detector sees only missing faults on pages that memd holds. A stream is a run of faults with a constant
+//! stride (up to [`MAX_STRIDE`](crate::readahead::MAX_STRIDE) pages either way). The first repeat of a stride confirms a stream and prefetches
+//! [`INITIAL_WINDOW`](crate::readahead::INITIAL_WINDOW) pages; whenever the stream faults exactly where its prefetched window ends (the program
+//! consumed the whole window), the previous window counts as readahead hits and the window doubles up to the
+//! configured maximum. A fault anywhere else restarts detection for that stream, with the window back at its
+//! start. Several interleaved streams are tracked at once (e.g. a merge reading two arrays).
+
+/// Largest stride, in pages, that counts as a stream.
+pub const MAX_STRIDE: i64 = 64;
+/// Window of a newly confirmed stream, in pages.
+pub const INITIAL_WINDOW: usize = 8;
+const STREAMS: usize = 8;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Stream {
+    valid: bool,
+    /// Last fault of the stream.
+    last: u64,
+    /// Stride in pages (0 while unknown).
+    stride: i64,
+    /// Where the next fault of the stream lands if it consumes the current window.
+    expect: u64,
+    /// Pages prefetched by the last window (0 if none).
+    window: usize,
+    /// Last use, for replacement.
+    tick: u64,
+}
+
+/// `a - b` as a signed distance (wrapping: pages are far below 2^63).
+#[allow(clippy::cast_possible_wrap, reason = "page numbers are below 2^52, so the difference fits")]
+fn signed_diff(a: u64, b: u64) -> i64 {
+    a.wrapping_sub(b) as i64
+}
+
+/// What to prefetch for one fault: `count` pages starting `stride` pages after `page`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefetch {
+    /// First page to prefetch.
+    pub first: u64,
+    /// Distance between prefetched pages (may be negative).
+    pub stride: i64,
+    /// How many pages.
+    pub count: usize,
+}
+
+impl Prefetch {
+    /// The pages, in stream order, that lie in `[0, npages)`.
+    pub fn pages(&self, npages: u64) -> impl Iterator<Item = u64> + '_ {
+        let (first, stride) = (self.first, self.stride);
+        (0..self.count)
+            .map(move |k| i64::try_from(k).ok().and_then(|k| k.checked_mul(stride)))
+            .map(move |d| d.and_then(|d| first.checked_add_signed(d)))
+            .take_while(move |p| p.is_some_and(|p| p < npages))
+            .map(|p| p.unwrap_or(0))
+    }
+}
+
+/// The stream detector.
+#[derive(Debug)]
+pub struct Detector {
+    streams: [Stream; STREAMS],
+    max_window: usize,
+    tick: u64,
+    /// Prefetched pages the program went on to consume.
+    pub hits: u64,
+}
+
+impl Detector {
+    /// A detector whose windows grow up to `max_window` pages (0 disables readahead).
+    pub fn new(max_window: usize) -> Detector {
+        Detector { streams: [Stream::default(); STREAMS], max_window, tick: 0, hits: 0 }
+    }
+
+    /// Records a missing fault on `page` and says what to prefetch, if anything. `room` caps the window (free
+    /// local frames the prefetch may use without pushing anything out).
+    pub fn on_fault(&mut self, page: u64, room: usize) -> Option<Prefetch> {
+        if self.max_window == 0 {
+            return None;
+        }
+        self.tick += 1;
+        let tick = self.tick;
+        let found = self.streams.iter().position(|s| s.valid && s.stride != 0 && s.expect == page);
+        let idx = match found {
+            Some(i) => {
+                let s = &mut self.streams[i];
+                self.hits += s.window as u64;
+                i
+            }
+            None => {
+                let near = self.streams.iter().position(|s| {
+                    s.valid && {
+                        let d = signed_diff(page, s.last);
+                        d != 0 && d.abs() <= MAX_STRIDE
+                    }
+                });
+                match near {
+                    Some(i) => {
+                        let s = &mut self.streams[i];
+                        let d = signed_diff(page, s.last);
+                        if d != s.stride {
+                            // A new stride: remember it, prefetch once it repeats.
+                            *s = Stream {
+                                valid: true,
+                                last: page,
+                                stride: d,
+                                expect: page.wrapping_add_signed(d),
+                                window: 0,
+                                tick,
+                            };
+                            return None;
+                        }
+                        i
+                    }
+                    None => {
+                        let i = self
+                            .streams
+                            .iter()
+                            .enumerate()
+                            .min_by_key(|(_, s)| if s.valid { s.tick } else { 0 })
+                            .map_or(0, |(i, _)| i);
+                        self.streams[i] = Stream { valid: true, last: page, stride: 0, expect: 0, window: 0, tick };
+                        return None;
+                    }
+                }
+            }
+        };
+        let s = &mut self.streams[idx];
+        let grown = if s.window == 0 { INITIAL_WINDOW } else { s.window.saturating_mul(2) };
+        let window = grown.min(self.max_window).min(room);
+        s.last = page;
+        s.tick = tick;
+        s.window = window;
+        let stride = s.stride;
+        let wnd = i64::try_from(window).unwrap_or(i64::MAX);
+        s.expect = page.wrapping_add_signed(stride.saturating_mul(wnd.saturating_add(1)));
+        if window == 0 {
+            return None;
+        }
+        Some(Prefetch { first: page.wrapping_add_signed(stride), stride, count: window })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequential_stream_grows_and_counts_hits() {
+        let mut d = Detector::new(64);
+        assert_eq!(d.on_fault(100, 1000), None);
+        assert_eq!(d.on_fault(101, 1000), None, "a stride must repeat before anything is prefetched");
+        let p = d.on_fault(102, 1000).unwrap();
+        assert_eq!(p, Prefetch { first: 103, stride: 1, count: INITIAL_WINDOW });
+        // The program consumed 103..=110 without faulting and now faults on 111.
+        let p = d.on_fault(111, 1000).unwrap();
+        assert_eq!(p, Prefetch { first: 112, stride: 1, count: 16 });
+        assert_eq!(d.hits, INITIAL_WINDOW as u64);
+        let p = d.on_fault(128, 1000).unwrap();
+        assert_eq!(p.count, 32);
+        let p = d.on_fault(161, 1000).unwrap();
+        assert_eq!(p.count, 64, "window capped at the maximum");
+        let p = d.on_fault(226, 10).unwrap();
+        assert_eq!(p.count, 10, "window capped by room");
+    }
+
+    #[test]
+    fn strided_and_backward_streams() {
+        let mut d = Detector::new(16);
+        d.on_fault(1000, 100);
+        d.on_fault(996, 100);
+        let p = d.on_fault(992, 100).unwrap();
+        assert_eq!((p.first, p.stride), (988, -4));
+        let pages: Vec<u64> = p.pages(10_000).collect();
+        assert_eq!(pages, vec![988, 984, 980, 976, 972, 968, 964, 960]);
+        // Running off the start of the region stops the list.
+        let p = Prefetch { first: 4, stride: -4, count: 5 };
+        assert_eq!(p.pages(100).collect::<Vec<_>>(), vec![4, 0]);
+    }
+
+    #[test]
+    fn random_faults_never_prefetch() {
+        let mut d = Detector::new(64);
+        let mut x: u64 = 12345;
+        let mut prefetches = 0;
+        for _ in 0..1000 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            if d.on_fault((x >> 33) % 1_000_000, 1000).is_some() {
+                prefetches += 1;
+            }
+        }
+        assert!(prefetches < 5, "{prefetches} prefetches on random faults");
+    }
+
+    #[test]
+    fn interleaved_streams() {
+        let mut d = Detector::new(8);
+        for k in 0..3u64 {
+            d.on_fault(10 + k, 100);
+            d.on_fault(50_000 + k * 2, 100);
+        }
+        let a = d.on_fault(13, 100);
+        let b = d.on_fault(50_006, 100);
+        assert!(a.is_some() && b.is_some(), "{a:?} {b:?}");
+    }
+}

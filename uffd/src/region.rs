@@ -1,0 +1,1274 @@
+//! The region: reservation, registration, the event thread, the eviction threads, release and statistics.
+//!
+//! See the crate documentation for the design; this module's comments explain the invariants the code keeps.
+//!
+//! # Safety
+//! The only unsafe code here reads region pages during write-back (after they are write-protected and marked
+//! evicting, so the region code owns them) and uses libc for eventfd and poll on descriptors this module owns.
+
+use crate::mem::{Mapping, Table};
+use crate::raw::{self, Msg, RawError, Uffd};
+use crate::readahead::Detector;
+use crate::{as_u64, as_usize, PAGE_SIZE};
+use farmem_memd::config::{self, ConfigError};
+use farmem_memd::internal;
+use farmem_memd::proto::Reply;
+use farmem_memd::{FarStore, Pending, Request, StoreError};
+use parking_lot::{Condvar, Mutex};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const PS: u64 = PAGE_SIZE as u64;
+
+// Per-page state byte: a location in the low two bits and flags above.
+/// Not mapped locally.
+const ABSENT: u8 = 0;
+/// Mapped locally.
+const PRESENT: u8 = 1;
+/// Being installed by the event thread (holds a frame).
+const FETCHING: u8 = 2;
+/// Being evicted by an eviction thread (holds a frame, still mapped until its `MADV_DONTNEED`).
+const EVICTING: u8 = 3;
+const LOC: u8 = 0b11;
+/// memd holds this page's contents (for an absent page) or the contents it had when mapped clean.
+const REMOTE: u8 = 1 << 2;
+/// Mapped writable: local contents differ from memd (or memd has none).
+const DIRTY: u8 = 1 << 3;
+/// CLOCK reference bit.
+const REF: u8 = 1 << 4;
+/// Released while fetching or evicting: the page must end up absent, with no remote copy.
+const RELEASED: u8 = 1 << 5;
+
+/// Pages per read or write request.
+const IO_CHUNK: usize = 256;
+/// Most pages one eviction round takes.
+const EVICT_BATCH: usize = 512;
+/// Retries of a failed store call that is not "gone for good", with exponential back-off from 1 ms.
+const STORE_RETRIES: u32 = 5;
+
+/// Region configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionConfig {
+    /// Virtual bytes to reserve (`FARMEM_REGION_SIZE`, default 64 GiB); rounded up to whole pages.
+    pub size: usize,
+    /// Local-memory budget in bytes (`FARMEM_LOCAL_MEM`, default 25% of RAM): resident pages never exceed it.
+    pub local_mem: usize,
+    /// Threads serving the region: one event thread (reads every userfaultfd event and installs every page)
+    /// plus `handler_threads - 1` eviction threads, at least one. Must be at least 1.
+    pub handler_threads: usize,
+    /// Whether sequential and strided fault streams are fetched ahead (`FARMEM_READAHEAD`, default on).
+    pub readahead: bool,
+    /// Largest readahead window in pages (default 256 = 1 MiB).
+    pub max_readahead: usize,
+    /// Record the page of every missing fault (see [`Region::fault_trace`]); off by default.
+    pub trace: bool,
+}
+
+impl Default for RegionConfig {
+    fn default() -> Self {
+        RegionConfig {
+            size: 64 << 30,
+            local_mem: default_local_mem(),
+            handler_threads: 2,
+            readahead: true,
+            max_readahead: 256,
+            trace: false,
+        }
+    }
+}
+
+/// A quarter of physical memory (64 MiB if it cannot be learned).
+fn default_local_mem() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let (pages, psize) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    match (usize::try_from(pages), usize::try_from(psize)) {
+        (Ok(n), Ok(p)) if n > 0 && p > 0 => n.saturating_mul(p) / 4,
+        _ => 64 << 20,
+    }
+}
+
+impl RegionConfig {
+    /// Defaults overridden by `FARMEM_REGION_SIZE`, `FARMEM_LOCAL_MEM` and `FARMEM_READAHEAD`; a malformed value
+    /// is an error naming the variable.
+    pub fn from_env() -> Result<RegionConfig, ConfigError> {
+        let mut c = RegionConfig::default();
+        let size = |name: &str| -> Result<Option<usize>, ConfigError> {
+            config::env_size(name)?
+                .map(|v| usize::try_from(v).map_err(|_| ConfigError::new(name, "too large for this machine")))
+                .transpose()
+        };
+        if let Some(v) = size("FARMEM_REGION_SIZE")? {
+            c.size = v;
+        }
+        if let Some(v) = size("FARMEM_LOCAL_MEM")? {
+            c.local_mem = v;
+        }
+        if let Some(v) = config::env_bool("FARMEM_READAHEAD")? {
+            c.readahead = v;
+        }
+        Ok(c)
+    }
+}
+
+/// Why a region operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError {
+    /// The configuration is unusable.
+    #[error("invalid region configuration: {0}")]
+    Config(String),
+    /// A `release` range is not page aligned or not inside the region.
+    #[error("invalid release range: {0}")]
+    Range(String),
+    /// Reserving address space or metadata failed.
+    #[error("cannot map {what}: {source}")]
+    Map {
+        /// What was being mapped.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A userfaultfd call failed (errno kept). EPERM on `userfaultfd` means the process lacks the privilege
+    /// (root, CAP_SYS_PTRACE, `vm.unprivileged_userfaultfd=1`, or access to `/dev/userfaultfd`).
+    #[error("userfaultfd: {0}")]
+    Uffd(#[from] RawError),
+    /// The kernel lacks a userfaultfd feature the region needs.
+    #[error("the kernel's userfaultfd lacks {0} (needs Linux 6.6 or later)")]
+    Unsupported(String),
+    /// A handler thread could not start.
+    #[error("cannot start a region thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Region counters and fault-latency percentiles.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegionStats {
+    /// Missing-page faults received.
+    pub missing_faults: u64,
+    /// Write-protect faults received (first write to a clean page).
+    pub wp_faults: u64,
+    /// Pages installed zero-filled (never written, or released).
+    pub zero_fills: u64,
+    /// Pages fetched from memd on demand.
+    pub pages_fetched: u64,
+    /// Dirty pages written back to memd.
+    pub pages_written: u64,
+    /// Clean pages dropped with no traffic.
+    pub clean_drops: u64,
+    /// Pages fetched ahead of demand.
+    pub readahead_pages: u64,
+    /// Prefetched pages the program went on to use.
+    pub readahead_hits: u64,
+    /// Pages released by `release`, `madvise`, `munmap` or `mremap`.
+    pub released_pages: u64,
+    /// Faults that waited for eviction to free local memory.
+    pub deferred_faults: u64,
+    /// Pages poisoned because memd was unreachable.
+    pub poisoned_pages: u64,
+    /// Pages resident now.
+    pub resident_pages: u64,
+    /// Most pages ever resident.
+    pub peak_resident_pages: u64,
+    /// The budget, in pages.
+    pub budget_pages: u64,
+    /// Faults in the latency histogram (demand faults served by an install).
+    pub latency_count: u64,
+    /// Median fault service latency (ns), measured from reading the event to installing the page.
+    pub latency_p50_ns: u64,
+    /// 90th percentile (ns).
+    pub latency_p90_ns: u64,
+    /// 99th percentile (ns).
+    pub latency_p99_ns: u64,
+    /// Largest (ns).
+    pub latency_max_ns: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    missing: AtomicU64,
+    wp: AtomicU64,
+    zero_fills: AtomicU64,
+    fetched: AtomicU64,
+    written: AtomicU64,
+    clean_drops: AtomicU64,
+    ra_pages: AtomicU64,
+    ra_hits: AtomicU64,
+    released: AtomicU64,
+    deferred: AtomicU64,
+    poisoned: AtomicU64,
+    peak: AtomicU64,
+}
+
+/// Frame bookkeeping, guarded by `Shared::core`.
+#[derive(Debug)]
+struct Core {
+    /// CLOCK hand (a frame index).
+    hand: usize,
+    /// Free frames on the `free` stack.
+    free_len: usize,
+    /// `MADV_DONTNEED` ranges issued by eviction whose REMOVE event has not been read yet.
+    self_removes: Vec<(u64, u64)>,
+}
+
+/// State shared by the region handle and its threads.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) base: u64,
+    pub(crate) len: u64,
+    pub(crate) npages: u64,
+    /// Local frames (the budget in pages).
+    budget: usize,
+    /// Eviction starts below this many free frames and readahead never takes them.
+    reserve: usize,
+    /// Eviction stops at this many free frames.
+    high: usize,
+    uffd: Uffd,
+    efd: OwnedFd,
+    store: Arc<dyn FarStore>,
+    region_id: u64,
+    core: Mutex<Core>,
+    evict_cv: Condvar,
+    /// Per-page state byte (see the constants above); written under `core`, readable without it.
+    pub(crate) state: Table<AtomicU8>,
+    /// Page → frame, valid while the page holds a frame.
+    frame_of: Table<AtomicU32>,
+    /// Frame → page + 1 (0 = free).
+    frames: Table<AtomicU32>,
+    /// Stack of free frames.
+    free: Table<AtomicU32>,
+    zero: Mapping,
+    c: Counters,
+    hist: Mutex<hdrhistogram::Histogram<u64>>,
+    trace: Option<Mutex<Vec<u64>>>,
+    /// Stops the eviction threads (and store retries).
+    stop: AtomicBool,
+    /// Stops the event thread; set only after the eviction threads are gone, since their `MADV_DONTNEED`
+    /// blocks until the event thread reads its REMOVE event.
+    stop_events: AtomicBool,
+    dead: AtomicBool,
+    dead_note: Once,
+    cfg: RegionConfig,
+    pub(crate) owner_pid: u32,
+    /// `store.describe()`, kept for messages printed where nothing may allocate.
+    pub(crate) server: String,
+}
+
+/// A userfaultfd-managed far-memory region. See the crate documentation.
+#[derive(Debug)]
+pub struct Region {
+    sh: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    map: Mapping,
+}
+
+fn loc(st: u8) -> u8 {
+    st & LOC
+}
+
+impl Shared {
+    fn st(&self, p: u64) -> u8 {
+        self.state.at(as_usize(p)).load(Relaxed)
+    }
+    fn set(&self, p: u64, v: u8) {
+        self.state.at(as_usize(p)).store(v, Relaxed);
+    }
+    fn addr(&self, p: u64) -> u64 {
+        self.base + p * PS
+    }
+    fn resident(&self, core: &Core) -> usize {
+        self.budget - core.free_len
+    }
+    /// Gives `p` a frame; false when none is free.
+    fn alloc_frame(&self, core: &mut Core, p: u64) -> bool {
+        if core.free_len == 0 {
+            return false;
+        }
+        core.free_len -= 1;
+        let f = self.free.at(core.free_len).load(Relaxed);
+        self.frames.at(as_usize(u64::from(f))).store(u32::try_from(p + 1).unwrap_or(0), Relaxed);
+        self.frame_of.at(as_usize(p)).store(f, Relaxed);
+        let r = as_u64(self.resident(core));
+        self.c.peak.fetch_max(r, Relaxed);
+        true
+    }
+    fn free_frame(&self, core: &mut Core, p: u64) {
+        let f = self.frame_of.at(as_usize(p)).load(Relaxed);
+        self.frames.at(as_usize(u64::from(f))).store(0, Relaxed);
+        self.free.at(core.free_len).store(f, Relaxed);
+        core.free_len += 1;
+    }
+    fn notify_event_thread(&self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a live u64 to our own eventfd.
+        unsafe { libc::write(self.efd.as_raw_fd(), std::ptr::from_ref(&one).cast(), 8) };
+    }
+    fn record(&self, t0: Instant) {
+        let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.hist.lock().saturating_record(ns.max(1));
+    }
+
+    /// Marks the region dead (memd unreachable for good) and says so on stderr, once.
+    fn die(&self, err: &StoreError) {
+        self.dead.store(true, Relaxed);
+        self.dead_note.call_once(|| {
+            eprintln!(
+                "farmem: far-memory server {} is unreachable ({err}); pages of this far-memory region that live \
+                 there cannot be fetched or written back, so touching them raises SIGBUS",
+                self.store.describe()
+            );
+        });
+    }
+
+    /// Runs `f` against the store, retrying errors that are not final with exponential back-off.
+    fn with_retry<T>(&self, mut f: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut delay = Duration::from_millis(1);
+        let mut tries = 0;
+        loop {
+            match f() {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_gone() || tries >= STORE_RETRIES || self.stop.load(Relaxed) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "far-store call failed; retrying");
+                    std::thread::sleep(delay);
+                    delay *= 4;
+                    tries += 1;
+                }
+            }
+        }
+    }
+
+    /// Deletes remote copies (best effort: a failure only leaks memd space, the page state already says zero).
+    fn delete_remote(&self, pages: &[u64]) {
+        for chunk in pages.chunks(16_384) {
+            if let Err(e) = self.with_retry(|| self.store.delete_pages(self.region_id, chunk)) {
+                tracing::warn!(error = %e, pages = chunk.len(), "could not delete released pages from memd");
+                if e.is_gone() {
+                    self.die(&e);
+                }
+            }
+        }
+    }
+
+    /// Applies a REMOVE/UNMAP of `[start, end)`: unless eviction issued exactly this range, the pages are
+    /// released — local copies are gone (the kernel zaps them after this event is read) and remote ones deleted.
+    fn on_remove(&self, start: u64, end: u64, from_event: bool) {
+        let mut doomed = Vec::new();
+        {
+            let mut core = self.core.lock();
+            let own = if from_event { core.self_removes.iter().position(|&r| r == (start, end)) } else { None };
+            if let Some(i) = own {
+                core.self_removes.swap_remove(i);
+                return;
+            }
+            let lo = start.max(self.base);
+            let hi = end.min(self.base + self.len);
+            if lo >= hi {
+                return;
+            }
+            let (p0, p1) = ((lo - self.base) / PS, (hi - self.base).div_ceil(PS));
+            let mut n = 0u64;
+            for p in p0..p1 {
+                let st = self.st(p);
+                match loc(st) {
+                    PRESENT => {
+                        self.free_frame(&mut core, p);
+                        if st & REMOTE != 0 {
+                            doomed.push(p);
+                        }
+                        self.set(p, ABSENT);
+                        n += 1;
+                    }
+                    ABSENT => {
+                        if st & REMOTE != 0 {
+                            doomed.push(p);
+                            n += 1;
+                        }
+                        self.set(p, ABSENT);
+                    }
+                    _ => {
+                        self.set(p, st | RELEASED);
+                        n += 1;
+                    }
+                }
+            }
+            self.c.released.fetch_add(n, Relaxed);
+        }
+        self.delete_remote(&doomed);
+    }
+}
+
+/// Contiguous runs of a sorted page list: (first page, count).
+fn runs(pages: &[u64]) -> Vec<(u64, usize)> {
+    let mut out: Vec<(u64, usize)> = Vec::new();
+    for &p in pages {
+        match out.last_mut() {
+            Some((s, n)) if *s + as_u64(*n) == p => *n += 1,
+            _ => out.push((p, 1)),
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Fault {
+    page: u64,
+    write: bool,
+    wp: bool,
+    t0: Instant,
+}
+
+/// The event thread's private state.
+struct EventLoop {
+    sh: Arc<Shared>,
+    deferred: Vec<Fault>,
+    det: Detector,
+    msgs: Vec<Msg>,
+}
+
+impl EventLoop {
+    fn run(&mut self) {
+        let sh = Arc::clone(&self.sh);
+        while !sh.stop_events.load(Relaxed) {
+            self.msgs.clear();
+            let mut msgs = std::mem::take(&mut self.msgs);
+            if let Err(e) = sh.uffd.read_msgs(&mut msgs, 64) {
+                tracing::error!(error = %e, "reading userfaultfd events failed");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if msgs.is_empty() {
+                self.msgs = msgs;
+                let has_room = sh.core.lock().free_len > 0;
+                if !self.deferred.is_empty() && (has_room || sh.dead.load(Relaxed)) {
+                    let faults = std::mem::take(&mut self.deferred);
+                    self.serve(faults);
+                    continue;
+                }
+                let timeout = if self.deferred.is_empty() { 500 } else { 2 };
+                self.poll(timeout);
+                continue;
+            }
+            let mut faults = std::mem::take(&mut self.deferred);
+            self.absorb(&msgs, &mut faults);
+            self.msgs = msgs;
+            self.serve(faults);
+        }
+    }
+
+    fn poll(&self, timeout_ms: i32) {
+        let mut fds = [
+            libc::pollfd { fd: self.sh.uffd.raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.sh.efd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: `fds` is a live array of two pollfd structs for descriptors this region owns.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+        if fds[1].revents & libc::POLLIN != 0 {
+            let mut v: u64 = 0;
+            // SAFETY: reading 8 bytes into a live u64 from our own non-blocking eventfd.
+            unsafe { libc::read(self.sh.efd.as_raw_fd(), std::ptr::from_mut(&mut v).cast(), 8) };
+        }
+    }
+
+    /// Applies non-cooperative events at once and collects page faults.
+    fn absorb(&mut self, msgs: &[Msg], faults: &mut Vec<Fault>) {
+        let sh = &self.sh;
+        let now = Instant::now();
+        for m in msgs {
+            match *m {
+                Msg::PageFault { addr, flags } => {
+                    let wp = flags & raw::PAGEFAULT_FLAG_WP != 0;
+                    if wp {
+                        sh.c.wp.fetch_add(1, Relaxed);
+                    } else {
+                        sh.c.missing.fetch_add(1, Relaxed);
+                    }
+                    if addr < sh.base || addr >= sh.base + sh.len {
+                        // Pages moved out of the region by mremap stay registered; their far copies are gone.
+                        tracing::error!(addr, "fault outside the region (moved by mremap?); poisoning it");
+                        let page = addr & !(PS - 1);
+                        if let Err(e) = sh.uffd.poison(page, PS) {
+                            tracing::error!(error = %e, "cannot poison a page outside the region");
+                        }
+                        continue;
+                    }
+                    let page = (addr - sh.base) / PS;
+                    if !wp {
+                        if let Some(t) = &sh.trace {
+                            t.lock().push(page);
+                        }
+                    }
+                    faults.push(Fault { page, write: flags & raw::PAGEFAULT_FLAG_WRITE != 0, wp, t0: now });
+                }
+                Msg::Remove { start, end } | Msg::Unmap { start, end } => sh.on_remove(start, end, true),
+                Msg::Remap { from, to, len } => {
+                    tracing::warn!(from, to, len, "region pages moved by mremap: treating the old range as released");
+                    sh.on_remove(from, from.saturating_add(len), true);
+                }
+                Msg::Other(e) => tracing::warn!(event = e, "unexpected userfaultfd event"),
+            }
+        }
+    }
+
+    /// Reads pending events while an ioctl reports EAGAIN: applies REMOVE/UNMAP/REMAP, defers page faults.
+    fn pump(&mut self) {
+        let mut msgs = Vec::new();
+        if let Err(e) = self.sh.uffd.read_msgs(&mut msgs, 64) {
+            tracing::error!(error = %e, "reading userfaultfd events failed");
+        }
+        let mut faults = Vec::new();
+        self.absorb(&msgs, &mut faults);
+        self.deferred.extend(faults);
+        if msgs.is_empty() {
+            std::thread::yield_now();
+        }
+    }
+
+    /// A wrapper retrying an ioctl while events are pending.
+    fn retry_eagain(&mut self, mut f: impl FnMut(&Uffd) -> Result<(), RawError>) -> Result<(), RawError> {
+        loop {
+            match f(&self.sh.uffd) {
+                Err(e) if e.errno == libc::EAGAIN => self.pump(),
+                r => return r,
+            }
+        }
+    }
+
+    fn serve(&mut self, mut faults: Vec<Fault>) {
+        let sh = Arc::clone(&self.sh);
+        faults.sort_by_key(|f| f.page);
+        faults.dedup_by(|b, a| {
+            if a.page == b.page {
+                a.write |= b.write;
+                a.wp |= b.wp;
+                a.t0 = a.t0.min(b.t0);
+                true
+            } else {
+                false
+            }
+        });
+        let mut unprotect = Vec::new();
+        let mut wake = Vec::new();
+        let mut poison = Vec::new();
+        let mut zero = Vec::new();
+        let mut fetch = Vec::new();
+        let mut ra: Vec<u64> = Vec::new();
+        let mut evicting_zero = Vec::new();
+        let dead = sh.dead.load(Relaxed);
+        {
+            let mut core = sh.core.lock();
+            for f in faults {
+                let p = f.page;
+                let st = sh.st(p);
+                match loc(st) {
+                    PRESENT if f.wp => {
+                        sh.set(p, st | DIRTY | REF);
+                        unprotect.push(f);
+                    }
+                    PRESENT => wake.push(f.page),
+                    // A released page being evicted is gone already; the eviction thread may be the one
+                    // reading it (for write-back). Map zeros there: the eviction drops them with the page.
+                    EVICTING if st & RELEASED != 0 && !f.wp => evicting_zero.push(f.page),
+                    // The evicting thread wakes the page's waiters once it is gone; a fault on a page being
+                    // fetched is woken by the install.
+                    EVICTING | FETCHING => {}
+                    _ if f.wp => wake.push(f.page),
+                    _ if dead && st & REMOTE != 0 => poison.push(f.page),
+                    _ => {
+                        if sh.alloc_frame(&mut core, p) {
+                            sh.set(p, FETCHING | (st & REMOTE));
+                            if st & REMOTE != 0 {
+                                fetch.push(f);
+                            } else {
+                                zero.push(f);
+                            }
+                        } else {
+                            sh.c.deferred.fetch_add(1, Relaxed);
+                            self.deferred.push(f);
+                        }
+                    }
+                }
+            }
+            if sh.cfg.readahead {
+                for f in &fetch {
+                    let room = core.free_len.saturating_sub(sh.reserve);
+                    if let Some(pf) = self.det.on_fault(f.page, room) {
+                        for q in pf.pages(sh.npages) {
+                            let st = sh.st(q);
+                            if st == (ABSENT | REMOTE) && core.free_len > sh.reserve && sh.alloc_frame(&mut core, q) {
+                                sh.set(q, FETCHING | REMOTE);
+                                ra.push(q);
+                            }
+                        }
+                    }
+                }
+                sh.c.ra_hits.store(self.det.hits, Relaxed);
+            }
+            if core.free_len < sh.reserve {
+                sh.evict_cv.notify_all();
+            }
+        }
+        for (s, n) in runs(&unprotect.iter().map(|f| f.page).collect::<Vec<_>>()) {
+            let r = self.retry_eagain(|u| u.writeprotect(sh.addr(s), as_u64(n) * PS, 0));
+            if let Err(e) = r {
+                tracing::error!(error = %e, "cannot un-write-protect a page");
+            }
+        }
+        for f in &unprotect {
+            sh.record(f.t0);
+        }
+        for (s, n) in runs(&wake) {
+            if let Err(e) = sh.uffd.wake(sh.addr(s), as_u64(n) * PS) {
+                tracing::error!(error = %e, "UFFDIO_WAKE failed");
+            }
+        }
+        self.poison(&poison);
+        for p in evicting_zero {
+            match self.retry_eagain(|u| u.copy(sh.addr(p), sh.zero.ptr(), PS, raw::COPY_MODE_WP)) {
+                Ok(()) => {}
+                Err(e) if e.errno == libc::EEXIST => {}
+                Err(e) => tracing::error!(error = %e, "cannot map zeros over a released page being evicted"),
+            }
+        }
+        self.install_zero(&zero);
+        if !fetch.is_empty() || !ra.is_empty() {
+            ra.sort_unstable();
+            self.fetch(&fetch, &ra);
+        }
+    }
+
+    fn poison(&mut self, pages: &[u64]) {
+        let sh = Arc::clone(&self.sh);
+        for &p in pages {
+            match self.retry_eagain(|u| u.poison(sh.addr(p), PS)) {
+                Ok(()) => {
+                    sh.c.poisoned.fetch_add(1, Relaxed);
+                }
+                Err(e) if e.errno == libc::EEXIST => {
+                    let _ = sh.uffd.wake(sh.addr(p), PS);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot poison a page"),
+            }
+        }
+    }
+
+    /// Zero-fills never-written (or released) pages: write faults get a writable page, read faults a
+    /// write-protected one, so the first write is seen.
+    fn install_zero(&mut self, faults: &[Fault]) {
+        if faults.is_empty() {
+            return;
+        }
+        let sh = Arc::clone(&self.sh);
+        let zero = sh.zero.ptr();
+        let zero_pages = sh.zero.len() / PAGE_SIZE;
+        let mut i = 0;
+        while i < faults.len() {
+            // A run of contiguous pages with the same access kind, as long as the zero buffer.
+            let mut j = i + 1;
+            while j < faults.len()
+                && j - i < zero_pages
+                && faults[j].page == faults[j - 1].page + 1
+                && faults[j].write == faults[i].write
+            {
+                j += 1;
+            }
+            let pages: Vec<u64> = faults[i..j].iter().map(|f| f.page).collect();
+            let mode = if faults[i].write { 0 } else { raw::COPY_MODE_WP };
+            let flags = if faults[i].write { DIRTY } else { 0 };
+            self.install(&pages, &|_| zero, mode, flags);
+            sh.c.zero_fills.fetch_add(as_u64(j - i), Relaxed);
+            for f in &faults[i..j] {
+                sh.record(f.t0);
+            }
+            i = j;
+        }
+    }
+
+    /// Installs contiguous `pages` (each holding a frame, state FETCHING) with UFFDIO_COPY from `src(i)`, then
+    /// marks them PRESENT with `flags` (plus REF). Pages released meanwhile end up absent instead.
+    fn install(&mut self, pages: &[u64], src: &dyn Fn(usize) -> *const u8, mode: u64, flags: u8) {
+        let sh = Arc::clone(&self.sh);
+        let mut i = 0;
+        let mut per_page = false;
+        while i < pages.len() {
+            if per_page && sh.st(pages[i]) & RELEASED != 0 {
+                i += 1;
+                continue;
+            }
+            let n = if per_page { 1 } else { pages.len() - i };
+            let base = src(i);
+            // Whole-run copies need a contiguous source; `src` gives one for zero and fetched runs.
+            match sh.uffd.copy(sh.addr(pages[i]), base, as_u64(n) * PS, mode) {
+                Ok(()) => i += n,
+                Err(e) => {
+                    i += e.done / PAGE_SIZE;
+                    match e.errno {
+                        libc::EEXIST => i += 1,
+                        libc::EAGAIN => {
+                            self.pump();
+                            per_page = true;
+                        }
+                        _ => {
+                            tracing::error!(error = %e, page = pages[i], "UFFDIO_COPY failed; poisoning the page");
+                            let _ = sh.uffd.poison(sh.addr(pages[i]), PS);
+                            i += 1;
+                        }
+                    }
+                }
+            }
+        }
+        let mut core = sh.core.lock();
+        for &p in pages {
+            let st = sh.st(p);
+            if st & RELEASED != 0 {
+                sh.free_frame(&mut core, p);
+                sh.set(p, ABSENT);
+                let _ = sh.uffd.wake(sh.addr(p), PS);
+            } else {
+                sh.set(p, PRESENT | REF | flags | (st & REMOTE));
+            }
+        }
+    }
+
+    /// Fetches demand pages and readahead pages with pipelined batch reads (everything submitted before the
+    /// first wait, demand pages first), and installs each batch as it arrives.
+    fn fetch(&mut self, demand: &[Fault], ra: &[u64]) {
+        let sh = Arc::clone(&self.sh);
+        let dpages: Vec<u64> = demand.iter().map(|f| f.page).collect();
+        let mut batches: Vec<(Vec<u64>, bool)> = Vec::new();
+        for c in dpages.chunks(IO_CHUNK) {
+            batches.push((c.to_vec(), true));
+        }
+        for c in ra.chunks(IO_CHUNK) {
+            batches.push((c.to_vec(), false));
+        }
+        let submitted: Vec<Result<Pending, StoreError>> = batches
+            .iter()
+            .map(|(pages, _)| sh.store.submit(Request::ReadPages { region: sh.region_id, pages: pages.clone() }))
+            .collect();
+        for ((pages, is_demand), sub) in batches.into_iter().zip(submitted) {
+            let reply = sub.and_then(Pending::wait).or_else(|e| {
+                if e.is_gone() {
+                    return Err(e);
+                }
+                sh.with_retry(|| {
+                    sh.store.read_pages(sh.region_id, &pages).map(|(pr, d)| Reply::Pages { present: pr, data: d })
+                })
+            });
+            let data = match reply {
+                Ok(Reply::Pages { data, .. }) if data.len() == pages.len() * PAGE_SIZE => data,
+                Ok(other) => {
+                    let e =
+                        StoreError::Protocol { server: sh.store.describe(), msg: format!("bad page reply {other:?}") };
+                    self.fetch_failed(&pages, is_demand, &e);
+                    continue;
+                }
+                Err(e) => {
+                    self.fetch_failed(&pages, is_demand, &e);
+                    continue;
+                }
+            };
+            let mut k = 0;
+            for (s, n) in runs(&pages) {
+                let run: Vec<u64> = (s..s + as_u64(n)).collect();
+                let off = k * PAGE_SIZE;
+                let dptr = data.as_ptr();
+                if is_demand {
+                    // Write faults get the page writable at once (it is dirty from the start); reads get it
+                    // write-protected so the first write is seen.
+                    let by_page: std::collections::HashMap<u64, &Fault> =
+                        demand.iter().filter(|f| f.page >= s && f.page < s + as_u64(n)).map(|f| (f.page, f)).collect();
+                    for sub in split_by(&run, |p| by_page.get(p).is_some_and(|f| f.write)) {
+                        let write = by_page.get(&sub[0]).is_some_and(|f| f.write);
+                        let first = as_usize(sub[0] - s);
+                        let (mode, flags) = if write { (0, DIRTY) } else { (raw::COPY_MODE_WP, 0) };
+                        // SAFETY (closure): offsets stay inside `data`, which holds one page per requested page.
+                        self.install(&sub, &|i| dptr.wrapping_add(off + (first + i) * PAGE_SIZE), mode, flags);
+                        for p in &sub {
+                            if let Some(f) = by_page.get(p) {
+                                sh.record(f.t0);
+                            }
+                        }
+                    }
+                    sh.c.fetched.fetch_add(as_u64(n), Relaxed);
+                } else {
+                    self.install(&run, &|i| dptr.wrapping_add(off + i * PAGE_SIZE), raw::COPY_MODE_WP, 0);
+                    sh.c.ra_pages.fetch_add(as_u64(n), Relaxed);
+                }
+                k += n;
+            }
+        }
+    }
+
+    /// A read failed for good: poison the demand pages (after saying why), return readahead frames.
+    fn fetch_failed(&mut self, pages: &[u64], is_demand: bool, e: &StoreError) {
+        let sh = Arc::clone(&self.sh);
+        sh.die(e);
+        {
+            let mut core = sh.core.lock();
+            for &p in pages {
+                let st = sh.st(p);
+                sh.free_frame(&mut core, p);
+                sh.set(p, if st & RELEASED != 0 { ABSENT } else { ABSENT | REMOTE });
+            }
+        }
+        if is_demand {
+            self.poison(pages);
+        }
+    }
+}
+
+/// Splits `run` into maximal sub-runs on which `key` is constant.
+fn split_by(run: &[u64], key: impl Fn(&u64) -> bool) -> Vec<Vec<u64>> {
+    let mut out: Vec<Vec<u64>> = Vec::new();
+    let mut last = None;
+    for p in run {
+        let k = key(p);
+        match out.last_mut() {
+            Some(v) if last == Some(k) => v.push(*p),
+            _ => out.push(vec![*p]),
+        }
+        last = Some(k);
+    }
+    out
+}
+
+/// An eviction thread: keeps `reserve..high` frames free.
+fn evictor(sh: &Shared) {
+    loop {
+        {
+            let mut core = sh.core.lock();
+            while !sh.stop.load(Relaxed) && core.free_len >= sh.reserve {
+                sh.evict_cv.wait_for(&mut core, Duration::from_millis(200));
+            }
+        }
+        if sh.stop.load(Relaxed) {
+            return;
+        }
+        loop {
+            let freed = evict_round(sh);
+            sh.notify_event_thread();
+            let free = sh.core.lock().free_len;
+            if freed == 0 {
+                std::thread::sleep(Duration::from_micros(200));
+                break;
+            }
+            if free >= sh.high || sh.stop.load(Relaxed) {
+                break;
+            }
+        }
+    }
+}
+
+/// Retries an ioctl that another thread's pending event blocks (EAGAIN): the event thread reads it.
+fn retry_busy(mut f: impl FnMut() -> Result<(), RawError>) -> Result<(), RawError> {
+    loop {
+        match f() {
+            Err(e) if e.errno == libc::EAGAIN => std::thread::sleep(Duration::from_micros(20)),
+            r => return r,
+        }
+    }
+}
+
+/// One eviction round: picks victims by CLOCK, write-protects the dirty ones, writes them back in pipelined
+/// batches, drops all of them, and frees their frames. Returns the number of pages evicted.
+fn evict_round(sh: &Shared) -> usize {
+    let mut victims = Vec::new();
+    let mut rearm = Vec::new();
+    {
+        let mut core = sh.core.lock();
+        let want = sh.high.saturating_sub(core.free_len).clamp(1, EVICT_BATCH);
+        let mut steps = 0;
+        while victims.len() < want && steps < 2 * sh.budget + 1 {
+            let f = core.hand;
+            core.hand = (core.hand + 1) % sh.budget;
+            steps += 1;
+            let slot = sh.frames.at(f).load(Relaxed);
+            if slot == 0 {
+                continue;
+            }
+            let p = u64::from(slot - 1);
+            let st = sh.st(p);
+            if loc(st) != PRESENT {
+                continue;
+            }
+            if st & REF != 0 {
+                // Second chance. A dirty page is write-protected again so its next write sets REF anew.
+                sh.set(p, st & !REF);
+                if st & DIRTY != 0 {
+                    rearm.push(p);
+                }
+                continue;
+            }
+            sh.set(p, (st & !LOC) | EVICTING);
+            victims.push(p);
+        }
+    }
+    rearm.sort_unstable();
+    for (s, n) in runs(&rearm) {
+        if let Err(e) = retry_busy(|| sh.uffd.writeprotect(sh.addr(s), as_u64(n) * PS, raw::WRITEPROTECT_MODE_WP)) {
+            tracing::debug!(error = %e, "re-arming write protection failed");
+        }
+    }
+    if victims.is_empty() {
+        return 0;
+    }
+    victims.sort_unstable();
+    let dirty: Vec<u64> = victims.iter().copied().filter(|&p| sh.st(p) & DIRTY != 0).collect();
+    // Write-protect before copying out: a write racing with the copy faults and waits until the page is gone.
+    for (s, n) in runs(&dirty) {
+        if let Err(e) = retry_busy(|| sh.uffd.writeprotect(sh.addr(s), as_u64(n) * PS, raw::WRITEPROTECT_MODE_WP)) {
+            tracing::error!(error = %e, "cannot write-protect pages for eviction");
+        }
+    }
+    if !dirty.is_empty() && !write_back(sh, &dirty) {
+        // memd is unreachable: keep the pages (still write-protected: the next write marks them dirty again).
+        let mut core = sh.core.lock();
+        for &p in &victims {
+            let st = sh.st(p);
+            if st & RELEASED != 0 {
+                sh.free_frame(&mut core, p);
+                sh.set(p, ABSENT);
+            } else {
+                sh.set(p, (st & !LOC) | PRESENT);
+            }
+        }
+        drop(core);
+        for (s, n) in runs(&victims) {
+            let _ = sh.uffd.wake(sh.addr(s), as_u64(n) * PS);
+        }
+        return 0;
+    }
+    let vruns = runs(&victims);
+    for &(s, n) in &vruns {
+        let (a, l) = (sh.addr(s), as_u64(n) * PS);
+        sh.core.lock().self_removes.push((a, a + l));
+        if let Err(e) = raw::dontneed(a, l) {
+            tracing::error!(error = %e, "cannot drop evicted pages");
+            let mut core = sh.core.lock();
+            if let Some(i) = core.self_removes.iter().position(|&r| r == (a, a + l)) {
+                core.self_removes.swap_remove(i);
+            }
+        }
+    }
+    let mut doomed = Vec::new();
+    let (mut clean, mut written) = (0u64, 0u64);
+    {
+        let mut core = sh.core.lock();
+        for &p in &victims {
+            let st = sh.st(p);
+            sh.free_frame(&mut core, p);
+            if st & DIRTY != 0 {
+                written += 1;
+            } else {
+                clean += 1;
+            }
+            let new = if st & RELEASED != 0 {
+                if st & (DIRTY | REMOTE) != 0 {
+                    doomed.push(p);
+                }
+                ABSENT
+            } else if st & (DIRTY | REMOTE) != 0 {
+                ABSENT | REMOTE
+            } else {
+                ABSENT
+            };
+            sh.set(p, new);
+        }
+    }
+    sh.c.clean_drops.fetch_add(clean, Relaxed);
+    sh.c.written.fetch_add(written, Relaxed);
+    for &(s, n) in &vruns {
+        let _ = sh.uffd.wake(sh.addr(s), as_u64(n) * PS);
+    }
+    sh.delete_remote(&doomed);
+    victims.len()
+}
+
+/// Copies write-protected dirty pages out and writes them to memd in pipelined batches. False when memd is
+/// unreachable for good (the region is then dead).
+fn write_back(sh: &Shared, dirty: &[u64]) -> bool {
+    let mut pendings = Vec::new();
+    let mut bufs = Vec::new();
+    for chunk in dirty.chunks(IO_CHUNK) {
+        let mut data = vec![0u8; chunk.len() * PAGE_SIZE];
+        for (i, &p) in chunk.iter().enumerate() {
+            // SAFETY: page `p` is inside the region mapping, present (EVICTING pages are only dropped by this
+            // thread, after this copy) and write-protected, so reading it races with no write.
+            let src = unsafe { std::slice::from_raw_parts(as_usize(sh.addr(p)) as *const u8, PAGE_SIZE) };
+            data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].copy_from_slice(src);
+        }
+        let req = Request::WritePages { region: sh.region_id, pages: chunk.to_vec(), data: data.clone() };
+        pendings.push(sh.store.submit(req));
+        bufs.push((chunk, data));
+    }
+    for (p, (chunk, data)) in pendings.into_iter().zip(bufs) {
+        let r = p.and_then(Pending::wait).or_else(|e| {
+            if e.is_gone() {
+                return Err(e);
+            }
+            sh.with_retry(|| sh.store.write_pages(sh.region_id, chunk, &data)).map(|()| Reply::Done)
+        });
+        if let Err(e) = r {
+            sh.die(&e);
+            return false;
+        }
+    }
+    true
+}
+
+fn eventfd() -> std::io::Result<OwnedFd> {
+    // SAFETY: eventfd(2) returns a new descriptor or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just created and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl Region {
+    /// Reserves and registers a region of `cfg.size` bytes whose pages live in `store`, cached locally up to
+    /// `cfg.local_mem`, and starts its threads.
+    pub fn new(cfg: RegionConfig, store: Arc<dyn FarStore>) -> Result<Region, RegionError> {
+        let _g = internal::enter();
+        let size = cfg.size.checked_next_multiple_of(PAGE_SIZE).unwrap_or(0);
+        if size == 0 {
+            return Err(RegionError::Config(format!("size {} must be at least one page", cfg.size)));
+        }
+        let budget = cfg.local_mem / PAGE_SIZE;
+        if budget < 16 {
+            return Err(RegionError::Config(format!(
+                "local_mem {} must hold at least 16 pages ({} bytes)",
+                cfg.local_mem,
+                16 * PAGE_SIZE
+            )));
+        }
+        if u32::try_from(budget).is_err() || u32::try_from(size / PAGE_SIZE + 1).is_err() {
+            return Err(RegionError::Config("more than 2^32 pages".into()));
+        }
+        if cfg.handler_threads == 0 {
+            return Err(RegionError::Config("handler_threads must be at least 1".into()));
+        }
+        let npages = size / PAGE_SIZE;
+        let map = Mapping::new(size).map_err(|source| RegionError::Map { what: "the region", source })?;
+        let meta = |what| move |source| RegionError::Map { what, source };
+        let uffd = Uffd::open()?;
+        let want = raw::FEATURE_PAGEFAULT_FLAG_WP
+            | raw::FEATURE_EVENT_REMOVE
+            | raw::FEATURE_EVENT_UNMAP
+            | raw::FEATURE_EVENT_REMAP
+            | raw::FEATURE_POISON;
+        uffd.api(want).map_err(|e| {
+            if e.errno == libc::EINVAL {
+                RegionError::Unsupported("write-protect faults, REMOVE/UNMAP/REMAP events or POISON".into())
+            } else {
+                RegionError::Uffd(e)
+            }
+        })?;
+        let base = as_u64(map.ptr() as usize);
+        let ioctls = uffd.register(base, as_u64(size), raw::REGISTER_MODE_MISSING | raw::REGISTER_MODE_WP)?;
+        for (nr, name) in [
+            (linux_raw_sys::general::_UFFDIO_COPY, "UFFDIO_COPY"),
+            (linux_raw_sys::general::_UFFDIO_WRITEPROTECT, "UFFDIO_WRITEPROTECT"),
+            (linux_raw_sys::general::_UFFDIO_POISON, "UFFDIO_POISON"),
+        ] {
+            if ioctls & (1u64 << nr) == 0 {
+                return Err(RegionError::Unsupported(name.into()));
+            }
+        }
+        let free: Table<AtomicU32> = Table::new(budget).map_err(meta("frame tables"))?;
+        for f in 0..budget {
+            free.at(f).store(u32::try_from(f).unwrap_or(0), Relaxed);
+        }
+        let reserve = (budget / 16).clamp(2, 1024);
+        let server = store.describe();
+        let sh = Arc::new(Shared {
+            base,
+            len: as_u64(size),
+            npages: as_u64(npages),
+            budget,
+            reserve,
+            high: (2 * reserve).min(budget / 2),
+            uffd,
+            efd: eventfd().map_err(RegionError::Thread)?,
+            store,
+            region_id: farmem_memd::far::fresh_space_id(),
+            core: Mutex::new(Core { hand: 0, free_len: budget, self_removes: Vec::new() }),
+            evict_cv: Condvar::new(),
+            state: Table::new(npages).map_err(meta("page states"))?,
+            frame_of: Table::new(npages).map_err(meta("page frames"))?,
+            frames: Table::new(budget).map_err(meta("frame tables"))?,
+            free,
+            zero: Mapping::new(64 * PAGE_SIZE).map_err(meta("a zero page buffer"))?,
+            c: Counters::default(),
+            hist: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3)
+                    .map_err(|e| RegionError::Config(format!("histogram: {e}")))?,
+            ),
+            trace: cfg.trace.then(|| Mutex::new(Vec::new())),
+            stop: AtomicBool::new(false),
+            stop_events: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
+            dead_note: Once::new(),
+            cfg: RegionConfig { size, ..cfg },
+            owner_pid: std::process::id(),
+            server,
+        });
+        let mut region = Region { sh: Arc::clone(&sh), threads: Vec::new(), map };
+        let s = Arc::clone(&sh);
+        let max_ra = if sh.cfg.readahead { sh.cfg.max_readahead } else { 0 };
+        region.spawn("farmem-uffd-event", move || {
+            let mut ev =
+                EventLoop { sh: s, deferred: Vec::new(), det: Detector::new(max_ra), msgs: Vec::with_capacity(64) };
+            ev.run();
+        })?;
+        for i in 0..sh.cfg.handler_threads.saturating_sub(1).max(1) {
+            let s = Arc::clone(&sh);
+            region.spawn(&format!("farmem-uffd-evict{i}"), move || evictor(&s))?;
+        }
+        crate::fork::register(&sh);
+        Ok(region)
+    }
+
+    fn spawn(&mut self, name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), RegionError> {
+        let h = std::thread::Builder::new()
+            .name(name.to_string())
+            .stack_size(256 << 10)
+            .spawn(move || {
+                internal::mark_thread();
+                f();
+            })
+            .map_err(RegionError::Thread)?;
+        self.threads.push(h);
+        Ok(())
+    }
+
+    /// First byte of the region.
+    pub fn base(&self) -> *mut u8 {
+        self.map.ptr()
+    }
+
+    /// Length in bytes (the configured size rounded up to pages).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the region is empty (never: it holds at least one page).
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Whether `addr` lies inside the region.
+    pub fn contains(&self, addr: usize) -> bool {
+        let b = self.map.ptr() as usize;
+        addr >= b && addr - b < self.map.len()
+    }
+
+    /// Releases `[offset, offset+len)` (page aligned): local and remote copies are dropped and the pages read
+    /// as zeros afterwards.
+    pub fn release(&self, offset: usize, len: usize) -> Result<(), RegionError> {
+        let _g = internal::enter();
+        if offset % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+            return Err(RegionError::Range(format!(
+                "offset {offset} and length {len} must be multiples of {PAGE_SIZE}"
+            )));
+        }
+        if offset.checked_add(len).is_none_or(|e| e > self.len()) {
+            return Err(RegionError::Range(format!(
+                "[{offset}, {offset}+{len}) is outside the region of {} bytes",
+                self.len()
+            )));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let start = self.sh.base + as_u64(offset);
+        if std::process::id() != self.sh.owner_pid {
+            crate::fork::release_in_child(&self.sh, start, as_u64(len));
+            return Ok(());
+        }
+        // Apply the release here (so memd copies are gone when this returns), then drop the local pages. The
+        // REMOVE event the drop raises finds nothing left to do. A page being installed meanwhile is either
+        // dropped by the `MADV_DONTNEED` below or, when its install retries after that event, skipped (its
+        // RELEASED flag is set before the event exists).
+        self.sh.on_remove(start, start + as_u64(len), false);
+        raw::dontneed(start, as_u64(len))?;
+        Ok(())
+    }
+
+    /// Counters and fault-latency percentiles.
+    pub fn stats(&self) -> RegionStats {
+        let _g = internal::enter();
+        let sh = &self.sh;
+        let c = &sh.c;
+        let h = sh.hist.lock();
+        let resident = as_u64(sh.resident(&sh.core.lock()));
+        RegionStats {
+            missing_faults: c.missing.load(Relaxed),
+            wp_faults: c.wp.load(Relaxed),
+            zero_fills: c.zero_fills.load(Relaxed),
+            pages_fetched: c.fetched.load(Relaxed),
+            pages_written: c.written.load(Relaxed),
+            clean_drops: c.clean_drops.load(Relaxed),
+            readahead_pages: c.ra_pages.load(Relaxed),
+            readahead_hits: c.ra_hits.load(Relaxed),
+            released_pages: c.released.load(Relaxed),
+            deferred_faults: c.deferred.load(Relaxed),
+            poisoned_pages: c.poisoned.load(Relaxed),
+            resident_pages: resident,
+            peak_resident_pages: c.peak.load(Relaxed),
+            budget_pages: as_u64(sh.budget),
+            latency_count: h.len(),
+            latency_p50_ns: h.value_at_quantile(0.5),
+            latency_p90_ns: h.value_at_quantile(0.9),
+            latency_p99_ns: h.value_at_quantile(0.99),
+            latency_max_ns: h.max(),
+        }
+    }
+
+    /// Clears the fault-latency histogram (benchmarks measure one phase at a time).
+    pub fn reset_latency(&self) {
+        self.sh.hist.lock().reset();
+    }
+
+    /// The pages of every missing fault so far, in order (empty unless `RegionConfig::trace`).
+    pub fn fault_trace(&self) -> Vec<u64> {
+        let _g = internal::enter();
+        self.sh.trace.as_ref().map(|t| t.lock().clone()).unwrap_or_default()
+    }
+
+    /// The id of this region's page space in memd.
+    pub fn region_id(&self) -> u64 {
+        self.sh.region_id
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        let _g = internal::enter();
+        crate::fork::unregister(&self.sh);
+        if std::process::id() != self.sh.owner_pid {
+            // A forked child: the threads and the memd pages belong to the parent.
+            return;
+        }
+        self.sh.stop.store(true, Relaxed);
+        self.sh.evict_cv.notify_all();
+        // Eviction threads first (the event thread serves their REMOVE events), then the event thread.
+        let mut threads = std::mem::take(&mut self.threads);
+        let event = if threads.is_empty() { None } else { Some(threads.remove(0)) };
+        for h in threads {
+            let _ = h.join();
+        }
+        self.sh.stop_events.store(true, Relaxed);
+        self.sh.notify_event_thread();
+        if let Some(h) = event {
+            let _ = h.join();
+        }
+        if !self.sh.dead.load(Relaxed) {
+            if let Err(e) = self.sh.store.drop_region(self.sh.region_id) {
+                tracing::warn!(error = %e, "could not drop the region's pages from memd");
+            }
+        }
+    }
+}

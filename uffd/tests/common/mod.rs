@@ -1,0 +1,56 @@
+//! Shared helpers for the region tests.
+#![allow(dead_code)]
+
+use farmem_memd::{FarStore, MemStore};
+use farmem_uffd::{Region, RegionConfig, RegionError};
+use std::sync::Arc;
+
+pub const PS: usize = farmem_uffd::PAGE_SIZE;
+
+/// A region of `pages` pages with a budget of `budget` pages over an in-process store, or `None` (with a
+/// message) when userfaultfd is unavailable and CI is unset. Under CI=true unavailability fails the test.
+pub fn region(pages: usize, budget: usize, readahead: bool) -> Option<(Region, Arc<MemStore>)> {
+    let store = Arc::new(MemStore::new(1 << 30));
+    region_on(pages, budget, readahead, store.clone() as Arc<dyn FarStore>).map(|r| (r, store))
+}
+
+pub fn region_on(pages: usize, budget: usize, readahead: bool, store: Arc<dyn FarStore>) -> Option<Region> {
+    let cfg = RegionConfig {
+        size: pages * PS,
+        local_mem: budget * PS,
+        handler_threads: 2,
+        readahead,
+        ..RegionConfig::default()
+    };
+    match Region::new(cfg, store) {
+        Ok(r) => Some(r),
+        Err(e @ (RegionError::Uffd(_) | RegionError::Unsupported(_))) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("userfaultfd is required under CI=true: {e}");
+            }
+            eprintln!("skipping: userfaultfd unavailable here ({e})");
+            None
+        }
+        Err(e) => panic!("region creation failed: {e}"),
+    }
+}
+
+/// A small deterministic generator (xorshift64*).
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn word(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.word() % n as u64).unwrap_or(0)
+    }
+}
+
+/// The byte every byte of page `p` holds after `fill(.., tag)`: never zero.
+pub fn tag_byte(tag: u8, p: usize) -> u8 {
+    tag.wrapping_add(u8::try_from(p % 256).unwrap_or(0)) | 1
+}

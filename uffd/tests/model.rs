@@ -1,0 +1,118 @@
+//! Model-based tests: random reads, writes and releases over a region 8× its budget, checked against a shadow
+//! copy, from one and from four threads.
+mod common;
+use common::*;
+use farmem_uffd::Region;
+use std::sync::Arc;
+
+const PAGES: usize = 512;
+const BUDGET: usize = 64;
+
+fn word(r: &Region, off: usize) -> *mut u64 {
+    assert!(off + 8 <= r.len());
+    r.base().wrapping_add(off).cast()
+}
+
+/// Runs `ops` random operations on the pages `p` with `p % stride == lane`, against a shadow of those pages.
+fn run_lane(r: &Region, seed: u64, ops: usize, lane: usize, stride: usize, releases: bool) {
+    let mut rng = Rng(seed);
+    let mine: Vec<usize> = (0..PAGES).filter(|p| p % stride == lane).collect();
+    let mut shadow = vec![0u64; mine.len() * PS / 8];
+    for _ in 0..ops {
+        let i = rng.below(mine.len());
+        let w = rng.below(PS / 8);
+        let off = mine[i] * PS + w * 8;
+        match rng.below(100) {
+            0..=44 => {
+                let v = rng.word();
+                // SAFETY: `off` is inside the region and 8-byte aligned; only this lane touches this page.
+                unsafe { word(r, off).write_volatile(v) };
+                shadow[i * PS / 8 + w] = v;
+            }
+            45..=97 => {
+                // SAFETY: as above.
+                let got = unsafe { word(r, off).read_volatile() };
+                assert_eq!(got, shadow[i * PS / 8 + w], "lane {lane}: page {} word {w}", mine[i]);
+            }
+            _ if releases && stride == 1 => {
+                // Release a run of up to 8 pages.
+                let n = 1 + rng.below(8).min(mine.len() - 1 - i);
+                r.release(mine[i] * PS, n * PS).unwrap();
+                shadow[i * PS / 8..(i + n) * PS / 8].fill(0);
+            }
+            _ if releases => {
+                r.release(mine[i] * PS, PS).unwrap();
+                shadow[i * PS / 8..(i + 1) * PS / 8].fill(0);
+            }
+            _ => {}
+        }
+    }
+    // Every word of every page at the end.
+    for (i, &p) in mine.iter().enumerate() {
+        for w in 0..PS / 8 {
+            // SAFETY: inside the region.
+            let got = unsafe { word(r, p * PS + w * 8).read_volatile() };
+            assert_eq!(got, shadow[i * PS / 8 + w], "final check: lane {lane}: page {p} word {w}");
+        }
+    }
+}
+
+fn check_budget(r: &Region) {
+    let s = r.stats();
+    assert!(s.peak_resident_pages <= BUDGET as u64, "{s:?}");
+    assert_eq!(s.poisoned_pages, 0, "{s:?}");
+}
+
+#[test]
+fn one_thread_random_ops_match_shadow() {
+    for (seed, ra) in [(1, false), (2, true), (3, true)] {
+        let Some((r, _s)) = region(PAGES, BUDGET, ra) else { return };
+        run_lane(&r, seed, 40_000, 0, 1, true);
+        let s = r.stats();
+        assert!(s.pages_written > 0 && s.pages_fetched > 0, "the test must evict and fetch: {s:?}");
+        check_budget(&r);
+    }
+}
+
+#[test]
+fn four_threads_random_ops_match_shadow() {
+    for seed in [11u64, 12] {
+        let Some((r, _s)) = region(PAGES, BUDGET, true) else { return };
+        let r = Arc::new(r);
+        let hs: Vec<_> = (0..4)
+            .map(|lane| {
+                let r = Arc::clone(&r);
+                std::thread::spawn(move || run_lane(&r, seed * 100 + lane as u64, 20_000, lane, 4, true))
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        check_budget(&r);
+    }
+}
+
+#[test]
+fn sequential_sweeps_match_and_read_ahead() {
+    let Some((r, _s)) = region(PAGES, BUDGET, true) else { return };
+    for p in 0..PAGES {
+        // SAFETY: inside the region.
+        unsafe { word(&r, p * PS).write_volatile(p as u64 ^ 0xabcd) };
+    }
+    for pass in 0..2 {
+        for p in 0..PAGES {
+            // SAFETY: inside the region.
+            let v = unsafe { word(&r, p * PS).read_volatile() };
+            assert_eq!(v, p as u64 ^ 0xabcd, "pass {pass} page {p}");
+        }
+        // Backwards with a stride of 3 pages.
+        for p in (0..PAGES).rev().step_by(3) {
+            // SAFETY: inside the region.
+            let v = unsafe { word(&r, p * PS).read_volatile() };
+            assert_eq!(v, p as u64 ^ 0xabcd, "pass {pass} strided page {p}");
+        }
+    }
+    let s = r.stats();
+    assert!(s.readahead_pages > 0 && s.readahead_hits > 0, "{s:?}");
+    check_budget(&r);
+}

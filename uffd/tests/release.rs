@@ -1,0 +1,85 @@
+//! Released ranges read zeros (resident and evicted pages alike, and their memd copies are gone); clean pages
+//! are dropped without write-back.
+mod common;
+use common::*;
+use farmem_memd::FarStore;
+
+fn fill(base: *mut u8, pages: std::ops::Range<usize>, tag: u8) {
+    for p in pages {
+        // SAFETY: callers pass pages inside the region.
+        unsafe { std::ptr::write_bytes(base.add(p * PS), tag_byte(tag, p), PS) };
+    }
+}
+
+fn page_is(base: *mut u8, p: usize, v: u8) -> bool {
+    // SAFETY: callers pass pages inside the region.
+    let s = unsafe { std::slice::from_raw_parts(base.add(p * PS), PS) };
+    s.iter().all(|&b| b == v)
+}
+
+#[test]
+fn released_pages_read_zero_and_leave_memd() {
+    let Some((r, store)) = region(256, 32, false) else { return };
+    let base = r.base();
+    fill(base, 0..256, 3);
+    // Pages 0..64 are evicted by now (written back); the last pages are resident.
+    let s = r.stats();
+    assert!(s.pages_written >= 200, "{s:?}");
+    r.release(0, 16 * PS).unwrap(); // evicted pages
+    r.release(250 * PS, 6 * PS).unwrap(); // resident pages
+    r.release(100 * PS, PS).unwrap();
+    // memd no longer holds the released pages.
+    let (present, _) = store.read_pages(r.region_id(), &[0, 5, 15, 100, 16]).unwrap();
+    assert_eq!(present, vec![false, false, false, false, true]);
+    for p in 0..256 {
+        let released = !(16..250).contains(&p) || p == 100;
+        let want = if released { 0 } else { tag_byte(3, p) };
+        assert!(page_is(base, p, want), "page {p} (released: {released})");
+    }
+    // A released page can be written again and keeps its new contents through eviction.
+    fill(base, 0..4, 9);
+    fill(base, 20..200, 3);
+    for p in 0..4 {
+        assert!(page_is(base, p, tag_byte(9, p)), "rewritten page {p}");
+    }
+    assert!(r.stats().released_pages >= 23);
+    // Bad ranges are refused.
+    assert!(r.release(1, PS).is_err());
+    assert!(r.release(0, 257 * PS).is_err());
+    assert!(r.release(usize::MAX - PS + 1, PS).is_err());
+}
+
+#[test]
+fn madvise_by_the_program_reads_zero() {
+    let Some((r, _store)) = region(128, 16, false) else { return };
+    let base = r.base();
+    fill(base, 0..128, 5);
+    // SAFETY: a page-aligned range inside the region; the program frees it behind the region's back.
+    let rc = unsafe { libc::madvise(base.add(10 * PS).cast(), 4 * PS, libc::MADV_DONTNEED) };
+    assert_eq!(rc, 0);
+    for p in 0..128 {
+        let want = if (10..14).contains(&p) { 0 } else { tag_byte(5, p) };
+        assert!(page_is(base, p, want), "page {p}");
+    }
+}
+
+#[test]
+fn clean_pages_cause_no_write_back() {
+    let Some((r, _store)) = region(256, 32, false) else { return };
+    let base = r.base();
+    fill(base, 0..256, 7);
+    let read_all = || {
+        for p in 0..256 {
+            assert!(page_is(base, p, tag_byte(7, p)), "page {p}");
+        }
+    };
+    read_all();
+    let after_first = r.stats();
+    // Every page is clean now (the pass above evicted every dirty page); reading twice more writes nothing.
+    read_all();
+    read_all();
+    let s = r.stats();
+    assert_eq!(s.pages_written, after_first.pages_written, "clean pages were written back: {s:?}");
+    assert!(s.clean_drops >= after_first.clean_drops + 400, "{s:?}");
+    assert!(s.pages_written >= 256 && s.pages_written <= 256 + 32, "{s:?}");
+}
