@@ -3,9 +3,9 @@
 //! A child's copy of the region is not registered with any userfaultfd, and the parent's threads do not exist
 //! in it, so a page whose contents live only in memd would silently read as zeros there. At fork (a
 //! `pthread_atfork` child handler) every live region is therefore walked once in the child:
-//! pages resident at fork time keep their contents (the kernel copied them), pages never written or released
-//! read zeros as they should, and every other page (held in memd, or in the middle of a fetch or an eviction) is
-//! made `PROT_NONE`. Touching one of those runs a SIGSEGV handler that prints which region and server the page
+//! pages mapped at fork time keep their contents (the kernel copied them), pages never written or released
+//! read zeros as they should, and every other page (held in memd, or caught unmapped in the middle of a fetch
+//! or an eviction) is made `PROT_NONE`. Touching one of those runs a SIGSEGV handler that prints which region and server the page
 //! belongs to and kills the child with the default SIGSEGV action — a clear fatal error, never silent zeros.
 //! Faults elsewhere are passed on to the previous handler. `release` in the child drops pages locally only
 //! (the memd copies belong to the parent), and dropping the child's `Region` leaves memd alone.
@@ -52,14 +52,18 @@ pub(crate) fn unregister(sh: &std::sync::Arc<Shared>) {
     }
 }
 
-fn guarded(st: u8) -> bool {
-    // Resident pages keep their contents; absent pages without a remote copy are zeros.
+/// Whether a page with state byte `st` may hold contents the child cannot get: it lives in memd, or is in the
+/// middle of a fetch or an eviction. Such a page is still fine if it is mapped in the child (`mincore`): its
+/// contents are then exactly the parent's at fork.
+fn candidate(st: u8) -> bool {
     let loc = st & 0b11;
-    !(loc == 1 || (loc == 0 && st & (1 << 2) == 0))
+    loc == 2 || loc == 3 || (loc == 0 && st & (1 << 2) != 0)
 }
 
 extern "C" fn in_child() {
+    const CHUNK: usize = 4096;
     let mut any = false;
+    let mut resident = [0u8; CHUNK];
     for slot in &REGIONS {
         let p = slot.load(SeqCst);
         if p.is_null() {
@@ -67,19 +71,39 @@ extern "C" fn in_child() {
         }
         // SAFETY: a registered pointer refers to a live `Shared` (see `register`); the child is single-threaded.
         let sh = unsafe { &*p };
-        let mut p0 = 0u64;
-        while p0 < sh.npages {
-            if !guarded(sh.state.at(crate::as_usize(p0)).load(SeqCst)) {
-                p0 += 1;
-                continue;
+        let n = crate::as_usize(sh.npages);
+        let mut c0 = 0;
+        while c0 < n {
+            let c1 = (c0 + CHUNK).min(n);
+            if (c0..c1).any(|i| candidate(sh.state.at(i).load(SeqCst))) {
+                let start = crate::as_usize(sh.base) + c0 * PAGE_SIZE;
+                // SAFETY: the range lies in the region mapping and `resident` has one byte per page of it.
+                let rc =
+                    unsafe { libc::mincore(start as *mut libc::c_void, (c1 - c0) * PAGE_SIZE, resident.as_mut_ptr()) };
+                if rc != 0 {
+                    resident.fill(0);
+                }
+                let mut i = c0;
+                while i < c1 {
+                    let guard = |i: usize| candidate(sh.state.at(i).load(SeqCst)) && resident[i - c0] & 1 == 0;
+                    if !guard(i) {
+                        i += 1;
+                        continue;
+                    }
+                    let mut j = i + 1;
+                    while j < c1 && guard(j) {
+                        j += 1;
+                    }
+                    protect(
+                        sh.base + crate::as_u64(i * PAGE_SIZE),
+                        crate::as_u64((j - i) * PAGE_SIZE),
+                        libc::PROT_NONE,
+                    );
+                    any = true;
+                    i = j;
+                }
             }
-            let mut p1 = p0 + 1;
-            while p1 < sh.npages && guarded(sh.state.at(crate::as_usize(p1)).load(SeqCst)) {
-                p1 += 1;
-            }
-            protect(sh.base + p0 * PAGE_SIZE as u64, (p1 - p0) * PAGE_SIZE as u64, libc::PROT_NONE);
-            any = true;
-            p0 = p1;
+            c0 = c1;
         }
     }
     if any && !GUARDED.swap(true, SeqCst) {

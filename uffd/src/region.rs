@@ -573,7 +573,9 @@ impl EventLoop {
                     // fetched is woken by the install.
                     EVICTING | FETCHING => {}
                     _ if f.wp => wake.push(f.page),
-                    _ if dead && st & REMOTE != 0 => poison.push(f.page),
+                    // memd is gone: nothing it holds can come back, and with no free frame (dirty pages can
+                    // no longer be evicted) a zero fill would wait for ever.
+                    _ if dead && (st & REMOTE != 0 || core.free_len == 0) => poison.push(f.page),
                     _ => {
                         if sh.alloc_frame(&mut core, p) {
                             sh.set(p, FETCHING | (st & REMOTE));
@@ -890,6 +892,10 @@ fn evict_round(sh: &Shared) -> usize {
             let p = u64::from(slot - 1);
             let st = sh.st(p);
             if loc(st) != PRESENT {
+                continue;
+            }
+            if st & DIRTY != 0 && sh.dead.load(Relaxed) {
+                // memd is gone: only clean pages can still make room.
                 continue;
             }
             if st & REF != 0 {
