@@ -46,6 +46,8 @@ const RELEASED: u8 = 1 << 5;
 const IO_CHUNK: usize = 256;
 /// Most pages one eviction round takes.
 const EVICT_BATCH: usize = 512;
+/// How long the event thread keeps polling its descriptor after the last event before it sleeps in poll(2).
+const SPIN: Duration = Duration::from_micros(50);
 /// Retries of a failed store call that is not "gone for good", with exponential back-off from 1 ms.
 const STORE_RETRIES: u32 = 5;
 
@@ -430,6 +432,7 @@ struct EventLoop {
 impl EventLoop {
     fn run(&mut self) {
         let sh = Arc::clone(&self.sh);
+        let mut busy = Instant::now();
         while !sh.stop_events.load(Relaxed) {
             self.msgs.clear();
             let mut msgs = std::mem::take(&mut self.msgs);
@@ -445,14 +448,22 @@ impl EventLoop {
                     self.serve(faults);
                     continue;
                 }
+                // Faults come in bursts: poll the descriptor for a short while before sleeping, which saves
+                // the wake-up of a blocked thread on the next fault.
+                if busy.elapsed() < SPIN {
+                    std::hint::spin_loop();
+                    continue;
+                }
                 let timeout = if self.deferred.is_empty() { 500 } else { 2 };
                 self.poll(timeout);
+                busy = Instant::now();
                 continue;
             }
             let mut faults = std::mem::take(&mut self.deferred);
             self.absorb(&msgs, &mut faults);
             self.msgs = msgs;
             self.serve(faults);
+            busy = Instant::now();
         }
     }
 
