@@ -116,6 +116,17 @@ impl Workload {
         }
     }
 
+    /// In hybrid mode, the share of the budget that objrt gets (the rest goes to FarAlloc's region); `None` where
+    /// the workload has no hot structure to put in objrt.
+    pub fn hybrid_objrt_share(self, p: &Params) -> Option<f64> {
+        match self {
+            Workload::Hashtable => Some(workloads::hashtable::HYBRID_OBJRT_SHARE),
+            Workload::Array => None,
+            Workload::Web => Some(workloads::web::hybrid_objrt_share(p)),
+            Workload::Dataframe => Some(workloads::dataframe::HYBRID_OBJRT_SHARE),
+        }
+    }
+
     /// Bytes of data the workload keeps (the budget is a fraction of this).
     pub fn working_set(self, p: &Params) -> u64 {
         match self {
@@ -309,7 +320,11 @@ pub fn run(w: Workload, mode: Mode, local: f64, p: &Params, expected: Option<u64
     let memd = if mode.uses_memd() { Some(Memd::start(4 * ws + (1 << 30))?) } else { None };
     if let Some(m) = &memd {
         m.env(&mut cmd);
-        cmd.env("FARMEM_LOCAL_MEM", budget.to_string()).env("FARMEM_REQUIRED", "1");
+        // The region's share of the budget: all of it for paging, the bulk data's part for hybrid.
+        let share = if mode == Mode::Hybrid { 1.0 - w.hybrid_objrt_share(p).unwrap_or(0.0) } else { 1.0 };
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a positive fraction of a size")]
+        let region_budget = ((budget as f64 * share) as u64).max(1 << 20);
+        cmd.env("FARMEM_LOCAL_MEM", region_budget.to_string()).env("FARMEM_REQUIRED", "1");
     }
     let group = if mode == Mode::Swap { Some(SwapGroup::new(budget + SLACK)?) } else { None };
     let (in0, out0) = (vmstat("pswpin "), vmstat("pswpout "));

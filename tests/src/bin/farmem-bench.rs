@@ -135,6 +135,16 @@ fn cmd_sweep(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// An object runtime of `budget` bytes on the memd named by the environment. With FarAlloc active (hybrid), the
+/// runtime's heap is allocated as farmem-internal memory, so it stays local instead of landing in the region.
+fn runtime(budget: u64, far_alloc_active: bool) -> Result<farmem_objrt::Runtime> {
+    let cfg = farmem_memd::ClientConfig::from_env()?.context("objects and hybrid modes need FARMEM_SERVER")?;
+    let store: std::sync::Arc<dyn farmem_memd::FarStore> = std::sync::Arc::new(farmem_memd::Client::connect(cfg)?);
+    let _internal = far_alloc_active.then(farmem_memd::internal::enter);
+    let rc = farmem_objrt::RuntimeConfig::new(usize::try_from(budget.max(4 << 20))?);
+    Ok(farmem_objrt::Runtime::new(rc, store)?)
+}
+
 /// The child side of a run: executes one workload in one mode and prints a [`ChildReport`].
 fn child(args: &[String]) -> Result<()> {
     let [w, m, p] = args else { bail!("exec takes WORKLOAD MODE PARAMS") };
@@ -150,9 +160,31 @@ fn child(args: &[String]) -> Result<()> {
             Workload::Web => workloads::web::local(&p),
             Workload::Dataframe => workloads::dataframe::local(&p),
         }),
-        Mode::Objects | Mode::Hybrid => {
-            Err(format!("{} mode of {} is not implemented yet: it needs objrt's containers", m.name(), w.name()))
+        Mode::Objects => {
+            let rt = runtime(p.budget, false)?;
+            Ok(match w {
+                Workload::Hashtable => workloads::hashtable::objects(&p, &rt)?,
+                Workload::Array => workloads::array::objects(&p, &rt)?,
+                Workload::Web => workloads::web::objects(&p, &rt)?,
+                Workload::Dataframe => workloads::dataframe::objects(&p, &rt)?,
+            })
         }
+        Mode::Hybrid => match w.hybrid_objrt_share(&p) {
+            None => Err(format!(
+                "{} has no hot structure to keep in objrt: its hybrid mode would be its paging mode",
+                w.name()
+            )),
+            Some(share) => {
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "fraction of a size")]
+                let rt = runtime((p.budget as f64 * share) as u64, true)?;
+                Ok(match w {
+                    Workload::Hashtable => workloads::hashtable::hybrid(&p, &rt)?,
+                    Workload::Web => workloads::web::hybrid(&p, &rt)?,
+                    Workload::Dataframe => workloads::dataframe::hybrid(&p, &rt)?,
+                    Workload::Array => unreachable!("no hybrid share"),
+                })
+            }
+        },
     };
     let report = match outcome {
         Ok(outcome) => ChildReport { outcome, peak_rss: harness::peak_rss(), skipped: None },

@@ -2,6 +2,7 @@
 
 use super::{fold, scaled, sum_words, Outcome, Params, FOLD_START};
 use crate::rng::{mix64, Rng};
+use farmem_objrt::Runtime;
 use std::time::Instant;
 
 /// Bytes of an element.
@@ -75,4 +76,49 @@ pub fn local(p: &Params) -> Outcome {
         acc = fold(acc, sum_words(&a[usize::try_from(i).expect("fits")]));
     }
     outcome(p, setup, seq, (t.elapsed().as_secs_f64(), acc))
+}
+
+/// Half an element: objrt's containers hold elements of at most 4 KiB, so an 8 KiB element is two of these.
+pub type Half = [u128; ELEM / 32];
+
+/// Splits an element into its two halves.
+pub fn halves(e: &Elem) -> (Half, Half) {
+    let (a, b) = e.split_at(ELEM / 2);
+    (bytemuck::pod_read_unaligned(a), bytemuck::pod_read_unaligned(b))
+}
+
+/// Sums an element's words from its halves (the same value as [`sum_words`] over the element).
+pub fn sum_halves(a: &Half, b: &Half) -> u64 {
+    sum_words(bytemuck::bytes_of(a)).wrapping_add(sum_words(bytemuck::bytes_of(b)))
+}
+
+/// objrt's Array, two 4 KiB entries per element (objects mode).
+pub fn objects(p: &Params, rt: &Runtime) -> anyhow::Result<Outcome> {
+    let t = Instant::now();
+    let n = usize::try_from(elems(p))?;
+    let mut a: farmem_objrt::Array<Half> = farmem_objrt::Array::new(rt, 2 * n)?;
+    let mut e = [0u8; ELEM];
+    for i in 0..n {
+        fill(p.seed, i as u64, &mut e);
+        let (x, y) = halves(&e);
+        a.set(2 * i, x)?;
+        a.set(2 * i + 1, y)?;
+    }
+    let setup = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut acc = FOLD_START;
+    let mut it = a.iter();
+    while let (Some(x), Some(y)) = (it.next(), it.next()) {
+        acc = fold(acc, sum_halves(&x, &y));
+    }
+    let seq = (t.elapsed().as_secs_f64(), acc);
+    let t = Instant::now();
+    let mut acc = FOLD_START;
+    for i in random_indices(p) {
+        let i = usize::try_from(i)?;
+        let (x, y) = (a.read(2 * i), a.read(2 * i + 1));
+        let (x, y) = x.zip(y).ok_or_else(|| anyhow::anyhow!("element {i} lost"))?;
+        acc = fold(acc, sum_halves(&x, &y));
+    }
+    Ok(outcome(p, setup, seq, (t.elapsed().as_secs_f64(), acc)))
 }

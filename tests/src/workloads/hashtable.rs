@@ -2,6 +2,7 @@
 
 use super::{fold, scaled, Outcome, Params, FOLD_START};
 use crate::rng::{mix64, Rng, Zipf};
+use farmem_objrt::{Offload, Runtime};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -68,4 +69,44 @@ pub fn local(p: &Params) -> Outcome {
         acc = fold_value(acc, m.get(&key(p.seed, r)).expect("every key was inserted"));
     }
     Outcome { ops: lookups(p), secs: t.elapsed().as_secs_f64(), setup_secs, checksum: acc, extra: vec![] }
+}
+
+/// objrt's HashMap (objects mode).
+pub fn objects(p: &Params, rt: &Runtime) -> anyhow::Result<Outcome> {
+    let t = Instant::now();
+    let m: farmem_objrt::HashMap<u64, Value> = farmem_objrt::HashMap::new(rt)?;
+    for r in 0..keys(p) {
+        m.insert(key(p.seed, r), value(p.seed, r))?;
+    }
+    let setup_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut acc = FOLD_START;
+    for r in ranks(p) {
+        let v = m.get_with(&key(p.seed, r), Offload::Local)?.ok_or_else(|| anyhow::anyhow!("key of rank {r} lost"))?;
+        acc = fold_value(acc, &v);
+    }
+    Ok(Outcome { ops: lookups(p), secs: t.elapsed().as_secs_f64(), setup_secs, checksum: acc, extra: vec![] })
+}
+
+/// Share of the budget the objrt part gets in hybrid mode: the index (key to row, about 16 B an entry) against
+/// the values (32 B each).
+pub const HYBRID_OBJRT_SHARE: f64 = 16.0 / 48.0;
+
+/// The key-to-row index in objrt, the values in a std Vec on FarAlloc (hybrid mode).
+pub fn hybrid(p: &Params, rt: &Runtime) -> anyhow::Result<Outcome> {
+    let t = Instant::now();
+    let index: farmem_objrt::HashMap<u64, u32> = farmem_objrt::HashMap::new(rt)?;
+    let mut values: Vec<Value> = Vec::with_capacity(usize::try_from(keys(p))?);
+    for r in 0..keys(p) {
+        index.insert(key(p.seed, r), u32::try_from(r)?)?;
+        values.push(value(p.seed, r));
+    }
+    let setup_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut acc = FOLD_START;
+    for r in ranks(p) {
+        let row = index.get_with(&key(p.seed, r), Offload::Local)?.ok_or_else(|| anyhow::anyhow!("key {r} lost"))?;
+        acc = fold_value(acc, &values[row as usize]);
+    }
+    Ok(Outcome { ops: lookups(p), secs: t.elapsed().as_secs_f64(), setup_secs, checksum: acc, extra: vec![] })
 }

@@ -3,6 +3,8 @@
 
 use super::{fold, scaled, Outcome, Params, FOLD_START};
 use crate::rng::{mix64, Rng, Zipf};
+use crate::workloads::array::{halves, Half};
+use farmem_objrt::{Offload, Runtime};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -94,4 +96,67 @@ pub fn local(p: &Params) -> Outcome {
         acc = respond(&mut enc, &arr[i as usize], &mut out, acc);
     }
     Outcome { ops: requests(p), secs: t.elapsed().as_secs_f64(), setup_secs, checksum: acc, extra: vec![] }
+}
+
+fn build_index<'rt>(p: &Params, rt: &'rt Runtime) -> anyhow::Result<farmem_objrt::HashMap<'rt, u64, u32>> {
+    let index = farmem_objrt::HashMap::new(rt)?;
+    for r in 0..keys(p) {
+        index.insert(key(p.seed, r), target(p, r))?;
+    }
+    Ok(index)
+}
+
+/// objrt HashMap and Array; elements are read non-temporally (objects mode).
+pub fn objects(p: &Params, rt: &Runtime) -> anyhow::Result<Outcome> {
+    let t = Instant::now();
+    let index = build_index(p, rt)?;
+    let n = usize::try_from(elems(p))?;
+    let mut arr: farmem_objrt::Array<Half> = farmem_objrt::Array::new(rt, 2 * n)?;
+    let mut e = [0u8; ELEM];
+    for i in 0..n {
+        fill(p.seed, i as u64, &mut e);
+        let (x, y) = halves(&e);
+        arr.set(2 * i, x)?;
+        arr.set(2 * i + 1, y)?;
+    }
+    let setup_secs = t.elapsed().as_secs_f64();
+    let (mut enc, mut out) = (snap::raw::Encoder::new(), Vec::new());
+    let t = Instant::now();
+    let mut acc = FOLD_START;
+    for r in ranks(p) {
+        let i = index.get_with(&key(p.seed, r), Offload::Local)?.ok_or_else(|| anyhow::anyhow!("key {r} lost"))?;
+        let i = i as usize;
+        let (x, y) = (arr.read_nt(2 * i)?, arr.read_nt(2 * i + 1)?);
+        e[..ELEM / 2].copy_from_slice(bytemuck::bytes_of(&x));
+        e[ELEM / 2..].copy_from_slice(bytemuck::bytes_of(&y));
+        acc = respond(&mut enc, &e, &mut out, acc);
+    }
+    Ok(Outcome { ops: requests(p), secs: t.elapsed().as_secs_f64(), setup_secs, checksum: acc, extra: vec![] })
+}
+
+/// Share of the budget for objrt in hybrid mode: the hashtable's part of the working set.
+pub fn hybrid_objrt_share(p: &Params) -> f64 {
+    let table = (keys(p) * 8 / 7).next_power_of_two() * (8 + 4 + 1);
+    table as f64 / working_set(p) as f64
+}
+
+/// The hashtable in objrt, the array in a std Vec on FarAlloc (hybrid mode, AIFM's own split).
+pub fn hybrid(p: &Params, rt: &Runtime) -> anyhow::Result<Outcome> {
+    let t = Instant::now();
+    let index = build_index(p, rt)?;
+    let mut arr: Vec<Elem> = Vec::with_capacity(usize::try_from(elems(p))?);
+    for i in 0..elems(p) {
+        let mut e = [0u8; ELEM];
+        fill(p.seed, i, &mut e);
+        arr.push(e);
+    }
+    let setup_secs = t.elapsed().as_secs_f64();
+    let (mut enc, mut out) = (snap::raw::Encoder::new(), Vec::new());
+    let t = Instant::now();
+    let mut acc = FOLD_START;
+    for r in ranks(p) {
+        let i = index.get_with(&key(p.seed, r), Offload::Local)?.ok_or_else(|| anyhow::anyhow!("key {r} lost"))?;
+        acc = respond(&mut enc, &arr[i as usize], &mut out, acc);
+    }
+    Ok(Outcome { ops: requests(p), secs: t.elapsed().as_secs_f64(), setup_secs, checksum: acc, extra: vec![] })
 }
