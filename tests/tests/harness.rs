@@ -37,6 +37,27 @@ fn paging_mode_matches_local_on_every_workload() {
 }
 
 #[test]
+fn objects_and_hybrid_modes_match_local_on_every_workload() {
+    for (w, scale) in [("hashtable", "0.03"), ("array", "0.03"), ("web", "0.03"), ("dataframe", "0.1")] {
+        let r = bench(&["run", w, "--mode", "objects", "--local", "0.25", "--scale", scale]);
+        assert_eq!(r["checksum_ok"], true, "{w}: {r}");
+        assert!(r["bytes_written"].as_u64().unwrap() > 0, "{w} at 25% local must evacuate to memd: {r}");
+        if w == "dataframe" {
+            let r = bench(&["run", w, "--mode", "objects", "--local", "0.25", "--scale", scale, "--no-offload"]);
+            assert_eq!(r["checksum_ok"], true, "{w} without offload: {r}");
+        }
+        if !uffd_available() {
+            continue;
+        }
+        let r = bench(&["run", w, "--mode", "hybrid", "--local", "0.25", "--scale", scale]);
+        match r["skipped"].as_str() {
+            Some(why) => assert!(w == "array" && why.contains("no hot structure"), "{w}: {r}"),
+            None => assert_eq!(r["checksum_ok"], true, "{w}: {r}"),
+        }
+    }
+}
+
+#[test]
 fn swap_mode_runs_or_says_why_not() {
     let r = bench(&["run", "array", "--mode", "swap", "--local", "0.25", "--scale", "0.03"]);
     match r["skipped"].as_str() {
