@@ -565,7 +565,7 @@ impl FarAlloc {
     /// # Safety
     /// `out` is valid for a pointer write.
     pub unsafe fn posix_memalign(&self, out: *mut *mut c_void, align: usize, size: usize) -> i32 {
-        if !align.is_power_of_two() || align % std::mem::size_of::<*mut c_void>() != 0 {
+        if !align.is_power_of_two() || !align.is_multiple_of(std::mem::size_of::<*mut c_void>()) {
             return libc::EINVAL;
         }
         let saved = errno();

@@ -97,7 +97,7 @@ impl Heap {
     /// Allocates a block of at least `size` bytes aligned to `align`; its contents read as zeros. `None` when
     /// the span or the store's capacity is exhausted (the caller serves the request locally).
     pub fn alloc(&self, size: usize, align: usize) -> Option<*mut u8> {
-        if align > PAGE && self.base % align != 0 {
+        if align > PAGE && !self.base.is_multiple_of(align) {
             return None;
         }
         let _in = internal::enter();

@@ -134,7 +134,7 @@ impl RangeAlloc {
     /// Second phase of a free: returns `[off, off + len)` (taken earlier, or cut off by
     /// [`RangeAlloc::shrink`]) to the free set, merging it with free neighbours.
     pub fn give_back(&mut self, off: usize, len: usize) {
-        debug_assert!(off % PAGE == 0 && len % PAGE == 0 && len > 0 && off + len <= self.len);
+        debug_assert!(off.is_multiple_of(PAGE) && len.is_multiple_of(PAGE) && len > 0 && off + len <= self.len);
         let (mut start, mut end) = (off, off + len);
         if let Some((&p, &plen)) = self.free_by_addr.range(..off).next_back() {
             debug_assert!(p + plen <= off, "double free of offset {off:#x}");

@@ -50,7 +50,10 @@ fn malloc_usable_size_and_routing() {
     for &n in &SIZES {
         let p = A.malloc(n);
         assert!(!p.is_null());
-        assert!(p as usize % 8 == 0 && (n < 16 || n % 16 != 0 || p as usize % 16 == 0), "malloc({n}) = {p:p}");
+        assert!(
+            (p as usize).is_multiple_of(8) && (n < 16 || n % 16 != 0 || (p as usize).is_multiple_of(16)),
+            "malloc({n}) = {p:p}"
+        );
         assert_eq!(A.is_far(p), n >= T, "size {n}");
         // SAFETY: p is live.
         let u = unsafe { A.usable_size(p) };
