@@ -751,7 +751,12 @@ impl RtInner {
 
     pub(crate) fn write_back(&self, slots: &[&'static Slot]) -> Result<usize, ObjError> {
         let mut by_space: HashMap<u16, (ObjBatch, Claimed)> = HashMap::new();
+        let mut seen_ids = std::collections::HashSet::new();
         for &s in slots {
+            // An object listed twice is written once (the second claim would wait for the first).
+            if !seen_ids.insert(s.id) {
+                continue;
+            }
             let seen = loop {
                 let w = self.settle(s)?;
                 if !word::is_local(w) || w & word::CLEAN != 0 {

@@ -439,3 +439,112 @@ fn default_runtime_serves_far_boxes() {
     assert_eq!(a.clone().read(), 9);
     assert!(Runtime::try_global().is_ok());
 }
+
+mod model {
+    //! Operation sequences against a shadow `Vec`, on a runtime small enough that every sequence evacuates.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Alloc(u64),
+        Read(usize),
+        Write(usize, u64),
+        ReadNt(usize),
+        WriteNt(usize, u64),
+        Evict(usize),
+        Free(usize),
+        Fetch(Vec<usize>),
+        WriteBack(Vec<usize>),
+        Evacuate,
+        EvacuateAll,
+        Hold(usize, usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => any::<u64>().prop_map(Op::Alloc),
+            4 => any::<usize>().prop_map(Op::Read),
+            3 => (any::<usize>(), any::<u64>()).prop_map(|(i, v)| Op::Write(i, v)),
+            1 => any::<usize>().prop_map(Op::ReadNt),
+            1 => (any::<usize>(), any::<u64>()).prop_map(|(i, v)| Op::WriteNt(i, v)),
+            1 => any::<usize>().prop_map(Op::Evict),
+            1 => any::<usize>().prop_map(Op::Free),
+            1 => proptest::collection::vec(any::<usize>(), 0..8).prop_map(Op::Fetch),
+            1 => proptest::collection::vec(any::<usize>(), 0..8).prop_map(Op::WriteBack),
+            1 => Just(Op::Evacuate),
+            1 => Just(Op::EvacuateAll),
+            1 => (any::<usize>(), any::<usize>()).prop_map(|(i, j)| Op::Hold(i, j)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        #[test]
+        fn runtime_matches_shadow(ops in proptest::collection::vec(op(), 1..200)) {
+            let (rt, store) = manual(1 << 20);
+            let mut far: Vec<FarBox<[u64; 16]>> = Vec::new();
+            let mut shadow: Vec<u64> = Vec::new();
+            for op in ops {
+                let n = far.len();
+                match op {
+                    Op::Alloc(v) => {
+                        far.push(FarBox::new_in(&rt, pattern(v)));
+                        shadow.push(v);
+                    }
+                    Op::Read(i) if n > 0 => prop_assert_eq!(far[i % n].read(), pattern(shadow[i % n])),
+                    Op::Write(i, v) if n > 0 => {
+                        far[i % n].write(pattern(v));
+                        shadow[i % n] = v;
+                    }
+                    Op::ReadNt(i) if n > 0 => prop_assert_eq!(far[i % n].read_nt().unwrap(), pattern(shadow[i % n])),
+                    Op::WriteNt(i, v) if n > 0 => {
+                        far[i % n].write_nt(pattern(v)).unwrap();
+                        shadow[i % n] = v;
+                    }
+                    Op::Evict(i) if n > 0 => {
+                        far[i % n].evict().unwrap();
+                        prop_assert!(!far[i % n].is_local());
+                    }
+                    Op::Free(i) if n > 0 => {
+                        drop(far.swap_remove(i % n));
+                        shadow.swap_remove(i % n);
+                    }
+                    Op::Fetch(ix) if n > 0 => {
+                        let sel: Vec<&FarBox<[u64; 16]>> = ix.iter().map(|i| &far[i % n]).collect();
+                        rt.fetch(sel).unwrap().wait().unwrap();
+                        for i in &ix {
+                            prop_assert!(far[i % n].is_local());
+                        }
+                    }
+                    Op::WriteBack(ix) if n > 0 => {
+                        let sel: Vec<&FarBox<[u64; 16]>> = ix.iter().map(|i| &far[i % n]).collect();
+                        rt.write_back(sel).unwrap();
+                        for i in &ix {
+                            let got = store.read_object(rt.space_ds(Space::DEFAULT), far[i % n].id()).unwrap();
+                            prop_assert_eq!(got, Some(bytemuck::bytes_of(&pattern(shadow[i % n])).to_vec()));
+                        }
+                    }
+                    Op::Evacuate => rt.evacuate().unwrap(),
+                    Op::EvacuateAll => rt.evacuate_all().unwrap(),
+                    Op::Hold(i, j) if n > 0 => {
+                        // Two references held in one scope across a miss.
+                        let s = DerefScope::new();
+                        let a = far[i % n].deref(&s);
+                        let b = far[j % n].deref(&s);
+                        prop_assert_eq!(*a, pattern(shadow[i % n]));
+                        prop_assert_eq!(*b, pattern(shadow[j % n]));
+                    }
+                    _ => {}
+                }
+            }
+            for (b, v) in far.iter().zip(&shadow) {
+                prop_assert_eq!(b.read(), pattern(*v));
+            }
+            let live = far.len();
+            drop(far);
+            rt.flush_deletes().unwrap();
+            prop_assert_eq!(store.engine().used(), 0, "{} objects freed, memd still holds bytes", live);
+        }
+    }
+}
