@@ -48,8 +48,9 @@
 //! states the protocol the rest of the crate maintains; every other module is `#![deny(unsafe_code)]`. The
 //! pointer-word state machine (deref vs evacuate vs free) has a loom model:
 //! `RUSTFLAGS="--cfg farmem_loom" cargo test -p farmem-objrt --release --lib loom`. The parts that make no
-//! system calls run under Miri: `cargo +nightly miri test -p farmem-objrt --lib -- word:: heap:: raw:: epoch::
-//! slots:: runtime::tests::miri_` (the `miri_` runtime tests use an in-process store and no evacuator thread).
+//! system calls run under Miri: `cargo +nightly miri test -p farmem-objrt --lib -- word:: heap:: raw::
+//! epoch::tests slots:: tests::miri_` (the `miri_` runtime tests use an in-process store, no evacuator thread
+//! and no timing).
 #![deny(unsafe_code)]
 
 pub mod epoch;
