@@ -8,9 +8,10 @@
 //! - `objects`: the same memd; the child uses objrt containers with a runtime of the budget.
 //! - `hybrid`: the same memd; the workload's hot structure in objrt, its bulk data on FarAlloc, the budget split
 //!   between them in proportion to their sizes.
-//! - `swap`: the `local` code in a cgroup v1 memory group limited to the budget (plus the slack every mode gets
-//!   for code, stacks and small allocations) with `/dev/zram0` as swap — what kernel paging gives a user who
-//!   changes nothing. It needs root, zram and the v1 memory controller; without them the run is skipped with a
+//! - `swap`: the `local` code in a cgroup v1 memory group limited to the budget plus the process's baseline (the
+//!   local run's peak RSS minus the working set: code, stacks, small allocations — what the other modes keep
+//!   local outside their budgets too) with `/dev/zram0` as swap — what kernel paging gives a user who changes
+//!   nothing. It needs root, zram and the v1 memory controller; without them the run is skipped with a
 //!   message saying which is missing.
 //!
 //! The budget is a fraction of the workload's working set. Every run's checksum is compared with `local`'s; a
@@ -26,8 +27,9 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-/// Memory every mode may use beyond the budget: binary, stacks, runtime metadata, small allocations.
-pub const SLACK: u64 = 32 << 20;
+/// The least memory a swap-mode group gets beyond the budget, for the process's own code, stacks and small
+/// allocations (see [`run`]'s `baseline`).
+pub const MIN_BASELINE: u64 = 4 << 20;
 
 /// How a workload's data is held.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,8 +291,28 @@ impl Drop for SwapGroup {
     }
 }
 
-/// Runs one workload in one mode in a child process; `expected` is local's checksum, if known.
-pub fn run(w: Workload, mode: Mode, local: f64, p: &Params, expected: Option<u64>) -> Result<RunResult> {
+/// What a run is checked and sized against: the local run of the same workload.
+#[derive(Clone, Copy, Debug)]
+pub struct Reference {
+    /// Local's checksum.
+    pub checksum: u64,
+    /// Local's peak RSS minus the working set, at least [`MIN_BASELINE`].
+    pub baseline: u64,
+}
+
+impl Reference {
+    /// The reference a local run gives.
+    pub fn of(local: &RunResult) -> Result<Reference> {
+        Ok(Reference {
+            checksum: u64::from_str_radix(&local.checksum, 16).context("local checksum")?,
+            baseline: local.peak_rss_bytes.saturating_sub(local.working_set_bytes).max(MIN_BASELINE),
+        })
+    }
+}
+
+/// Runs one workload in one mode in a child process, checked against `reference` (none for local itself).
+pub fn run(w: Workload, mode: Mode, local: f64, p: &Params, reference: Option<Reference>) -> Result<RunResult> {
+    let expected = reference.map(|r| r.checksum);
     let ws = w.working_set(p);
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a positive fraction of a size")]
     let budget = if mode == Mode::Local { ws } else { ((ws as f64 * local) as u64).max(4 << 20) };
@@ -326,7 +348,10 @@ pub fn run(w: Workload, mode: Mode, local: f64, p: &Params, expected: Option<u64
         let region_budget = ((budget as f64 * share) as u64).max(1 << 20);
         cmd.env("FARMEM_LOCAL_MEM", region_budget.to_string()).env("FARMEM_REQUIRED", "1");
     }
-    let group = if mode == Mode::Swap { Some(SwapGroup::new(budget + SLACK)?) } else { None };
+    let group = match mode {
+        Mode::Swap => Some(SwapGroup::new(budget + reference.map_or(MIN_BASELINE, |r| r.baseline))?),
+        _ => None,
+    };
     let (in0, out0) = (vmstat("pswpin "), vmstat("pswpout "));
     let t = Instant::now();
     let traffic0 = memd.as_ref().map(Memd::traffic).unwrap_or_default();

@@ -9,7 +9,7 @@
 
 use anyhow::{bail, Context, Result};
 use farmem_alloc::FarAlloc;
-use farmem_tests::harness::{self, ChildReport, Mode, RunResult, Workload};
+use farmem_tests::harness::{self, ChildReport, Mode, Reference, RunResult, Workload};
 use farmem_tests::workloads::{self, Outcome, Params};
 use std::path::PathBuf;
 
@@ -98,8 +98,8 @@ fn cmd_run(args: &[String]) -> Result<()> {
     let w = Workload::parse(&o.workload)?;
     let mode = Mode::parse(o.mode.as_deref().context("--mode is required")?)?;
     let local = harness::run(w, Mode::Local, 1.0, &o.params, None)?;
-    let expected = u64::from_str_radix(&local.checksum, 16)?;
-    let r = if mode == Mode::Local { local } else { harness::run(w, mode, o.local[0], &o.params, Some(expected))? };
+    let reference = Reference::of(&local)?;
+    let r = if mode == Mode::Local { local } else { harness::run(w, mode, o.local[0], &o.params, Some(reference))? };
     println!("{}", serde_json::to_string(&r)?);
     Ok(())
 }
@@ -112,12 +112,12 @@ fn cmd_sweep(args: &[String]) -> Result<()> {
     for w in ws {
         let mut runs: Vec<RunResult> = Vec::new();
         let local = harness::run(w, Mode::Local, 1.0, &o.params, None)?;
-        let expected = u64::from_str_radix(&local.checksum, 16)?;
+        let reference = Reference::of(&local)?;
         println!("{}", serde_json::to_string(&local)?);
         runs.push(local);
         for &f in &o.local {
             for &m in o.modes.iter().filter(|&&m| m != Mode::Local) {
-                let r = harness::run(w, m, f, &o.params, Some(expected))?;
+                let r = harness::run(w, m, f, &o.params, Some(reference))?;
                 if let Some(why) = &r.skipped {
                     eprintln!("farmem-bench: {} {} skipped: {why}", w.name(), m.name());
                 }
@@ -135,12 +135,11 @@ fn cmd_sweep(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// An object runtime of `budget` bytes on the memd named by the environment. With FarAlloc active (hybrid), the
-/// runtime's heap is allocated as farmem-internal memory, so it stays local instead of landing in the region.
-fn runtime(budget: u64, far_alloc_active: bool) -> Result<farmem_objrt::Runtime> {
+/// An object runtime of `budget` bytes on the memd named by the environment. (objrt allocates its heap as
+/// farmem-internal memory, so with FarAlloc active it stays local rather than landing in the region.)
+fn runtime(budget: u64) -> Result<farmem_objrt::Runtime> {
     let cfg = farmem_memd::ClientConfig::from_env()?.context("objects and hybrid modes need FARMEM_SERVER")?;
     let store: std::sync::Arc<dyn farmem_memd::FarStore> = std::sync::Arc::new(farmem_memd::Client::connect(cfg)?);
-    let _internal = far_alloc_active.then(farmem_memd::internal::enter);
     let rc = farmem_objrt::RuntimeConfig::new(usize::try_from(budget.max(4 << 20))?);
     Ok(farmem_objrt::Runtime::new(rc, store)?)
 }
@@ -161,7 +160,7 @@ fn child(args: &[String]) -> Result<()> {
             Workload::Dataframe => workloads::dataframe::local(&p),
         }),
         Mode::Objects => {
-            let rt = runtime(p.budget, false)?;
+            let rt = runtime(p.budget)?;
             Ok(match w {
                 Workload::Hashtable => workloads::hashtable::objects(&p, &rt)?,
                 Workload::Array => workloads::array::objects(&p, &rt)?,
@@ -176,7 +175,7 @@ fn child(args: &[String]) -> Result<()> {
             )),
             Some(share) => {
                 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "fraction of a size")]
-                let rt = runtime((p.budget as f64 * share) as u64, true)?;
+                let rt = runtime((p.budget as f64 * share) as u64)?;
                 Ok(match w {
                     Workload::Hashtable => workloads::hashtable::hybrid(&p, &rt)?,
                     Workload::Web => workloads::web::hybrid(&p, &rt)?,
