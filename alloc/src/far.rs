@@ -62,9 +62,14 @@ pub type StartFn = fn(&AllocConfig) -> Result<Started, StartError>;
 /// A global allocator that places allocations of at least `FARMEM_THRESHOLD` bytes in far memory and every
 /// other one in mimalloc.
 ///
-/// ```ignore
+/// ```no_run
 /// #[global_allocator]
 /// static A: farmem_alloc::FarAlloc = farmem_alloc::FarAlloc::from_env();
+///
+/// fn main() {
+///     let big = vec![0u8; 64 << 20]; // in far memory once FARMEM_SERVER names a memd
+///     assert_eq!(big.len(), 64 << 20);
+/// }
 /// ```
 ///
 /// Nothing happens until the first large allocation: then the configuration is read and far memory started.

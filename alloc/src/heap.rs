@@ -103,14 +103,14 @@ impl Heap {
         let _in = internal::enter();
         let mut r = self.ranges.lock();
         let rounded = crate::range::align_up(size, PAGE)?;
-        if r.used_bytes().saturating_add(rounded) > self.limit {
+        let fits_span = rounded <= r.len();
+        let off = if r.used_bytes().saturating_add(rounded) > self.limit { None } else { r.alloc(size, align) };
+        let Some(off) = off else {
             drop(r);
-            self.fallbacks.fetch_add(1, Relaxed);
-            return None;
-        }
-        let Some(off) = r.alloc(size, align) else {
-            drop(r);
-            self.fallbacks.fetch_add(1, Relaxed);
+            if fits_span {
+                // Counted only when far memory could have held the block had it not been full.
+                self.fallbacks.fetch_add(1, Relaxed);
+            }
             return None;
         };
         let live = r.used_bytes();
