@@ -104,7 +104,7 @@ impl Domain {
         let snapshot: Vec<(Arc<Record>, u64)> = {
             let mut recs = lock(&self.records);
             recs.retain(|r| {
-                let dead = r.dead.load(std::sync::atomic::Ordering::Acquire) && r.read() & 1 == 0;
+                let dead = r.dead.load(std::sync::atomic::Ordering::Acquire);
                 if dead {
                     self.retired_hits.fetch_add(r.hits.load(std::sync::atomic::Ordering::Relaxed), RELAXED);
                 }
@@ -114,7 +114,21 @@ impl Domain {
         };
         for (r, s) in snapshot {
             let mut spins = 0u32;
-            while r.read() == s {
+            #[cfg(not(farmem_loom))]
+            let start = std::time::Instant::now();
+            #[cfg(not(farmem_loom))]
+            let mut warned = false;
+            // A thread that exited cannot hold references any more (scopes are `!Send`, and a reference borrows
+            // its scope), even if it leaked a scope with `mem::forget`.
+            while r.read() == s && !r.dead.load(std::sync::atomic::Ordering::Acquire) {
+                #[cfg(not(farmem_loom))]
+                if !warned && start.elapsed() > Duration::from_secs(2) {
+                    warned = true;
+                    tracing::warn!(
+                        "farmem: the evacuator has waited 2 s for a thread to leave its DerefScope; scopes must be \
+                         short (a scope held across a long wait, or leaked with mem::forget, stops evacuation)"
+                    );
+                }
                 backoff(&mut spins);
             }
         }

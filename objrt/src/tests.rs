@@ -548,3 +548,30 @@ mod model {
         }
     }
 }
+
+#[test]
+fn miri_runtimes_are_independent() {
+    let (a, _) = manual(1 << 20);
+    let (b, _) = manual(1 << 20);
+    let x = FarBox::new_in(&a, 1u64);
+    let y = FarBox::new_in(&b, 2u64);
+    a.evacuate_all().unwrap();
+    assert!(!x.is_local());
+    assert!(y.is_local(), "evacuating one runtime leaves the other alone");
+    {
+        // One scope serves objects of both.
+        let s = DerefScope::new();
+        assert_eq!(*x.deref(&s) + *y.deref(&s), 3);
+    }
+    assert!(a.fetch([&y]).is_err(), "an object of another runtime is refused");
+    assert_ne!(a.space_ds(Space::DEFAULT), b.space_ds(Space::DEFAULT));
+}
+
+#[test]
+fn a_leaked_scope_on_an_exited_thread_does_not_stop_evacuation() {
+    let (rt, _) = manual(1 << 20);
+    let _objs: Vec<_> = (0..10).map(|i| FarBox::new_in(&rt, i as u64)).collect();
+    std::thread::spawn(|| std::mem::forget(DerefScope::new())).join().unwrap();
+    rt.evacuate_all().unwrap();
+    assert_eq!(rt.stats().written_back, 10);
+}
