@@ -272,7 +272,7 @@ fn store_failure_is_reported_not_hung() {
 fn stress_against_shadow_with_background_evacuator() {
     const OBJS: usize = 12_000; // 12 000 × 1 KiB ≈ 12 MiB of data
     const THREADS: usize = 4;
-    const OPS: usize = 6_000;
+    const OPS: usize = 20_000;
     type Obj = [u64; 128];
     let fill = |seed: u64| -> Obj {
         let mut a = [0u64; 128];
