@@ -1,12 +1,12 @@
 //! Deref scopes: an epoch-style pin that tells the evacuator when no thread can still hold a reference to an
 //! object it has marked.
 //!
-//! Each thread has a [`Record`] whose state is `sequence << 1 | pinned`. Entering the outermost
-//! [`DerefScope`] bumps the sequence and sets the pinned bit with a sequentially consistent swap; leaving it
-//! clears the bit with a release store. Nested scopes only count depth. [`Domain::synchronize`] (the grace
+//! Each thread has a `Record` whose state is `sequence << 1 | pinned`. Entering the outermost
+//! [`DerefScope`] bumps the sequence and sets the pinned bit, then issues a `SeqCst` fence; leaving it
+//! clears the bit with a release store. Nested scopes only count depth. `Domain::synchronize` (the grace
 //! period) issues a `SeqCst` fence, snapshots every record, and waits until each record that was pinned has
 //! changed. Why that suffices: the evacuator marks an object (a `SeqCst` CAS) *before* its fence; a mutator pins
-//! (a `SeqCst` swap, a full fence on x86) *before* it loads a pointer word. Either the mutator's pin precedes the
+//! (a store and a `SeqCst` fence) *before* it loads a pointer word. Either the mutator's pin precedes the
 //! evacuator's fence — then the snapshot sees it pinned and waits for it to leave — or it follows, and then the
 //! mutator's load sees the mark and cancels it (see [`crate::word::touch`]).
 //!

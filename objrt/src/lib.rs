@@ -29,8 +29,8 @@
 //! They are `!Send` and must not be held across `.await`: async code fetches with a [`FetchHandle`] first and
 //! opens a scope afterwards.
 //!
-//! **Heap and evacuator.** Objects are bump-allocated in 1 MiB log-structured regions ([`heap`]); background
-//! evacuator threads ([`evac`]) start when free regions fall to the low watermark and stop at the high one,
+//! **Heap and evacuator.** Objects are bump-allocated in 1 MiB log-structured regions (`heap.rs`); background
+//! evacuator threads (`evac.rs`) start when free regions fall to the low watermark and stop at the high one,
 //! keep hot objects (CLOCK) by compacting them, write cold dirty ones to memd in pipelined batches, and drop
 //! cold clean ones. Mutators never wait for a cycle — only for an object that is being moved at that moment,
 //! and (outside scopes) at the hard watermark.

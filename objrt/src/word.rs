@@ -11,7 +11,7 @@
 //! address (see [`crate::ptr::FarBox::deref`]). A write additionally needs `CLEAN` clear, so the first write
 //! after a write-back takes the slow path once to mark the object dirty.
 //!
-//! The object id is not in the word: it is the index of the slot that holds the word ([`crate::slots`]), which
+//! The object id is not in the word: it is the index of the slot that holds the word (`slots.rs`), which
 //! never changes while the object lives. The remote form carries the space (a data-structure index of the
 //! runtime, which maps to memd's `ds` id) and the size, enough to fetch the object without touching local memory.
 //!
