@@ -48,7 +48,6 @@ fn c_working_set_six_times_the_budget() {
 }
 
 #[test]
-#[ignore = "hangs: the uffd evictor faults on a page the program releases meanwhile (see the issue-4 report)"]
 fn c_threads_stress() {
     if !uffd_available("c_threads_stress") {
         return;
