@@ -1,8 +1,8 @@
 //! Raw userfaultfd system interface: the `userfaultfd(2)` syscall, the `UFFDIO_*` ioctls and event reads.
 //!
 //! Nothing else lives here. Struct layouts come from `linux-raw-sys` (pre-generated uapi bindings of
-//! `<linux/userfaultfd.h>`); the two request numbers it does not export (`UFFDIO_MOVE` is unused, `UFFDIO_POISON`
-//! is used) are computed as the kernel's `_IOWR(UFFDIO, nr, struct)` does. Mode bits the bindings lack are
+//! `<linux/userfaultfd.h>`); the two request numbers it does not export (`UFFDIO_MOVE`, `UFFDIO_POISON`) are
+//! computed as the kernel's `_IOWR(UFFDIO, nr, struct)` does. Mode bits the bindings lack are
 //! written out below with their uapi names.
 //!
 //! Every ioctl that can make partial progress (`COPY`, `ZEROPAGE`, `POISON`) reports how many bytes it handled
@@ -58,6 +58,8 @@ pub const FEATURE_EVENT_REMOVE: u64 = g::UFFD_FEATURE_EVENT_REMOVE as u64;
 pub const FEATURE_EVENT_UNMAP: u64 = g::UFFD_FEATURE_EVENT_UNMAP as u64;
 /// `UFFD_FEATURE_POISON`.
 pub const FEATURE_POISON: u64 = g::UFFD_FEATURE_POISON as u64;
+/// `UFFD_FEATURE_MOVE`.
+pub const FEATURE_MOVE: u64 = g::UFFD_FEATURE_MOVE as u64;
 
 /// `UFFDIO_REGISTER_MODE_MISSING`.
 pub const REGISTER_MODE_MISSING: u64 = g::UFFDIO_REGISTER_MODE_MISSING as u64;
@@ -70,6 +72,8 @@ const fn iowr(nr: u32, size: usize) -> u32 {
     let size = size as u32;
     (3 << 30) | (size << 16) | (g::UFFDIO << 8) | nr
 }
+/// `UFFDIO_MOVE` = `_IOWR(UFFDIO, _UFFDIO_MOVE, struct uffdio_move)`.
+const UFFDIO_MOVE: u32 = iowr(g::_UFFDIO_MOVE, std::mem::size_of::<g::uffdio_move>());
 /// `UFFDIO_POISON` = `_IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)`.
 const UFFDIO_POISON: u32 = iowr(g::_UFFDIO_POISON, std::mem::size_of::<g::uffdio_poison>());
 // The computation reproduces the numbers linux-raw-sys does export.
@@ -204,6 +208,14 @@ impl Uffd {
             return Err(RawError::last("UFFDIO_WRITEPROTECT", 0));
         }
         Ok(())
+    }
+
+    /// `UFFDIO_MOVE`: moves the present pages at `src` to the empty range `dst` (registered with this
+    /// userfaultfd) atomically: a thread touching `src` afterwards takes a missing fault.
+    pub fn move_pages(&self, dst: u64, src: u64, len: u64) -> Result<(), RawError> {
+        let mut m = g::uffdio_move { dst, src, len, mode: 0, move_: 0 };
+        let rc = ioctl(&self.fd, UFFDIO_MOVE, &mut m);
+        result("UFFDIO_MOVE", rc, m.move_)
     }
 
     /// `UFFDIO_WAKE`: wakes threads waiting on faults in the range (they retry the access).

@@ -41,6 +41,8 @@ const DIRTY: u8 = 1 << 3;
 const REF: u8 = 1 << 4;
 /// Released while fetching or evicting: the page must end up absent, with no remote copy.
 const RELEASED: u8 = 1 << 5;
+/// Being evicted in place (write-protect, copy, `MADV_DONTNEED`) rather than moved out.
+const INPLACE: u8 = 1 << 6;
 
 /// Pages per read or write request.
 const IO_CHUNK: usize = 256;
@@ -67,6 +69,9 @@ pub struct RegionConfig {
     pub max_readahead: usize,
     /// Record the page of every missing fault (see [`Region::fault_trace`]); off by default.
     pub trace: bool,
+    /// Evict with `UFFDIO_MOVE` where the kernel has it (default); when off, or for a page it refuses, victims
+    /// are write-protected, copied and dropped in place.
+    pub move_eviction: bool,
 }
 
 impl Default for RegionConfig {
@@ -78,6 +83,7 @@ impl Default for RegionConfig {
             readahead: true,
             max_readahead: 256,
             trace: false,
+            move_eviction: true,
         }
     }
 }
@@ -169,6 +175,10 @@ pub struct RegionStats {
     pub deferred_faults: u64,
     /// Pages poisoned because memd was unreachable.
     pub poisoned_pages: u64,
+    /// Evicted pages taken out with `UFFDIO_MOVE`.
+    pub evicted_moved: u64,
+    /// Evicted pages written-protected and dropped in place (no `UFFDIO_MOVE`, or it refused the page).
+    pub evicted_in_place: u64,
     /// Pages resident now.
     pub resident_pages: u64,
     /// Most pages ever resident.
@@ -200,6 +210,8 @@ struct Counters {
     released: AtomicU64,
     deferred: AtomicU64,
     poisoned: AtomicU64,
+    moved: AtomicU64,
+    inplace: AtomicU64,
     peak: AtomicU64,
 }
 
@@ -241,6 +253,8 @@ pub(crate) struct Shared {
     /// Stack of free frames.
     free: Table<AtomicU32>,
     zero: Mapping,
+    /// Per eviction thread, `EVICT_BATCH` pages registered with the userfaultfd that victims are moved into.
+    staging: Option<Mapping>,
     c: Counters,
     hist: Mutex<hdrhistogram::Histogram<u64>>,
     trace: Option<Mutex<Vec<u64>>>,
@@ -577,9 +591,9 @@ impl EventLoop {
                         unprotect.push(f);
                     }
                     PRESENT => wake.push(f.page),
-                    // A released page being evicted is gone already; the eviction thread may be the one
-                    // reading it (for write-back). Map zeros there: the eviction drops them with the page.
-                    EVICTING if st & RELEASED != 0 && !f.wp => evicting_zero.push(f.page),
+                    // A released page being evicted in place is gone already; the eviction thread may be the
+                    // one reading it (for write-back). Map zeros there: the eviction drops them with the page.
+                    EVICTING if st & (RELEASED | INPLACE) == RELEASED | INPLACE && !f.wp => evicting_zero.push(f.page),
                     // The evicting thread wakes the page's waiters once it is gone; a fault on a page being
                     // fetched is woken by the install.
                     EVICTING | FETCHING => {}
@@ -847,7 +861,7 @@ fn split_by(run: &[u64], key: impl Fn(&u64) -> bool) -> Vec<Vec<u64>> {
 }
 
 /// An eviction thread: keeps `reserve..high` frames free.
-fn evictor(sh: &Shared) {
+fn evictor(sh: &Shared, slot: usize) {
     loop {
         {
             let mut core = sh.core.lock();
@@ -859,7 +873,7 @@ fn evictor(sh: &Shared) {
             return;
         }
         loop {
-            let freed = evict_round(sh);
+            let freed = evict_round(sh, slot);
             sh.notify_event_thread();
             let free = sh.core.lock().free_len;
             if freed == 0 {
@@ -885,7 +899,7 @@ fn retry_busy(mut f: impl FnMut() -> Result<(), RawError>) -> Result<(), RawErro
 
 /// One eviction round: picks victims by CLOCK, write-protects the dirty ones, writes them back in pipelined
 /// batches, drops all of them, and frees their frames. Returns the number of pages evicted.
-fn evict_round(sh: &Shared) -> usize {
+fn evict_round(sh: &Shared, slot: usize) -> usize {
     let mut victims = Vec::new();
     let mut rearm = Vec::new();
     {
@@ -931,19 +945,61 @@ fn evict_round(sh: &Shared) -> usize {
         return 0;
     }
     victims.sort_unstable();
-    let dirty: Vec<u64> = victims.iter().copied().filter(|&p| sh.st(p) & DIRTY != 0).collect();
-    // Write-protect before copying out: a write racing with the copy faults and waits until the page is gone.
-    for (s, n) in runs(&dirty) {
+    // 1. Take the pages out of the region. UFFDIO_MOVE does it atomically (a racing access takes a missing fault
+    //    and waits for the wake below) into this thread's staging slots; a page it refuses (shared with a
+    //    forked child) is evicted in place instead.
+    let stage = sh.staging.as_ref().map(|m| as_u64(m.ptr() as usize) + as_u64(slot * EVICT_BATCH * PAGE_SIZE));
+    let mut moved: Vec<(u64, u64)> = Vec::new();
+    let mut inplace: Vec<u64> = Vec::new();
+    let mut unmapped: Vec<u64> = Vec::new();
+    for (i, &p) in victims.iter().enumerate() {
+        if let Some(st0) = stage {
+            let dst = st0 + as_u64(i) * PS;
+            match retry_busy(|| sh.uffd.move_pages(dst, sh.addr(p), PS)) {
+                Ok(()) => {
+                    moved.push((p, dst));
+                    continue;
+                }
+                // Not mapped: the program released it and the kernel already zapped it.
+                Err(e) if e.errno == libc::ENOENT => {
+                    unmapped.push(p);
+                    continue;
+                }
+                Err(e) => tracing::debug!(error = %e, page = p, "UFFDIO_MOVE refused a page; evicting it in place"),
+            }
+        }
+        inplace.push(p);
+    }
+    // 2. In-place victims: write-protect the dirty ones before copying out, so a racing write faults and waits
+    //    until the page is gone.
+    {
+        let _core = sh.core.lock();
+        for &p in &inplace {
+            sh.set(p, sh.st(p) | INPLACE);
+        }
+    }
+    let inplace_dirty: Vec<u64> = inplace.iter().copied().filter(|&p| sh.st(p) & DIRTY != 0).collect();
+    for (s, n) in runs(&inplace_dirty) {
         if let Err(e) = retry_busy(|| sh.uffd.writeprotect(sh.addr(s), as_u64(n) * PS, raw::WRITEPROTECT_MODE_WP)) {
             tracing::error!(error = %e, "cannot write-protect pages for eviction");
         }
     }
+    // 3. Write dirty pages back in pipelined batches.
+    let mut dirty: Vec<(u64, u64)> = moved.iter().copied().filter(|&(p, _)| sh.st(p) & DIRTY != 0).collect();
+    dirty.extend(inplace_dirty.iter().map(|&p| (p, sh.addr(p))));
+    dirty.sort_unstable();
     if !dirty.is_empty() && !write_back(sh, &dirty) {
-        // memd is unreachable: keep the pages (still write-protected: the next write marks them dirty again).
+        // memd is unreachable: put every page back (moved ones are moved back; in-place ones stay
+        // write-protected, so their next write marks them dirty again).
+        for &(p, src) in &moved {
+            if let Err(e) = retry_busy(|| sh.uffd.move_pages(sh.addr(p), src, PS)) {
+                tracing::error!(error = %e, page = p, "cannot move an unevictable page back");
+            }
+        }
         let mut core = sh.core.lock();
         for &p in &victims {
-            let st = sh.st(p);
-            if st & RELEASED != 0 {
+            let st = sh.st(p) & !INPLACE;
+            if st & RELEASED != 0 || unmapped.contains(&p) {
                 sh.free_frame(&mut core, p);
                 sh.set(p, ABSENT);
             } else {
@@ -956,8 +1012,8 @@ fn evict_round(sh: &Shared) -> usize {
         }
         return 0;
     }
-    let vruns = runs(&victims);
-    for &(s, n) in &vruns {
+    // 4. Drop in-place victims (the REMOVE event this raises is recognised by its range).
+    for (s, n) in runs(&inplace) {
         let (a, l) = (sh.addr(s), as_u64(n) * PS);
         sh.core.lock().self_removes.push((a, a + l));
         if let Err(e) = raw::dontneed(a, l) {
@@ -968,19 +1024,20 @@ fn evict_round(sh: &Shared) -> usize {
             }
         }
     }
+    // 5. New states, frames back, waiters woken.
     let mut doomed = Vec::new();
     let (mut clean, mut written) = (0u64, 0u64);
     {
         let mut core = sh.core.lock();
         for &p in &victims {
-            let st = sh.st(p);
+            let st = sh.st(p) & !INPLACE;
             sh.free_frame(&mut core, p);
             if st & DIRTY != 0 {
                 written += 1;
             } else {
                 clean += 1;
             }
-            let new = if st & RELEASED != 0 {
+            let new = if st & RELEASED != 0 || unmapped.contains(&p) {
                 if st & (DIRTY | REMOTE) != 0 {
                     doomed.push(p);
                 }
@@ -995,36 +1052,46 @@ fn evict_round(sh: &Shared) -> usize {
     }
     sh.c.clean_drops.fetch_add(clean, Relaxed);
     sh.c.written.fetch_add(written, Relaxed);
-    for &(s, n) in &vruns {
+    sh.c.moved.fetch_add(as_u64(moved.len()), Relaxed);
+    sh.c.inplace.fetch_add(as_u64(inplace.len()), Relaxed);
+    for (s, n) in runs(&victims) {
         let _ = sh.uffd.wake(sh.addr(s), as_u64(n) * PS);
+    }
+    // The staging copies go in one call; its REMOVE event lies outside the region and is ignored.
+    if let (Some(st0), false) = (stage, moved.is_empty()) {
+        if let Err(e) = retry_busy(|| raw::dontneed(st0, as_u64(victims.len()) * PS)) {
+            tracing::error!(error = %e, "cannot free the eviction staging area");
+        }
     }
     sh.delete_remote(&doomed);
     victims.len()
 }
 
-/// Copies write-protected dirty pages out and writes them to memd in pipelined batches. False when memd is
+/// Writes dirty pages (page, address of its contents) to memd in pipelined batches. False when memd is
 /// unreachable for good (the region is then dead).
-fn write_back(sh: &Shared, dirty: &[u64]) -> bool {
-    let mut pendings = Vec::new();
-    let mut bufs = Vec::new();
-    for chunk in dirty.chunks(IO_CHUNK) {
+fn write_back(sh: &Shared, dirty: &[(u64, u64)]) -> bool {
+    let gather = |chunk: &[(u64, u64)]| {
         let mut data = vec![0u8; chunk.len() * PAGE_SIZE];
-        for (i, &p) in chunk.iter().enumerate() {
-            // SAFETY: page `p` is inside the region mapping, present (EVICTING pages are only dropped by this
-            // thread, after this copy) and write-protected, so reading it races with no write.
-            let src = unsafe { std::slice::from_raw_parts(as_usize(sh.addr(p)) as *const u8, PAGE_SIZE) };
+        for (i, &(_, a)) in chunk.iter().enumerate() {
+            // SAFETY: `a` is a mapped page this thread owns for the eviction: a staging slot it moved the page
+            // into, or a write-protected region page that only this thread drops, after the write-back.
+            let src = unsafe { std::slice::from_raw_parts(as_usize(a) as *const u8, PAGE_SIZE) };
             data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].copy_from_slice(src);
         }
-        let req = Request::WritePages { region: sh.region_id, pages: chunk.to_vec(), data: data.clone() };
-        pendings.push(sh.store.submit(req));
-        bufs.push((chunk, data));
+        (chunk.iter().map(|&(p, _)| p).collect::<Vec<u64>>(), data)
+    };
+    let mut pendings = Vec::new();
+    for chunk in dirty.chunks(IO_CHUNK) {
+        let (pages, data) = gather(chunk);
+        pendings.push((chunk, sh.store.submit(Request::WritePages { region: sh.region_id, pages, data })));
     }
-    for (p, (chunk, data)) in pendings.into_iter().zip(bufs) {
+    for (chunk, p) in pendings {
         let r = p.and_then(Pending::wait).or_else(|e| {
             if e.is_gone() {
                 return Err(e);
             }
-            sh.with_retry(|| sh.store.write_pages(sh.region_id, chunk, &data)).map(|()| Reply::Done)
+            let (pages, data) = gather(chunk);
+            sh.with_retry(|| sh.store.write_pages(sh.region_id, &pages, &data)).map(|()| Reply::Done)
         });
         if let Err(e) = r {
             sh.die(&e);
@@ -1070,8 +1137,11 @@ impl Region {
         let npages = size / PAGE_SIZE;
         let map = Mapping::new(size).map_err(|source| RegionError::Map { what: "the region", source })?;
         let meta = |what| move |source| RegionError::Map { what, source };
+        // UFFDIO_API may be called once per descriptor: learn what the kernel offers on a probe descriptor.
+        let offered = Uffd::open()?.api(0)?;
         let uffd = Uffd::open()?;
-        let want = raw::FEATURE_PAGEFAULT_FLAG_WP
+        let want = (offered & raw::FEATURE_MOVE)
+            | raw::FEATURE_PAGEFAULT_FLAG_WP
             | raw::FEATURE_EVENT_REMOVE
             | raw::FEATURE_EVENT_UNMAP
             | raw::FEATURE_EVENT_REMAP
@@ -1094,6 +1164,19 @@ impl Region {
                 return Err(RegionError::Unsupported(name.into()));
             }
         }
+        let evictors = cfg.handler_threads.saturating_sub(1).max(1);
+        let staging = if cfg.move_eviction && offered & raw::FEATURE_MOVE != 0 {
+            let m = Mapping::new(evictors * EVICT_BATCH * PAGE_SIZE).map_err(meta("the eviction staging area"))?;
+            // UFFDIO_MOVE needs its destination registered with the same userfaultfd and mapped alike.
+            uffd.register(
+                as_u64(m.ptr() as usize),
+                as_u64(m.len()),
+                raw::REGISTER_MODE_MISSING | raw::REGISTER_MODE_WP,
+            )?;
+            Some(m)
+        } else {
+            None
+        };
         let free: Table<AtomicU32> = Table::new(budget).map_err(meta("frame tables"))?;
         for f in 0..budget {
             free.at(f).store(u32::try_from(f).unwrap_or(0), Relaxed);
@@ -1118,6 +1201,7 @@ impl Region {
             frames: Table::new(budget).map_err(meta("frame tables"))?,
             free,
             zero: Mapping::new(64 * PAGE_SIZE).map_err(meta("a zero page buffer"))?,
+            staging,
             c: Counters::default(),
             hist: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3)
@@ -1140,9 +1224,9 @@ impl Region {
                 EventLoop { sh: s, deferred: Vec::new(), det: Detector::new(max_ra), msgs: Vec::with_capacity(64) };
             ev.run();
         })?;
-        for i in 0..sh.cfg.handler_threads.saturating_sub(1).max(1) {
+        for i in 0..evictors {
             let s = Arc::clone(&sh);
-            region.spawn(&format!("farmem-uffd-evict{i}"), move || evictor(&s))?;
+            region.spawn(&format!("farmem-uffd-evict{i}"), move || evictor(&s, i))?;
         }
         crate::fork::register(&sh);
         Ok(region)
@@ -1233,6 +1317,8 @@ impl Region {
             released_pages: c.released.load(Relaxed),
             deferred_faults: c.deferred.load(Relaxed),
             poisoned_pages: c.poisoned.load(Relaxed),
+            evicted_moved: c.moved.load(Relaxed),
+            evicted_in_place: c.inplace.load(Relaxed),
             resident_pages: resident,
             peak_resident_pages: c.peak.load(Relaxed),
             budget_pages: as_u64(sh.budget),

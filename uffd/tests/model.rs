@@ -69,9 +69,26 @@ fn one_thread_random_ops_match_shadow() {
         let Some((r, _s)) = region(PAGES, BUDGET, ra) else { return };
         run_lane(&r, seed, 40_000, 0, 1, true);
         let s = r.stats();
+        eprintln!("{s:?}");
         assert!(s.pages_written > 0 && s.pages_fetched > 0, "the test must evict and fetch: {s:?}");
         check_budget(&r);
     }
+}
+
+#[test]
+fn in_place_eviction_random_ops_match_shadow() {
+    let store = Arc::new(farmem_memd::MemStore::new(1 << 30));
+    let cfg = farmem_uffd::RegionConfig {
+        size: PAGES * PS,
+        local_mem: BUDGET * PS,
+        move_eviction: false,
+        ..farmem_uffd::RegionConfig::default()
+    };
+    let Some(r) = region_with(cfg, store) else { return };
+    run_lane(&r, 5, 30_000, 0, 1, true);
+    let s = r.stats();
+    assert!(s.evicted_in_place > 1000 && s.evicted_moved == 0, "{s:?}");
+    check_budget(&r);
 }
 
 #[test]

@@ -22,6 +22,11 @@ pub fn region_on(pages: usize, budget: usize, readahead: bool, store: Arc<dyn Fa
         readahead,
         ..RegionConfig::default()
     };
+    region_with(cfg, store)
+}
+
+/// A region with configuration `cfg`, or `None` as for [`region`].
+pub fn region_with(cfg: RegionConfig, store: Arc<dyn FarStore>) -> Option<Region> {
     match Region::new(cfg, store) {
         Ok(r) => Some(r),
         Err(e @ (RegionError::Uffd(_) | RegionError::Unsupported(_))) => {
