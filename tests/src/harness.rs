@@ -377,6 +377,15 @@ pub fn run(w: Workload, mode: Mode, local: f64, p: &Params, reference: Option<Re
         res.bytes_fetched = o - traffic0.0;
         res.bytes_written = i - traffic0.1;
     }
+    if let (Some(g), Some(9)) = (&group, std::os::unix::process::ExitStatusExt::signal(&output.status)) {
+        // The memory group's OOM killer: kernel swap could not keep the workload alive at this limit.
+        res.skipped = Some(format!(
+            "kernel swap: the memory group's OOM killer ended the workload at a limit of {} (budget + baseline; peak {})",
+            format_size(budget + reference.map_or(MIN_BASELINE, |r| r.baseline)),
+            format_size(g.peak())
+        ));
+        return Ok(res);
+    }
     if !output.status.success() {
         bail!(
             "{} in {} mode failed ({}): {}",
