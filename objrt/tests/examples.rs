@@ -1,0 +1,14 @@
+//! The examples run as tests, so they never rot.
+
+#[allow(dead_code, reason = "only main is used here")]
+#[path = "../examples/evacuation.rs"]
+mod evacuation;
+
+#[test]
+fn evacuation_example_runs() {
+    if std::env::var_os("FARMEM_SERVER").is_some() {
+        eprintln!("skipped: FARMEM_SERVER is set; the example would use that server");
+        return;
+    }
+    evacuation::main();
+}
