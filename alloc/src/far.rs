@@ -162,7 +162,7 @@ extern "C" fn atfork_child() {
 
 extern "C" fn stats_at_exit() {
     for_each_instance(|a| {
-        if a.cfg.get().is_some_and(|c| c.stats) {
+        if a.cfg.get().is_some_and(|c| c.stats) && a.state.load(Ordering::Acquire) != CHILD {
             let _in = internal::enter();
             eprint!("{}", a.summary());
         }

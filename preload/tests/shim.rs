@@ -77,6 +77,18 @@ fn fork_child_reads_a_far_buffer() {
 }
 
 #[test]
+fn forks_while_threads_allocate() {
+    if !uffd_available("forks_while_threads_allocate") {
+        return;
+    }
+    let p = c_program("forkstorm");
+    let o = farmem_run(&["--local-mem", "16M", "--stats"], &p, &[], LIMIT);
+    assert_eq!(ok(&o, "forkstorm"), "forkstorm ok\n");
+    // Only the parent prints the exit summary: a forked child's figures would be the parent's.
+    assert_eq!(stderr(&o).matches("far bytes allocated").count(), 1, "{}", stderr(&o));
+}
+
+#[test]
 fn memd_at_capacity_falls_back_to_local_memory() {
     if !uffd_available("memd_at_capacity_falls_back_to_local_memory") {
         return;
