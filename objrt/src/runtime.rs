@@ -26,7 +26,9 @@ pub struct RuntimeConfig {
     pub region_size: usize,
     /// Evacuator threads. 0: no background evacuation — objects leave local memory through [`Runtime::evacuate`]
     /// and friends, or when an allocation outside any scope finds the heap full and evacuates for itself; a
-    /// fetch inside a scope that finds it full fails (for tests and single-threaded tools).
+    /// fetch inside a scope that finds it full fails (for tests and single-threaded tools). Cycles are
+    /// serialised (one at a time per runtime, their write-backs pipelined), so more than one thread only shortens
+    /// the wake-up latency; 1 is the default.
     pub evacuator_threads: usize,
     /// Allocation lanes (bump regions in use at once); 0 picks two per CPU, at most 16.
     pub lanes: usize,
