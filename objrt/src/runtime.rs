@@ -45,6 +45,13 @@ pub struct RuntimeConfig {
     pub writeback_batch: usize,
 }
 
+impl Default for RuntimeConfig {
+    /// A 256 MiB budget and AIFM's watermarks; so `RuntimeConfig { local_mem: n, ..Default::default() }` works.
+    fn default() -> Self {
+        RuntimeConfig::new(256 << 20)
+    }
+}
+
 impl RuntimeConfig {
     /// Defaults around a budget of `local_mem` bytes.
     pub fn new(local_mem: usize) -> RuntimeConfig {

@@ -217,8 +217,7 @@ fn miri_too_large_and_bad_configs_are_errors() {
     c.low_watermark = 0.5;
     c.high_watermark = 0.2;
     assert!(Runtime::new(c, Arc::clone(&store)).unwrap_err().to_string().contains("watermarks"));
-    let mut c = RuntimeConfig::new(16 << 20);
-    c.region_size = 5000;
+    let c = RuntimeConfig { local_mem: 16 << 20, region_size: 5000, ..Default::default() };
     assert!(Runtime::new(c, store).unwrap_err().to_string().contains("power of two"));
 }
 
