@@ -156,7 +156,7 @@ fn child(args: &[String]) -> Result<()> {
         Mode::Local | Mode::Swap | Mode::Paging => Ok(match w {
             Workload::Hashtable => workloads::hashtable::local(&p),
             Workload::Array => workloads::array::local(&p),
-            Workload::Web => workloads::web::local(&p),
+            Workload::Web => workloads::web::local(&p)?,
             Workload::Dataframe => workloads::dataframe::local(&p),
         }),
         Mode::Objects => {

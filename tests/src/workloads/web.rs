@@ -74,28 +74,45 @@ pub fn respond(enc: &mut snap::raw::Encoder, e: &Elem, out: &mut Vec<u8>, acc: u
     fold(fold(acc, n as u64), u64::from_le_bytes(out[n - 8..n].try_into().expect("8 bytes")))
 }
 
-/// std HashMap + boxed slice (local, paging, swap).
-pub fn local(p: &Params) -> Outcome {
-    let t = Instant::now();
-    let mut index: HashMap<u64, u32> = HashMap::with_capacity(usize::try_from(keys(p)).expect("fits"));
-    for r in 0..keys(p) {
-        index.insert(key(p.seed, r), target(p, r));
-    }
+/// The array as a std Vec (local, paging, swap, and hybrid's bulk data).
+fn std_array(p: &Params) -> Vec<Elem> {
     let mut arr: Vec<Elem> = Vec::with_capacity(usize::try_from(elems(p)).expect("fits"));
     for i in 0..elems(p) {
         let mut e = [0u8; ELEM];
         fill(p.seed, i, &mut e);
         arr.push(e);
     }
-    let setup_secs = t.elapsed().as_secs_f64();
-    let (mut enc, mut out) = (snap::raw::Encoder::new(), Vec::new());
+    arr
+}
+
+/// Times the request stream: `element(rank, buf)` looks the key up and copies its element into `buf`.
+fn serve(
+    p: &Params,
+    setup_secs: f64,
+    mut element: impl FnMut(u64, &mut Elem) -> anyhow::Result<()>,
+) -> anyhow::Result<Outcome> {
+    let (mut enc, mut out, mut e) = (snap::raw::Encoder::new(), Vec::new(), [0u8; ELEM]);
     let t = Instant::now();
     let mut acc = FOLD_START;
     for r in ranks(p) {
-        let i = index[&key(p.seed, r)];
-        acc = respond(&mut enc, &arr[i as usize], &mut out, acc);
+        element(r, &mut e)?;
+        acc = respond(&mut enc, &e, &mut out, acc);
     }
-    Outcome { ops: requests(p), secs: t.elapsed().as_secs_f64(), setup_secs, checksum: acc, extra: vec![] }
+    Ok(Outcome { ops: requests(p), secs: t.elapsed().as_secs_f64(), setup_secs, checksum: acc, extra: vec![] })
+}
+
+/// std HashMap + Vec (local, paging, swap).
+pub fn local(p: &Params) -> anyhow::Result<Outcome> {
+    let t = Instant::now();
+    let mut index: HashMap<u64, u32> = HashMap::with_capacity(usize::try_from(keys(p))?);
+    for r in 0..keys(p) {
+        index.insert(key(p.seed, r), target(p, r));
+    }
+    let arr = std_array(p);
+    serve(p, t.elapsed().as_secs_f64(), |r, e| {
+        e.copy_from_slice(&arr[index[&key(p.seed, r)] as usize]);
+        Ok(())
+    })
 }
 
 fn build_index<'rt>(p: &Params, rt: &'rt Runtime) -> anyhow::Result<farmem_objrt::HashMap<'rt, u64, u32>> {
@@ -119,19 +136,14 @@ pub fn objects(p: &Params, rt: &Runtime) -> anyhow::Result<Outcome> {
         arr.set(2 * i, x)?;
         arr.set(2 * i + 1, y)?;
     }
-    let setup_secs = t.elapsed().as_secs_f64();
-    let (mut enc, mut out) = (snap::raw::Encoder::new(), Vec::new());
-    let t = Instant::now();
-    let mut acc = FOLD_START;
-    for r in ranks(p) {
+    serve(p, t.elapsed().as_secs_f64(), |r, e| {
         let i = index.get_with(&key(p.seed, r), Offload::Local)?.ok_or_else(|| anyhow::anyhow!("key {r} lost"))?;
         let i = i as usize;
-        let (x, y) = (arr.read_nt(2 * i)?, arr.read_nt(2 * i + 1)?);
-        e[..ELEM / 2].copy_from_slice(bytemuck::bytes_of(&x));
-        e[ELEM / 2..].copy_from_slice(bytemuck::bytes_of(&y));
-        acc = respond(&mut enc, &e, &mut out, acc);
-    }
-    Ok(Outcome { ops: requests(p), secs: t.elapsed().as_secs_f64(), setup_secs, checksum: acc, extra: vec![] })
+        // Non-temporal: the element is used once, so it is not cached locally.
+        e[..ELEM / 2].copy_from_slice(bytemuck::bytes_of(&arr.read_nt(2 * i)?));
+        e[ELEM / 2..].copy_from_slice(bytemuck::bytes_of(&arr.read_nt(2 * i + 1)?));
+        Ok(())
+    })
 }
 
 /// Share of the budget for objrt in hybrid mode: the hashtable's part of the working set.
@@ -144,19 +156,10 @@ pub fn hybrid_objrt_share(p: &Params) -> f64 {
 pub fn hybrid(p: &Params, rt: &Runtime) -> anyhow::Result<Outcome> {
     let t = Instant::now();
     let index = build_index(p, rt)?;
-    let mut arr: Vec<Elem> = Vec::with_capacity(usize::try_from(elems(p))?);
-    for i in 0..elems(p) {
-        let mut e = [0u8; ELEM];
-        fill(p.seed, i, &mut e);
-        arr.push(e);
-    }
-    let setup_secs = t.elapsed().as_secs_f64();
-    let (mut enc, mut out) = (snap::raw::Encoder::new(), Vec::new());
-    let t = Instant::now();
-    let mut acc = FOLD_START;
-    for r in ranks(p) {
+    let arr = std_array(p);
+    serve(p, t.elapsed().as_secs_f64(), |r, e| {
         let i = index.get_with(&key(p.seed, r), Offload::Local)?.ok_or_else(|| anyhow::anyhow!("key {r} lost"))?;
-        acc = respond(&mut enc, &arr[i as usize], &mut out, acc);
-    }
-    Ok(Outcome { ops: requests(p), secs: t.elapsed().as_secs_f64(), setup_secs, checksum: acc, extra: vec![] })
+        e.copy_from_slice(&arr[i as usize]);
+        Ok(())
+    })
 }
