@@ -178,8 +178,15 @@ fn demo(args: &[String]) -> Result<bool, CliError> {
         ("FARMEM_LOCAL_MEM", local.to_string()),
         ("FARMEM_REQUIRED", "1".to_string()),
     ];
-    let far = run_worker("far", size, &env)?;
+    let far = run_worker("far", size, &env);
     drop(memd);
+    let far = match far {
+        Ok(f) => f,
+        Err(e) => {
+            println!("  plain: {:.2} s, peak RSS {}, result {}", plain.secs, mib(plain.maxrss), plain.hash);
+            return Err(e);
+        }
+    };
     println!();
     println!("  {:<12} {:>9} {:>14}  result", "", "time", "peak RSS");
     for (name, o) in [("plain", &plain), ("far memory", &far)] {

@@ -30,7 +30,9 @@ fn start(cfg: &AllocConfig) -> Result<Started, StartError> {
     let filter = cfg.log.clone().unwrap_or_else(|| "warn".to_string());
     match tracing_subscriber::EnvFilter::try_new(&filter) {
         Ok(f) => {
-            let _ = tracing_subscriber::fmt().with_env_filter(f).with_writer(std::io::stderr).try_init();
+            // SAFETY: isatty only inspects descriptor 2.
+            let tty = unsafe { libc::isatty(2) } == 1;
+            let _ = tracing_subscriber::fmt().with_env_filter(f).with_ansi(tty).with_writer(std::io::stderr).try_init();
         }
         Err(e) => {
             return Err(StartError::Config(farmem_memd::config::ConfigError::new(
