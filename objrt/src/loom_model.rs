@@ -145,3 +145,41 @@ fn loom_free_vs_evacuate() {
         }
     });
 }
+
+#[test]
+fn loom_concurrent_swap_in_fetches_once() {
+    // The object starts remote. Two threads dereference it at once: exactly one claims the fetch (the runtime's
+    // `start_fetch`), writes the bytes and publishes the local word; the other waits and must then see the
+    // bytes (release/acquire through the word), never the memory's old contents.
+    loom::model(|| {
+        let o = Arc::new(Obj::new());
+        o.word.store(word::remote(0, 8, false), Ordering::Relaxed);
+        o.cells[0].store(REUSED, Ordering::Relaxed);
+        let fetches = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (o, fetches) = (Arc::clone(&o), Arc::clone(&fetches));
+                loom::thread::spawn(move || {
+                    let mut spins = 0;
+                    loop {
+                        match word::touch(&o.word, false, true) {
+                            Found::Local(a) => return o.cell(a).load(Ordering::Relaxed),
+                            Found::Busy(_) => backoff(&mut spins),
+                            Found::Remote(w) => {
+                                if word::claim(&o.word, w).is_ok() {
+                                    fetches.fetch_add(1, Ordering::Relaxed);
+                                    o.cell(A1).store(VALUE, Ordering::Relaxed);
+                                    word::publish(&o.word, word::local(A1, word::CLEAN | word::HAS_REMOTE));
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), VALUE);
+        }
+        assert_eq!(fetches.load(Ordering::Relaxed), 1, "one fetch for two dereferences");
+    });
+}
