@@ -97,6 +97,22 @@ impl fmt::Debug for FarAlloc {
     }
 }
 
+/// Runs `f`; a panic inside it aborts the process instead of unwinding into the allocator's caller (a global
+/// allocator must not unwind, and the shim's callers are C). The panic message is printed first by the hook.
+#[inline]
+fn no_unwind<R>(f: impl FnOnce() -> R) -> R {
+    struct Abort;
+    impl Drop for Abort {
+        fn drop(&mut self) {
+            std::process::abort();
+        }
+    }
+    let guard = Abort;
+    let r = f();
+    std::mem::forget(guard);
+    r
+}
+
 fn set_errno(e: i32) {
     // SAFETY: __errno_location returns this thread's errno slot, always valid to write.
     unsafe { *libc::__errno_location() = e };
@@ -369,6 +385,10 @@ impl FarAlloc {
         if internal::is_internal() {
             return None;
         }
+        no_unwind(|| self.far_alloc_inner(size, align))
+    }
+
+    fn far_alloc_inner(&self, size: usize, align: usize) -> Option<*mut u8> {
         loop {
             match self.state.load(Ordering::Acquire) {
                 READY => {
@@ -420,16 +440,18 @@ impl FarAlloc {
     }
 
     fn far_free(&self, p: *mut u8) {
-        if !self.far_heap().free(p) {
-            self.bad_pointer("free", p.cast());
-        }
+        no_unwind(|| {
+            if !self.far_heap().free(p) {
+                self.bad_pointer("free", p.cast());
+            }
+        })
     }
 
     fn far_usable(&self, p: *mut u8) -> usize {
-        match self.far_heap().usable_size(p) {
+        no_unwind(|| match self.far_heap().usable_size(p) {
             Some(n) => n,
             None => self.bad_pointer("malloc_usable_size", p.cast()),
-        }
+        })
     }
 
     // ---- the malloc family -------------------------------------------------------------------------------
@@ -515,7 +537,7 @@ impl FarAlloc {
         let far = self.is_far(p);
         let old = if far {
             let n = self.far_usable(p.cast());
-            if size >= threshold && self.far_heap().resize_in_place(p.cast(), size) {
+            if size >= threshold && no_unwind(|| self.far_heap().resize_in_place(p.cast(), size)) {
                 return p;
             }
             n

@@ -224,11 +224,11 @@ fn threads_stress() {
             std::thread::spawn(move || {
                 let mut rng = t.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1;
                 let mut live: Vec<(Vec<u8>, u8)> = Vec::new();
-                for i in 0..3000u32 {
+                for i in 0..1500u32 {
                     rng ^= rng << 13;
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
-                    let n = if rng % 16 == 0 { T + (rng as usize % (2 << 20)) } else { 1 + rng as usize % 2048 };
+                    let n = if rng % 16 == 0 { T + (rng as usize % (1 << 20)) } else { 1 + rng as usize % 2048 };
                     let tag = (i % 251) as u8;
                     live.push((vec![tag; n], tag));
                     if live.len() > 24 {
