@@ -327,6 +327,7 @@ impl FarAlloc {
     fn start_far(&self) {
         let _in = internal::enter();
         let Some(cfg) = self.cfg.get() else { return self.fail("configuration missing", false) };
+        debug_assert!(internal::is_internal(), "StartFn contract: runs with the thread marked internal");
         match (self.start)(cfg) {
             Ok((backing, limit)) => {
                 let heap = Heap::new(backing, limit);

@@ -132,6 +132,7 @@ impl Heap {
     }
 
     fn release_and_give_back(&self, off: usize, len: usize) {
+        debug_assert!(internal::is_internal(), "Backing contract: called with the thread marked internal");
         match self.backing.release(off, len) {
             Ok(()) => self.ranges.lock().give_back(off, len),
             Err(e) => {
