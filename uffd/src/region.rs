@@ -45,7 +45,7 @@ const RELEASED: u8 = 1 << 5;
 const INPLACE: u8 = 1 << 6;
 
 /// Pages per read or write request.
-const IO_CHUNK: usize = 256;
+const IO_CHUNK: usize = 64;
 /// Most pages one eviction round takes.
 const EVICT_BATCH: usize = 512;
 /// How long the event thread keeps polling its descriptor after the last event before it sleeps in poll(2).
@@ -952,23 +952,44 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
     let mut moved: Vec<(u64, u64)> = Vec::new();
     let mut inplace: Vec<u64> = Vec::new();
     let mut unmapped: Vec<u64> = Vec::new();
-    for (i, &p) in victims.iter().enumerate() {
-        if let Some(st0) = stage {
-            let dst = st0 + as_u64(i) * PS;
-            match retry_busy(|| sh.uffd.move_pages(dst, sh.addr(p), PS)) {
-                Ok(()) => {
-                    moved.push((p, dst));
-                    continue;
+    let mut i = 0;
+    while i < victims.len() {
+        let p = victims[i];
+        let Some(st0) = stage else {
+            inplace.push(p);
+            i += 1;
+            continue;
+        };
+        // A run of contiguous victims moves in one call into consecutive slots.
+        let mut n = 1;
+        while i + n < victims.len() && victims[i + n] == p + as_u64(n) {
+            n += 1;
+        }
+        let dst = st0 + as_u64(i) * PS;
+        match retry_busy(|| sh.uffd.move_pages(dst, sh.addr(p), as_u64(n) * PS)) {
+            Ok(()) => {
+                moved.extend((0..n).map(|k| (p + as_u64(k), dst + as_u64(k) * PS)));
+                i += n;
+            }
+            Err(e) => {
+                // Part of the run may have moved; the first page that did not is handled alone.
+                let done = e.done / PAGE_SIZE;
+                moved.extend((0..done).map(|k| (p + as_u64(k), dst + as_u64(k) * PS)));
+                i += done;
+                let q = victims[i];
+                let one = st0 + as_u64(i) * PS;
+                match retry_busy(|| sh.uffd.move_pages(one, sh.addr(q), PS)) {
+                    Ok(()) => moved.push((q, one)),
+                    // Not mapped: the program released it and the kernel already zapped it.
+                    Err(e) if e.errno == libc::ENOENT => unmapped.push(q),
+                    Err(e) => {
+                        tracing::debug!(error = %e, page = q, "UFFDIO_MOVE refused a page; evicting it in place");
+                        inplace.push(q);
+                    }
                 }
-                // Not mapped: the program released it and the kernel already zapped it.
-                Err(e) if e.errno == libc::ENOENT => {
-                    unmapped.push(p);
-                    continue;
-                }
-                Err(e) => tracing::debug!(error = %e, page = p, "UFFDIO_MOVE refused a page; evicting it in place"),
+                i += 1;
             }
         }
-        inplace.push(p);
     }
     // 2. In-place victims: write-protect the dirty ones before copying out, so a racing write faults and waits
     //    until the page is gone.
