@@ -53,10 +53,14 @@
 //! and no timing).
 #![deny(unsafe_code)]
 
+/// Far containers: Array, Vector (DataFrame column), List, Stack, Queue, HashMap; offloaded operations.
+pub mod containers;
 pub mod epoch;
 pub mod error;
 mod evac;
 mod heap;
+/// Stride and direction prefetchers with an adaptive, budget-bounded window.
+pub mod prefetch;
 mod primitive;
 pub mod ptr;
 #[allow(unsafe_code)]
@@ -71,6 +75,7 @@ mod loom_model;
 #[cfg(all(test, not(farmem_loom)))]
 mod tests;
 
+pub use containers::{Array, ContainerError, HashMap, List, Offload, Queue, Stack, Vector};
 pub use epoch::DerefScope;
 pub use error::ObjError;
 pub use ptr::{FarArc, FarBox, FarHandle, Ref, RefMut};

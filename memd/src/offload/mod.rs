@@ -5,6 +5,10 @@
 //! server beside the data: the instance sees the tenant's objects of its own `ds` through an [`ObjectsView`] and
 //! nothing else, so offloaded code can never reach another tenant or another data structure.
 
+pub mod column;
+pub mod hashmap;
+pub mod layout;
+
 use crate::proto::{ProtoError, Status};
 use crate::store::{Engine, Tenant};
 use std::collections::BTreeMap;
@@ -123,7 +127,11 @@ impl ObjectsView<'_> {
     }
 }
 
-/// The types every memd serves. The object runtime's offloaded containers register here.
+/// The types every memd serves: the object runtime's offloaded containers — the hash map
+/// ([`layout::HASHMAP_TYPE`]) and DataFrame columns ([`layout::COLUMN_TYPE`]).
 pub fn builtin() -> Registry {
-    Registry::new()
+    let mut r = Registry::new();
+    r.register(layout::HASHMAP_TYPE, Arc::new(hashmap::HashMapType));
+    r.register(layout::COLUMN_TYPE, Arc::new(column::ColumnType));
+    r
 }
