@@ -6,7 +6,7 @@
 //! # Safety
 //! The span is one private anonymous mapping owned by the value; `release` only drops pages inside it.
 
-use crate::heap::{Backing, PagingStats};
+use crate::heap::{Backing, PagingStats, ReleaseError};
 use std::io;
 
 /// A span of reserved anonymous memory (`MAP_NORESERVE`: pages cost nothing until touched).
@@ -53,14 +53,15 @@ impl Backing for AnonSpan {
     fn size(&self) -> usize {
         self.len
     }
-    fn release(&self, off: usize, len: usize) -> Result<(), String> {
+    fn release(&self, off: usize, len: usize) -> Result<(), ReleaseError> {
         if off.checked_add(len).is_none_or(|end| end > self.len) {
-            return Err(format!("release of {off:#x}+{len:#x} outside a span of {:#x}", self.len));
+            let msg = format!("release of {off:#x}+{len:#x} outside a span of {:#x}", self.len);
+            return Err(ReleaseError(io::Error::new(io::ErrorKind::InvalidInput, msg).into()));
         }
         // SAFETY: the range lies inside our private anonymous mapping; DONTNEED makes it read as zeros.
         let r = unsafe { libc::madvise((self.base + off) as *mut libc::c_void, len, libc::MADV_DONTNEED) };
         if r != 0 {
-            return Err(format!("madvise: {}", io::Error::last_os_error()));
+            return Err(ReleaseError(io::Error::last_os_error().into()));
         }
         Ok(())
     }

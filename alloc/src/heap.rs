@@ -19,6 +19,11 @@ pub struct PagingStats {
     pub peak_resident: u64,
 }
 
+/// Why a [`Backing`] could not drop pages; wraps the backing's own error (errno kept).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct ReleaseError(pub Box<dyn std::error::Error + Send + Sync>);
+
 /// A span of address space whose pages can be dropped: a uffd `Region` in production, plain anonymous memory
 /// in tests.
 ///
@@ -32,7 +37,7 @@ pub trait Backing: Send + Sync + fmt::Debug {
     /// Length of the span in bytes.
     fn size(&self) -> usize;
     /// Drops the contents of `[off, off + len)` (page aligned) everywhere: afterwards it reads as zeros.
-    fn release(&self, off: usize, len: usize) -> Result<(), String>;
+    fn release(&self, off: usize, len: usize) -> Result<(), ReleaseError>;
     /// Paging counters.
     fn paging_stats(&self) -> PagingStats;
 }

@@ -34,4 +34,4 @@ pub mod start;
 
 pub use anon::AnonSpan;
 pub use far::{FarAlloc, StartError, StartFn, Started};
-pub use heap::{Backing, HeapStats, PagingStats};
+pub use heap::{Backing, HeapStats, PagingStats, ReleaseError};

@@ -2,7 +2,7 @@
 
 use crate::config::AllocConfig;
 use crate::far::{StartError, Started};
-use crate::heap::{Backing, PagingStats};
+use crate::heap::{Backing, PagingStats, ReleaseError};
 use farmem_memd::{Client, ClientConfig, FarStore};
 use farmem_uffd::{Region, RegionConfig, PAGE_SIZE};
 use std::sync::Arc;
@@ -18,8 +18,8 @@ impl Backing for RegionBacking {
     fn size(&self) -> usize {
         self.0.len()
     }
-    fn release(&self, off: usize, len: usize) -> Result<(), String> {
-        self.0.release(off, len).map_err(|e| e.to_string())
+    fn release(&self, off: usize, len: usize) -> Result<(), ReleaseError> {
+        self.0.release(off, len).map_err(|e| ReleaseError(Box::new(e)))
     }
     fn paging_stats(&self) -> PagingStats {
         let s = self.0.stats();
