@@ -41,11 +41,18 @@
 //! When the hand passes a referenced dirty page it re-arms write protection, so a page that keeps being written
 //! keeps its second chance; FIFO would evict it every revolution ([`sim`] compares both with exact LRU on
 //! traces). Reads of resident pages give no signal (this kernel has no idle-page tracking and `PAGEMAP_SCAN`
-//! reports no accessed bit). Dirty victims are write-protected *before* they are copied out — a racing write
-//! faults and waits — written back in pipelined batches (several `WRITE_PAGES` in flight before the first
-//! wait), then dropped with `MADV_DONTNEED`; clean victims whose contents memd already holds (or that are zero)
-//! are dropped with no traffic. The eviction thread records each drop range so that the event thread does not
-//! mistake the REMOVE event it raises for a release by the program.
+//! reports no accessed bit).
+//!
+//! Eviction is race-free in either of two ways. Where the kernel has `UFFDIO_MOVE`, victims are **moved out**
+//! of the region into the eviction thread's staging slots (a registered mapping of its own) in one atomic step
+//! per run of contiguous pages: a racing access finds the page missing and waits until the eviction wakes it.
+//! Otherwise (or for a page MOVE refuses, such as one still shared with a forked child) dirty victims are
+//! **write-protected before they are copied out** — a racing write faults and waits — and dropped in place
+//! with `MADV_DONTNEED`; the eviction thread records each such range so that the event thread does not mistake
+//! the REMOVE event it raises for a release by the program. Dirty pages are written back in pipelined batches
+//! (several `WRITE_PAGES` in flight before the first wait); clean victims whose contents memd already holds (or
+//! that are zero) are dropped with no traffic. Staging slots are emptied with one `MADV_DONTNEED` per round,
+//! whose REMOVE event lies outside the region.
 //!
 //! ## Readahead
 //! [`readahead::Detector`] tracks up to eight sequential or strided (±64 pages) streams of missing faults on
@@ -75,8 +82,10 @@
 //! `farmem_memd::internal::enter`, so an allocator built on a region never routes their allocations into it.
 //!
 //! ## Limits
-//! The region's mapping should not be split into several VMAs (`mprotect`/`mlock` of part of it): eviction
-//! recognises its own REMOVE events by their exact range.
+//! Without `UFFDIO_MOVE`, in-place eviction recognises its own REMOVE events by their exact range, so the
+//! region's mapping should then not be split into several VMAs (`mprotect`/`mlock` of part of it).
+//! `handler_threads` counts the event thread plus the eviction threads; faults are served by the one event
+//! thread (with many requests in flight), which is what orders installs with releases.
 #![cfg(target_os = "linux")]
 
 /// What a forked child sees of a region.
@@ -109,4 +118,45 @@ pub(crate) fn as_u64(x: usize) -> u64 {
 #[allow(clippy::cast_possible_truncation, reason = "the crate only builds for 64-bit targets")]
 pub(crate) fn as_usize(x: u64) -> usize {
     x as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Region>();
+        check::<RegionStats>();
+    }
+
+    #[test]
+    fn config_from_env_names_the_bad_variable() {
+        // Only this test touches these variables.
+        std::env::set_var("FARMEM_LOCAL_MEM", "12Q");
+        let e = RegionConfig::from_env().unwrap_err();
+        assert_eq!(e.source_name, "FARMEM_LOCAL_MEM");
+        std::env::set_var("FARMEM_LOCAL_MEM", "256M");
+        std::env::set_var("FARMEM_REGION_SIZE", "1G");
+        std::env::set_var("FARMEM_READAHEAD", "0");
+        let c = RegionConfig::from_env().unwrap();
+        assert_eq!((c.local_mem, c.size, c.readahead), (256 << 20, 1 << 30, false));
+        std::env::set_var("FARMEM_READAHEAD", "maybe");
+        assert_eq!(RegionConfig::from_env().unwrap_err().source_name, "FARMEM_READAHEAD");
+        for v in ["FARMEM_LOCAL_MEM", "FARMEM_REGION_SIZE", "FARMEM_READAHEAD"] {
+            std::env::remove_var(v);
+        }
+    }
+
+    #[test]
+    fn bad_configs_are_clear_errors() {
+        let store: std::sync::Arc<dyn farmem_memd::FarStore> = std::sync::Arc::new(farmem_memd::MemStore::new(1 << 20));
+        let e = Region::new(RegionConfig { local_mem: 4096, ..RegionConfig::default() }, store.clone()).unwrap_err();
+        assert!(e.to_string().contains("local_mem"), "{e}");
+        let e = Region::new(RegionConfig { size: 0, ..RegionConfig::default() }, store.clone()).unwrap_err();
+        assert!(e.to_string().contains("size"), "{e}");
+        let e = Region::new(RegionConfig { handler_threads: 0, ..RegionConfig::default() }, store).unwrap_err();
+        assert!(e.to_string().contains("handler_threads"), "{e}");
+    }
 }
