@@ -133,3 +133,34 @@ fn sequential_sweeps_match_and_read_ahead() {
     assert!(s.readahead_pages > 0 && s.readahead_hits > 0, "{s:?}");
     check_budget(&r);
 }
+
+#[test]
+fn random_ops_over_a_loopback_memd_match_shadow() {
+    let server = farmem_memd::testing::TestServer::start(1 << 30);
+    let client: Arc<dyn farmem_memd::FarStore> = Arc::new(server.client());
+    let cfg = farmem_uffd::RegionConfig {
+        size: PAGES * PS,
+        local_mem: BUDGET * PS,
+        handler_threads: 3,
+        ..farmem_uffd::RegionConfig::default()
+    };
+    let Some(r) = region_with(cfg, client) else { return };
+    let r = Arc::new(r);
+    let hs: Vec<_> = (0..4)
+        .map(|lane| {
+            let r = Arc::clone(&r);
+            std::thread::spawn(move || run_lane(&r, 77 + lane as u64, 8_000, lane, 4, true))
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    // A sequential pass over the network exercises pipelined readahead.
+    for p in 0..PAGES {
+        // SAFETY: inside the region.
+        std::hint::black_box(unsafe { word(&r, p * PS).read_volatile() });
+    }
+    let s = r.stats();
+    assert!(s.pages_fetched > 0 && s.pages_written > 0, "{s:?}");
+    check_budget(&r);
+}
