@@ -38,12 +38,20 @@ fn run_for(d: Duration, mut f: impl FnMut() -> Result<u64, StoreError>) -> Resul
     Ok((n, start.elapsed().as_secs_f64()))
 }
 
-/// Raw ping-pong with the request and reply sizes of a one-page read.
-pub fn raw_ping_pong(c: &Client, d: Duration) -> Result<Figure, StoreError> {
-    let mut s = c.raw_stream(1, PAGE_READ_REQUEST, PAGE_READ_REPLY)?;
+type Io = Box<dyn ReadWrite>;
+
+/// A raw-mode connection.
+pub trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+fn io(e: std::io::Error) -> StoreError {
+    StoreError::Invalid(format!("raw stream: {e}"))
+}
+
+/// Raw ping-pong with the request and reply sizes of a one-page read, on connection `s` (raw mode 1).
+pub fn raw_ping_pong(s: &mut Io, d: Duration) -> Result<Figure, StoreError> {
     let req = vec![1u8; PAGE_READ_REQUEST as usize];
     let mut rep = vec![0u8; PAGE_READ_REPLY as usize];
-    let io = |e: std::io::Error| StoreError::Invalid(format!("raw stream: {e}"));
     let (n, secs) = run_for(d, || {
         for _ in 0..16 {
             s.write_all(&req).map_err(io)?;
@@ -54,11 +62,9 @@ pub fn raw_ping_pong(c: &Client, d: Duration) -> Result<Figure, StoreError> {
     Ok(fig("raw TCP ping-pong (page-read sizes)", n, secs, PAGE_SIZE, true))
 }
 
-/// Raw server-to-client stream.
-pub fn raw_stream_in(c: &Client, d: Duration) -> Result<Figure, StoreError> {
-    let mut s = c.raw_stream(2, 256 * 1024, 0)?;
+/// Raw server-to-client stream on connection `s` (raw mode 2).
+pub fn raw_stream_in(s: &mut Io, d: Duration) -> Result<Figure, StoreError> {
     let mut buf = vec![0u8; 256 * 1024];
-    let io = |e: std::io::Error| StoreError::Invalid(format!("raw stream: {e}"));
     let (n, secs) = run_for(d, || {
         s.read_exact(&mut buf).map_err(io)?;
         Ok(buf.len() as u64)
@@ -66,16 +72,47 @@ pub fn raw_stream_in(c: &Client, d: Duration) -> Result<Figure, StoreError> {
     Ok(fig("raw TCP stream, server to client", n / PAGE_SIZE as u64, secs, PAGE_SIZE, false))
 }
 
-/// Raw client-to-server stream.
-pub fn raw_stream_out(c: &Client, d: Duration) -> Result<Figure, StoreError> {
-    let mut s = c.raw_stream(3, 0, 0)?;
+/// Raw client-to-server stream on connection `s` (raw mode 3).
+pub fn raw_stream_out(s: &mut Io, d: Duration) -> Result<Figure, StoreError> {
     let buf = vec![7u8; 256 * 1024];
-    let io = |e: std::io::Error| StoreError::Invalid(format!("raw stream: {e}"));
     let (n, secs) = run_for(d, || {
         s.write_all(&buf).map_err(io)?;
         Ok(buf.len() as u64)
     })?;
     Ok(fig("raw TCP stream, client to server", n / PAGE_SIZE as u64, secs, PAGE_SIZE, false))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Measures `a` and its baseline `b` in alternating rounds and reports each figure's median round and the
+/// median of the per-round ratios (by latency when `latency`, else by bytes/s): robust when the machine's speed
+/// drifts during the run.
+fn paired(
+    rounds: usize,
+    d: Duration,
+    latency: bool,
+    mut a: impl FnMut(Duration) -> Result<Figure, StoreError>,
+    mut b: impl FnMut(Duration) -> Result<Figure, StoreError>,
+) -> Result<(Figure, Figure, f64), StoreError> {
+    let (mut fa, mut fb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let (x, y) = (a(d)?, b(d)?);
+        ratios.push(if latency {
+            x.mean_us.unwrap_or(0.0) / y.mean_us.unwrap_or(1.0)
+        } else {
+            x.bytes_per_sec / y.bytes_per_sec
+        });
+        fa.push(x);
+        fb.push(y);
+    }
+    let pick = |v: Vec<Figure>| {
+        let m = median(v.iter().map(|f| f.ops_per_sec).collect());
+        v.into_iter().find(|f| f.ops_per_sec == m).expect("the median is one of the rounds")
+    };
+    Ok((pick(fa), pick(fb), median(ratios)))
 }
 
 fn fig(name: &str, ops: u64, secs: f64, bytes_each: usize, latency: bool) -> Figure {
@@ -120,9 +157,11 @@ fn pipelined(
     Ok((n, start.elapsed().as_secs_f64()))
 }
 
-/// The standard set of figures; `region` and `ds` name scratch key spaces that are deleted afterwards.
-pub fn run_all(c: &Client, secs: f64, mut report: impl FnMut(&Figure)) -> Result<Vec<(Figure, String)>, StoreError> {
-    let d = Duration::from_secs_f64(secs.max(0.2));
+/// The standard set of figures, each memd figure with the median ratio to its raw-TCP baseline over alternating
+/// rounds (`secs` in all per figure). Scratch key spaces are deleted afterwards.
+pub fn run_all(c: &Client, secs: f64) -> Result<Vec<(Figure, String)>, StoreError> {
+    const ROUNDS: u32 = 7;
+    let d = Duration::from_secs_f64((secs / f64::from(ROUNDS)).max(0.05));
     let region = crate::far::fresh_space_id();
     let ds = crate::far::fresh_space_id();
     const PAGES: u64 = 4096;
@@ -131,57 +170,89 @@ pub fn run_all(c: &Client, secs: f64, mut report: impl FnMut(&Figure)) -> Result
     for chunk in (0..PAGES).collect::<Vec<_>>().chunks(64) {
         c.write_pages(region, chunk, &data[..chunk.len() * PAGE_SIZE])?;
     }
+    let mut ping: Io = Box::new(c.raw_stream(1, PAGE_READ_REQUEST, PAGE_READ_REPLY)?);
+    let mut src: Io = Box::new(c.raw_stream(2, 256 * 1024, 0)?);
+    let mut sink: Io = Box::new(c.raw_stream(3, 0, 0)?);
     let mut out = Vec::new();
-    let mut push = |f: Figure, base: Option<&Figure>, by_bytes: bool| {
-        let ratio = match base {
-            Some(b) if by_bytes => format!("{:.2}x raw bytes/s", f.bytes_per_sec / b.bytes_per_sec),
-            Some(b) => format!("{:.2}x raw latency", f.mean_us.unwrap_or(0.0) / b.mean_us.unwrap_or(1.0)),
-            None => String::new(),
-        };
-        report(&f);
-        out.push((f, ratio));
+    let mut push = |(a, b, r): (Figure, Figure, f64), unit: &str| {
+        out.push((a, format!("{r:.2}x raw {unit} (median of {ROUNDS} paired rounds)")));
+        if !out.iter().any(|(f, _)| f.name == b.name) {
+            out.push((b, String::new()));
+        }
     };
-    let ping = raw_ping_pong(c, d)?;
-    let (n, s) = run_for(d, || {
-        c.read_pages(region, &[7])?;
-        Ok(1)
-    })?;
-    push(fig("page read round trip (1 x 4 KiB)", n, s, PAGE_SIZE, true), Some(&ping), false);
-    push(ping.clone(), None, false);
-
-    let sin = raw_stream_in(c, d)?;
-    let (n, s) = pipelined(c, d, 64, 1, |i| Request::ReadPages { region, pages: vec![i % PAGES] })?;
-    push(fig("pipelined page reads (64 in flight)", n, s, PAGE_SIZE, false), Some(&sin), true);
-    let (n, s) = pipelined(c, d, 8, 64, |i| Request::ReadPages {
-        region,
-        pages: (0..64).map(|k| (i * 64 + k) % PAGES).collect(),
-    })?;
-    push(fig("batched page reads (64/frame, 8 in flight)", n, s, PAGE_SIZE, false), Some(&sin), true);
-    push(sin.clone(), None, false);
-
-    let sout = raw_stream_out(c, d)?;
-    let (n, s) = pipelined(c, d, 8, 64, |i| Request::WritePages {
-        region,
-        pages: (0..64).map(|k| (i * 64 + k) % PAGES).collect(),
-        data: data.clone(),
-    })?;
-    push(fig("batched page writes (64/frame, 8 in flight)", n, s, PAGE_SIZE, false), Some(&sout), true);
-    push(sout, None, false);
-
+    push(
+        paired(
+            ROUNDS as usize,
+            d,
+            true,
+            |d| {
+                let (n, s) = run_for(d, || c.read_pages(region, &[7]).map(|_| 1))?;
+                Ok(fig("page read round trip (1 x 4 KiB)", n, s, PAGE_SIZE, true))
+            },
+            |d| raw_ping_pong(&mut ping, d),
+        )?,
+        "latency",
+    );
+    push(
+        paired(
+            ROUNDS as usize,
+            d,
+            false,
+            |d| {
+                let (n, s) = pipelined(c, d, 64, 1, |i| Request::ReadPages { region, pages: vec![i % PAGES] })?;
+                Ok(fig("pipelined page reads (64 in flight)", n, s, PAGE_SIZE, false))
+            },
+            |d| raw_stream_in(&mut src, d),
+        )?,
+        "bytes/s",
+    );
+    push(
+        paired(
+            ROUNDS as usize,
+            d,
+            false,
+            |d| {
+                let (n, s) = pipelined(c, d, 8, 64, |i| Request::ReadPages {
+                    region,
+                    pages: (0..64).map(|k| (i * 64 + k) % PAGES).collect(),
+                })?;
+                Ok(fig("batched page reads (64/frame, 8 in flight)", n, s, PAGE_SIZE, false))
+            },
+            |d| raw_stream_in(&mut src, d),
+        )?,
+        "bytes/s",
+    );
+    push(
+        paired(
+            ROUNDS as usize,
+            d,
+            false,
+            |d| {
+                let (n, s) = pipelined(c, d, 8, 64, |i| Request::WritePages {
+                    region,
+                    pages: (0..64).map(|k| (i * 64 + k) % PAGES).collect(),
+                    data: data.clone(),
+                })?;
+                Ok(fig("batched page writes (64/frame, 8 in flight)", n, s, PAGE_SIZE, false))
+            },
+            |d| raw_stream_out(&mut sink, d),
+        )?,
+        "bytes/s",
+    );
     let value = [0x11u8; 64];
-    let (n, s) = pipelined(c, d, 8, 256, |i| {
+    let (n, s) = pipelined(c, d * ROUNDS, 8, 256, |i| {
         let mut b = ObjBatch::new();
         for k in 0..256 {
             b.push((i * 256 + k) % 65536, &value);
         }
         Request::WriteObjects { ds, batch: b }
     })?;
-    push(fig("batched 64 B object writes (256/frame)", n, s, 64, false), None, false);
-    let (n, s) = pipelined(c, d, 8, 256, |i| Request::ReadObjects {
+    out.push((fig("batched 64 B object writes (256/frame)", n, s, 64, false), String::new()));
+    let (n, s) = pipelined(c, d * ROUNDS, 8, 256, |i| Request::ReadObjects {
         ds,
         ids: (0..256).map(|k| (i * 256 + k) % 65536).collect(),
     })?;
-    push(fig("batched 64 B object reads (256/frame)", n, s, 64, false), None, false);
+    out.push((fig("batched 64 B object reads (256/frame)", n, s, 64, false), String::new()));
     c.drop_region(region)?;
     c.drop_objects(ds)?;
     Ok(out)

@@ -11,7 +11,7 @@ const USAGE: &str = "usage:
   memd serve [--listen ADDR] [--capacity SIZE] --token-file F [--workers N]
   memd ping  --server ADDR --token-file F [--count N]
   memd stats --server ADDR --token-file F
-  memd bench --server ADDR --token-file F [--seconds N]
+  memd bench --server ADDR --token-file F [--seconds N]   (N per figure, default 7)
 ADDR is host:port (default 127.0.0.1:7070) or unix:/path; SIZE like 512M or 8G (default 8G).
 The token file holds one `tenant:secret` per line (a bare secret means tenant `default`).
 FARMEM_LOG sets the log filter (default info for serve, warn otherwise).";
@@ -123,12 +123,12 @@ fn run() -> Result<()> {
             init_logs("warn")?;
             let secs: f64 = match args.take("--seconds")? {
                 Some(s) => s.parse().with_context(|| format!("--seconds {s:?} is not a number"))?,
-                None => 2.0,
+                None => 7.0,
             };
             let c = client(&mut args)?;
             args.done()?;
             println!("{:<46} {:>12} {:>10} {:>9}  ratio", "figure", "ops/s", "GB/s", "mean us");
-            let out = farmem_memd::bench::run_all(&c, secs, |_| {})?;
+            let out = farmem_memd::bench::run_all(&c, secs)?;
             for (f, ratio) in &out {
                 let mean = f.mean_us.map_or(String::new(), |m| format!("{m:.1}"));
                 println!(

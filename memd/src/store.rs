@@ -666,7 +666,7 @@ mod tests {
             crate::far::FarStore::write_pages(&store, 3, &ids, &data).unwrap();
         }
         let (meta, slabs) = store.engine().footprint();
-        let stored = store.engine().used() as usize;
+        let stored = usize::try_from(store.engine().used()).unwrap();
         assert_eq!(stored, 16384 * PAGE_SIZE);
         // Each shard may have one partly used slab.
         assert!(slabs >= stored && slabs <= stored + SHARDS * 256 * 1024, "slabs reserve {slabs} bytes");
