@@ -5,11 +5,12 @@ use farmem_memd::{FarStore, MemStore, PAGE_SIZE};
 fn main() {
     let gib: u64 = std::env::args().nth(1).map_or(4, |a| a.parse().expect("GIB is a whole number"));
     let store = MemStore::new(gib << 30);
-    let batch = 256u64;
-    let data = vec![0xabu8; batch as usize * PAGE_SIZE];
+    const BATCH: usize = 256;
+    let batch = BATCH as u64;
+    let data = vec![0xabu8; BATCH * PAGE_SIZE];
     let pages = (gib << 30) / PAGE_SIZE as u64;
     let t = std::time::Instant::now();
-    for start in (0..pages).step_by(batch as usize) {
+    for start in (0..pages).step_by(BATCH) {
         let ids: Vec<u64> = (start..start + batch).collect();
         store.write_pages(1, &ids, &data).expect("fits the capacity");
     }
