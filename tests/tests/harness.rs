@@ -28,7 +28,7 @@ fn paging_mode_matches_local_on_every_workload() {
         return;
     }
     // Scales at which every large structure passes FarAlloc's 1 MiB threshold, yet runs take a second or two.
-    for (w, scale) in [("hashtable", "0.03"), ("array", "0.03"), ("web", "0.03"), ("dataframe", "0.1")] {
+    for (w, scale) in [("hashtable", "0.06"), ("array", "0.06"), ("web", "0.06"), ("dataframe", "0.2")] {
         let r = bench(&["run", w, "--mode", "paging", "--local", "0.25", "--scale", scale]);
         assert_eq!(r["checksum_ok"], true, "{w}: {r}");
         assert!(r["skipped"].is_null(), "{w}: {r}");
@@ -38,9 +38,9 @@ fn paging_mode_matches_local_on_every_workload() {
 
 #[test]
 fn objects_and_hybrid_modes_match_local_on_every_workload() {
-    // At scale 0.1 every working set is over 10 MB, so the 25% budget (at least 4 MiB) forces evacuation.
+    // At scale 0.2 every working set is over 10 MB, so the 25% budget (at least 4 MiB) forces evacuation.
     for w in ["hashtable", "array", "web", "dataframe"] {
-        let scale = "0.1";
+        let scale = "0.2";
         let r = bench(&["run", w, "--mode", "objects", "--local", "0.25", "--scale", scale]);
         assert_eq!(r["checksum_ok"], true, "{w}: {r}");
         assert!(r["bytes_written"].as_u64().unwrap() > 0, "{w} at 25% local must evacuate to memd: {r}");
@@ -61,7 +61,7 @@ fn objects_and_hybrid_modes_match_local_on_every_workload() {
 
 #[test]
 fn swap_mode_runs_or_says_why_not() {
-    let r = bench(&["run", "array", "--mode", "swap", "--local", "0.25", "--scale", "0.03"]);
+    let r = bench(&["run", "array", "--mode", "swap", "--local", "0.25", "--scale", "0.06"]);
     match r["skipped"].as_str() {
         Some(why) => assert!(why.contains("needs"), "{r}"),
         None => assert_eq!(r["checksum_ok"], true, "{r}"),

@@ -12,12 +12,12 @@ pub type Elem = [u8; ELEM];
 
 /// Elements in the array.
 pub fn elems(p: &Params) -> u64 {
-    scaled(16_384, p.scale)
+    scaled(8_192, p.scale)
 }
 
 /// Random reads in the second phase.
 pub fn random_reads(p: &Params) -> u64 {
-    scaled(32_768, p.scale)
+    scaled(16_384, p.scale)
 }
 
 /// Bytes of the array.

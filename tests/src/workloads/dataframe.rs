@@ -10,7 +10,7 @@ use std::time::Instant;
 
 /// Rows of the table.
 pub fn rows(p: &Params) -> u64 {
-    scaled(2_000_000, p.scale)
+    scaled(1_000_000, p.scale)
 }
 
 /// Bytes of the ten 8-byte columns.

@@ -13,12 +13,12 @@ pub type Value = [u8; VALUE];
 
 /// Keys in the table.
 pub fn keys(p: &Params) -> u64 {
-    scaled(1_500_000, p.scale)
+    scaled(750_000, p.scale)
 }
 
 /// Lookups in the timed phase.
 pub fn lookups(p: &Params) -> u64 {
-    scaled(1_000_000, p.scale)
+    scaled(500_000, p.scale)
 }
 
 /// Bytes the local table occupies: a std HashMap of this many entries has 2^k buckets of (key, value) plus one

@@ -15,17 +15,17 @@ pub type Elem = [u8; ELEM];
 
 /// Keys in the hashtable.
 pub fn keys(p: &Params) -> u64 {
-    scaled(500_000, p.scale)
+    scaled(250_000, p.scale)
 }
 
 /// Elements in the array.
 pub fn elems(p: &Params) -> u64 {
-    scaled(16_384, p.scale)
+    scaled(8_192, p.scale)
 }
 
 /// Requests in the timed phase.
 pub fn requests(p: &Params) -> u64 {
-    scaled(100_000, p.scale)
+    scaled(50_000, p.scale)
 }
 
 /// Bytes of the hashtable plus the array.
