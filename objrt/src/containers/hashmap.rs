@@ -167,6 +167,13 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
         n
     }
 
+    /// The memd object id of the bucket holding `key` now (for analysis, e.g. simulating a cache of buckets).
+    pub fn bucket_of(&self, key: &K) -> u64 {
+        let dir = self.dir.read();
+        let id = dir.table[slot(dir.depth, Self::key_hash(key))].read().obj.id();
+        id
+    }
+
     fn key_hash(key: &K) -> u64 {
         hash_key(bytemuck::bytes_of(key))
     }
