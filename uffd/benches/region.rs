@@ -217,7 +217,9 @@ fn scan_benches(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_millis(500));
     let (size, budget) = (256 * MIB, 64 * MIB);
     g.throughput(criterion::Throughput::Bytes(size as u64));
-    if let Some(r) = region(size, budget, true, false) {
+    let spin = std::env::var("SPIN_US").ok().and_then(|v| v.parse().ok()).map(Duration::from_micros);
+    let cfg = RegionConfig { size, local_mem: budget, spin: spin.unwrap_or(Duration::from_micros(50)), ..RegionConfig::default() };
+    if let Ok(r) = Region::new(cfg, client()) {
         for p in 0..size / PAGE_SIZE {
             touch(&r, p, true);
         }

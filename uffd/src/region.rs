@@ -48,7 +48,7 @@ const INPLACE: u8 = 1 << 6;
 const IO_CHUNK: usize = 64;
 /// Most pages one eviction round takes.
 const EVICT_BATCH: usize = 512;
-/// How long the event thread keeps polling its descriptor after the last event before it sleeps in poll(2).
+/// Default of [`RegionConfig::spin`].
 const SPIN: Duration = Duration::from_micros(50);
 /// Retries of a failed store call that is not "gone for good", with exponential back-off from 1 ms.
 const STORE_RETRIES: u32 = 5;
@@ -69,6 +69,9 @@ pub struct RegionConfig {
     pub max_readahead: usize,
     /// Record the page of every missing fault (see [`Region::fault_trace`]); off by default.
     pub trace: bool,
+    /// How long the event thread keeps polling for the next event before it sleeps (default 50 µs): a fault
+    /// that arrives meanwhile skips a thread wake-up, at the price of CPU time on a busy machine.
+    pub spin: Duration,
     /// Evict with `UFFDIO_MOVE` where the kernel has it (default); when off, or for a page it refuses, victims
     /// are write-protected, copied and dropped in place.
     pub move_eviction: bool,
@@ -83,6 +86,7 @@ impl Default for RegionConfig {
             readahead: true,
             max_readahead: 256,
             trace: false,
+            spin: SPIN,
             move_eviction: true,
         }
     }
@@ -464,7 +468,7 @@ impl EventLoop {
                 }
                 // Faults come in bursts: poll the descriptor for a short while before sleeping, which saves
                 // the wake-up of a blocked thread on the next fault.
-                if busy.elapsed() < SPIN {
+                if busy.elapsed() < sh.cfg.spin {
                     std::hint::spin_loop();
                     continue;
                 }
