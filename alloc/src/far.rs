@@ -21,10 +21,12 @@ use std::sync::{Once, OnceLock};
 /// as C requires of objects of such types; smaller requests of 16 go through `mi_malloc_aligned`).
 const MI_ALIGN: usize = 8;
 
-/// `mi_option_purge_delay`: the 16th entry of mimalloc v3's `mi_option_e` (the Rust bindings do not name it).
+/// `mi_option_purge_delay`: the 16th entry of `mi_option_e` in mimalloc v2 and v3 alike (the Rust bindings do
+/// not name it).
 const MI_OPTION_PURGE_DELAY: mi::mi_option_t = 15;
-/// Purge delay while far memory runs, in ms. mimalloc v3 keeps freed pages resident for 1 s by default; the
-/// paging path's transient buffers (fetch and write-back batches) would stay resident on top of the budget.
+/// Purge delay while far memory runs, in ms: freed pages are returned soon, so the paging path's transient
+/// buffers (fetch and write-back batches) do not stay resident on top of the budget. It is mimalloc v2's
+/// default (the one built here); v3's is 1 s, which cost 25–35 MiB of peak RSS in our tests.
 const FAR_PURGE_DELAY_MS: std::ffi::c_long = 10;
 
 const UNCONFIGURED: u8 = 0;
@@ -304,6 +306,7 @@ impl FarAlloc {
 
     fn configure(&self) {
         let _in = internal::enter();
+        FarAlloc::install_errno_handler();
         let cfg = if self.fixed_threshold != 0 {
             Ok(AllocConfig { threshold: self.fixed_threshold.max(MIN_THRESHOLD), ..AllocConfig::default() })
         } else {
@@ -440,6 +443,7 @@ impl FarAlloc {
         std::process::abort()
     }
 
+    #[cold]
     fn far_free(&self, p: *mut u8) {
         no_unwind(|| {
             if !self.far_heap().free(p) {
@@ -457,18 +461,34 @@ impl FarAlloc {
 
     // ---- the malloc family -------------------------------------------------------------------------------
 
-    /// `malloc`: a block of at least `size` bytes suitably aligned for any object of that size, or null with `errno = ENOMEM`.
+    /// `malloc`: a block of at least `size` bytes suitably aligned for any object of that size, or null
+    /// with `errno = ENOMEM` (below the threshold, mimalloc sets errno through the handler that
+    /// [`FarAlloc::install_errno_handler`] installs, which keeps this path a tail call).
     #[inline]
     pub fn malloc(&self, size: usize) -> *mut c_void {
         if size < self.threshold.load(Ordering::Relaxed) {
             // SAFETY: mi_malloc accepts any size.
-            let p = unsafe { mi::mi_malloc(size) };
-            if p.is_null() {
+            return unsafe { mi::mi_malloc(size) };
+        }
+        self.malloc_large(size)
+    }
+
+    #[cold]
+    fn malloc_large(&self, size: usize) -> *mut c_void {
+        self.alloc_aligned(size, MI_ALIGN, false).cast()
+    }
+
+    /// Makes mimalloc set `errno = ENOMEM` when an allocation fails (it reports failures through its error
+    /// handler only). The preload shim calls this at load time; FarAlloc calls it when it reads its
+    /// configuration.
+    pub fn install_errno_handler() {
+        unsafe extern "C" fn on_error(err: std::ffi::c_int, _arg: *mut c_void) {
+            if err == libc::ENOMEM || err == libc::EOVERFLOW {
                 set_errno(libc::ENOMEM);
             }
-            return p;
         }
-        self.alloc_aligned(size, MI_ALIGN, false).cast()
+        // SAFETY: registers a plain function that lives as long as the process.
+        unsafe { mi::mi_register_error(Some(on_error), ptr::null_mut()) };
     }
 
     /// `calloc`: `nmemb * size` zeroed bytes; null with `ENOMEM` on overflow or exhaustion. The threshold
@@ -489,8 +509,9 @@ impl FarAlloc {
     pub unsafe fn free(&self, p: *mut c_void) {
         if self.is_far(p) {
             self.far_free(p.cast());
-        } else if !p.is_null() {
-            // SAFETY: p is not far, so by the caller's contract it came from mimalloc.
+        } else {
+            // SAFETY: p is null (mi_free ignores it) or not far, so by the caller's contract it came from
+            // mimalloc.
             unsafe { mi::mi_free(p) };
         }
     }

@@ -48,6 +48,7 @@ fn start(cfg: &AllocConfig) -> Result<Started, StartError> {
 static A: FarAlloc = FarAlloc::with_start(start, 0);
 
 extern "C" fn init() {
+    FarAlloc::install_errno_handler();
     A.threshold();
 }
 
