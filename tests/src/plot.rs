@@ -78,6 +78,22 @@ pub fn plot(path: &Path, title: &str, runs: &[RunResult], fracs: &[f64]) -> Resu
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
     }
+    // Runs that died (kernel swap's OOM killer): a cross on the axis floor, in the mode's colour.
+    for (mode, color) in Mode::ALL.iter().zip(colors) {
+        let dead: Vec<(f64, f64)> = runs
+            .iter()
+            .filter(|r| r.mode == mode.name() && r.skipped.as_deref().is_some_and(|s| s.contains("OOM")))
+            .map(|r| (r.local, min * 1.15))
+            .collect();
+        chart.draw_series(dead.iter().map(|&p| Cross::new(p, 7, color.stroke_width(3))))?;
+    }
+    if runs.iter().any(|r| r.skipped.as_deref().is_some_and(|s| s.contains("OOM"))) {
+        root.draw_text(
+            "x on the floor: OOM-killed under kernel swap",
+            &("sans-serif", 14).into_font().color(&BLACK),
+            (120, 58),
+        )?;
+    }
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
     root.present().with_context(|| format!("write {}", path.display()))?;
     Ok(())

@@ -97,7 +97,7 @@ fn cmd_run(args: &[String]) -> Result<()> {
     let o = parse(args, false)?;
     let w = Workload::parse(&o.workload)?;
     let mode = Mode::parse(o.mode.as_deref().context("--mode is required")?)?;
-    let local = harness::run(w, Mode::Local, 1.0, &o.params, None)?;
+    let local = harness::run_local(w, &o.params)?;
     let reference = Reference::of(&local)?;
     let r = if mode == Mode::Local { local } else { harness::run(w, mode, o.local[0], &o.params, Some(reference))? };
     println!("{}", serde_json::to_string(&r)?);
@@ -111,7 +111,7 @@ fn cmd_sweep(args: &[String]) -> Result<()> {
     std::fs::create_dir_all(&o.out).with_context(|| format!("create {}", o.out.display()))?;
     for w in ws {
         let mut runs: Vec<RunResult> = Vec::new();
-        let local = harness::run(w, Mode::Local, 1.0, &o.params, None)?;
+        let local = harness::run_local(w, &o.params)?;
         let reference = Reference::of(&local)?;
         println!("{}", serde_json::to_string(&local)?);
         runs.push(local);
