@@ -57,7 +57,7 @@ fn vec_op() -> impl Strategy<Value = VecOp> {
 #[test]
 fn vector_matches_vec() {
     let rt = tight();
-    runner(24)
+    runner(96)
         .run(&proptest::collection::vec(vec_op(), 1..60), |ops| {
             let mut far = Vector::<u64>::new(&rt).unwrap();
             let mut model: Vec<u64> = Vec::new();
@@ -171,7 +171,7 @@ fn list_op() -> impl Strategy<Value = ListOp> {
 #[test]
 fn list_matches_vecdeque() {
     let rt = tight();
-    runner(24)
+    runner(96)
         .run(&proptest::collection::vec(list_op(), 1..80), |ops| {
             let mut far = List::<u32>::new(&rt).unwrap();
             let mut model: VecDeque<u32> = VecDeque::new();
@@ -231,7 +231,7 @@ fn list_matches_vecdeque() {
 fn stack_and_queue_match_std() {
     let rt = tight();
     let ops = proptest::collection::vec((any::<bool>(), any::<u64>(), 0..5000usize), 1..40);
-    runner(16)
+    runner(48)
         .run(&ops, |ops| {
             let mut st = Stack::<u64>::new(&rt).unwrap();
             let mut q = Queue::<u64>::new(&rt).unwrap();
@@ -297,7 +297,7 @@ fn val(k: u32, v: u64) -> Val {
 #[test]
 fn hashmap_matches_std() {
     let rt = tight();
-    runner(16)
+    runner(64)
         .run(&proptest::collection::vec(map_op(), 1..60), |ops| {
             let far = FarMap::<u32, Val, Bucket256>::new(&rt).unwrap();
             let mut model: HashMap<u32, Val> = HashMap::new();
@@ -426,7 +426,7 @@ where
 fn offloaded_column_ops_match_local() {
     let rt = tight();
     let strat = (proptest::collection::vec(any::<i32>().prop_map(|x| x % 1000), 0..12_000), any::<u64>());
-    runner(12)
+    runner(32)
         .run(&strat, |(data, seed)| {
             let n = data.len() as u64;
             let idx: Vec<u64> = if n == 0 { vec![] } else { (0..n.min(3000)).map(|i| (i * 7919 + seed) % n).collect() };
@@ -590,4 +590,65 @@ fn list_walks_prefetch_in_their_direction() {
         let reads = store.reads.load(Relaxed) as usize;
         assert!(reads <= nodes / 4 + 4, "{what}: {reads} read requests for {nodes} nodes");
     }
+}
+
+#[test]
+fn hashmap_readers_and_offloaded_lookups_race_with_splits() {
+    let rt = tight();
+    let map = FarMap::<u64, [u64; 3], Bucket256>::new(&rt).unwrap();
+    const N: u64 = 30_000;
+    std::thread::scope(|s| {
+        let m = &map;
+        s.spawn(move || {
+            for k in 0..N {
+                m.insert(k, [k, k + 1, k + 2]).unwrap();
+            }
+        });
+        for t in 0..3u64 {
+            s.spawn(move || {
+                let mode = [Offload::Local, Offload::Remote, Offload::Auto][t as usize];
+                let mut seen = 0;
+                while seen < N / 2 {
+                    // Keys below what this thread has seen present must stay visible through every split.
+                    let keys: Vec<u64> = (0..64).map(|i| (seen * 31 + i * 7 + t) % (seen + 1)).collect();
+                    let got = m.get_many(&keys, mode).unwrap();
+                    for (k, g) in keys.iter().zip(&got) {
+                        assert!(g.is_none_or(|v| v == [*k, k + 1, k + 2]), "key {k}: {g:?}");
+                    }
+                    if m.get(&seen).is_some() {
+                        for k in (0..=seen).step_by(997) {
+                            assert_eq!(m.get_with(&k, mode).unwrap(), Some([k, k + 1, k + 2]), "key {k}");
+                        }
+                        seen += 1 + seen / 8;
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(map.len(), N as usize);
+}
+
+#[test]
+fn dropping_containers_frees_far_memory() {
+    let store = Arc::new(MemStore::with_registry(1 << 32, builtin()));
+    let rt = Runtime::new(RuntimeConfig::new(4 << 20), Arc::clone(&store) as Arc<dyn FarStore>).unwrap();
+    {
+        let col = Vector::from_slice(&rt, &(0..200_000u64).collect::<Vec<_>>()).unwrap();
+        let map = FarMap::<u64, u64>::new(&rt).unwrap();
+        for k in 0..50_000 {
+            map.insert(k, k).unwrap();
+        }
+        let mut l = List::<u64>::new(&rt).unwrap();
+        for k in 0..50_000 {
+            l.push_front(k).unwrap();
+        }
+        rt.evacuate_all().unwrap();
+        assert!(col.sum(Offload::Remote).is_ok());
+        assert_eq!(map.get_with(&7, Offload::Remote).unwrap(), Some(7));
+        let g = col.gather(&[5, 1, 5], Offload::Remote).unwrap();
+        assert_eq!(g.to_vec(), vec![5, 1, 5]);
+        assert!(store.engine().used() > 1 << 20);
+    }
+    rt.flush_deletes().unwrap();
+    assert_eq!(store.engine().used(), 0, "every chunk, bucket and node was deleted in memd");
 }

@@ -156,3 +156,87 @@ impl DsInstance for ColumnInstance {
         Ok(Vec::new())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::offload::builtin;
+    use crate::offload::layout::{col_op, put_ids, put_u64s, ColumnInput, Elem, COLUMN_TYPE, HASHMAP_TYPE};
+    use crate::proto::Status;
+    use crate::{FarStore, MemStore, StoreError};
+
+    fn column(store: &MemStore, ds: u64, vals: &[u32]) -> ColumnInput {
+        let per = Elem::U32.per_chunk();
+        let mut chunks = Vec::new();
+        for (k, part) in vals.chunks(per).enumerate() {
+            let mut b = vec![0u8; super::CHUNK_BYTES];
+            for (i, v) in part.iter().enumerate() {
+                b[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            let id = 100 + k as u64;
+            store.write_object(ds, id, &b).unwrap();
+            chunks.push(id);
+        }
+        ColumnInput { elem: Elem::U32, len: vals.len() as u64, chunks }
+    }
+
+    fn run(store: &MemStore, ds: u64, col: &ColumnInput, op: u32, args: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let mut input = Vec::new();
+        col.encode(&mut input);
+        input.extend_from_slice(args);
+        store.compute(ds, op, &input)
+    }
+
+    fn failed(r: Result<Vec<u8>, StoreError>, what: &str) {
+        match r {
+            Err(StoreError::Rejected { status: Status::ComputeFailed, msg }) => assert!(msg.contains(what), "{msg}"),
+            other => panic!("expected a COMPUTE_FAILED mentioning {what:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn column_ops_and_bad_inputs() {
+        let s = MemStore::with_registry(1 << 30, builtin());
+        s.construct(1, COLUMN_TYPE, &[]).unwrap();
+        let vals: Vec<u32> = (0..2500).map(|i| (i * 37) % 101).collect();
+        let col = column(&s, 1, &vals);
+        let sum: i128 = vals.iter().map(|&v| i128::from(v)).sum();
+        assert_eq!(run(&s, 1, &col, col_op::SUM, &[]).unwrap(), sum.to_le_bytes());
+        // Assign then shuffle (reverse), read back through SUM/ MAX-free checks on the stored chunks.
+        let mut args = Vec::new();
+        put_u64s(&mut args, &[0, 2499, 0]);
+        args.extend_from_slice(&[7u32, 8, 9].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+        run(&s, 1, &col, col_op::ASSIGN, &args).unwrap();
+        let first = s.read_object(1, 100).unwrap().unwrap();
+        assert_eq!(&first[..4], &9u32.to_le_bytes(), "a later assignment to a row wins");
+        let mut args = Vec::new();
+        put_u64s(&mut args, &(0..2500u64).rev().collect::<Vec<_>>());
+        run(&s, 1, &col, col_op::SHUFFLE, &args).unwrap();
+        let first = s.read_object(1, 100).unwrap().unwrap();
+        assert_eq!(&first[..4], &8u32.to_le_bytes());
+
+        // Bad inputs: clear errors, nothing changed.
+        let mut short = col.clone();
+        short.chunks.pop();
+        failed(run(&s, 1, &short, col_op::SUM, &[]), "chunks given");
+        let mut args = Vec::new();
+        put_u64s(&mut args, &[2500]);
+        args.extend_from_slice(&1u32.to_le_bytes());
+        failed(run(&s, 1, &col, col_op::ASSIGN, &args), "out of bounds");
+        let mut args = Vec::new();
+        put_u64s(&mut args, &[1, 2]);
+        failed(run(&s, 1, &col, col_op::SHUFFLE, &args), "indices for");
+        let mut args = Vec::new();
+        put_ids(&mut args, &[100]);
+        put_u64s(&mut args, &[1]);
+        failed(run(&s, 1, &col, col_op::GATHER, &args), "also a source chunk");
+        let mut missing = col.clone();
+        missing.chunks[0] = 999;
+        failed(run(&s, 1, &missing, col_op::MIN, &[]), "missing");
+        failed(run(&s, 1, &col, 77, &[]), "not defined");
+        failed(run(&s, 1, &col, col_op::FILTER, &[9]), "ends early");
+        assert!(s.construct(2, COLUMN_TYPE, &[1]).is_err());
+        assert!(s.construct(3, HASHMAP_TYPE, &[1, 2, 3]).is_err(), "truncated bucket layout");
+        s.destruct(1).unwrap();
+        assert_eq!(s.read_object(1, 100).unwrap(), None, "DESTRUCT drops the column's objects");
+    }
+}

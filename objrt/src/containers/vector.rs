@@ -150,7 +150,9 @@ impl<'rt, T: Pod> Vector<'rt, T> {
     /// Feeds the stride prefetcher when an index access moves to another chunk.
     #[inline]
     fn note(&self, c: usize) {
-        if self.last_chunk.swap(c, Relaxed) != c {
+        // A plain load first: threads reading the same chunk share the line instead of bouncing it.
+        if self.last_chunk.load(Relaxed) != c {
+            self.last_chunk.store(c, Relaxed);
             self.note_slow(c);
         }
     }
