@@ -443,8 +443,9 @@ impl FarAlloc {
         std::process::abort()
     }
 
+    /// `extern "C"` (so it cannot unwind) lets `free` tail-call it without a frame of its own.
     #[cold]
-    fn far_free(&self, p: *mut u8) {
+    extern "C" fn far_free(&self, p: *mut u8) {
         no_unwind(|| {
             if !self.far_heap().free(p) {
                 self.bad_pointer("free", p.cast());
@@ -473,8 +474,9 @@ impl FarAlloc {
         self.malloc_large(size)
     }
 
+    /// `extern "C"` (so it cannot unwind) lets `malloc` tail-call it without a frame of its own.
     #[cold]
-    fn malloc_large(&self, size: usize) -> *mut c_void {
+    extern "C" fn malloc_large(&self, size: usize) -> *mut c_void {
         self.alloc_aligned(size, MI_ALIGN, false).cast()
     }
 

@@ -26,3 +26,13 @@ echo "small allocations (16-512 B), $threads threads x $iters malloc/free pairs,
 printf '  glibc     %8.2f\n  mimalloc  %8.2f\n  farmem    %8.2f\n' "$g" "$m" "$f"
 awk -v g="$g" -v m="$m" -v f="$f" 'BEGIN {
   printf "time ratio farmem/mimalloc = %.3f (goal <= 1.05), farmem/glibc = %.3f\n", m / f, g / f }'
+
+# Instructions per malloc/free pair (callgrind; one thread): independent of the machine's load, which on a
+# shared 2-core VM makes the timings above swing by 30%. The slope between two run lengths cancels start-up.
+if command -v valgrind >/dev/null; then
+  ir() { LD_PRELOAD=$1 valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" 1 "$2" 2>&1 | awk '/Collected/ {print $4}'; }
+  slope() { local a b; a=$(ir "$1" 100000); b=$(ir "$1" 400000); echo "($b - $a) / 300000" | bc -l; }
+  ig=$(slope ""); im=$(slope "$mi"); if_=$(slope "$shim")
+  printf 'instructions per malloc+free (incl. the loop): glibc %.1f, mimalloc %.1f, farmem %.1f\n' "$ig" "$im" "$if_"
+  awk -v m="$im" -v f="$if_" 'BEGIN { printf "instruction ratio farmem/mimalloc = %.3f\n", f / m }'
+fi
