@@ -10,6 +10,9 @@ pub enum CliError {
     /// A flag or variable is malformed or missing.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// `--help` was asked for.
+    #[error("help requested")]
+    Help,
     /// Anything else that stops the command from starting.
     #[error("{0}")]
     Other(String),

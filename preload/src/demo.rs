@@ -137,6 +137,10 @@ pub fn main(args: &[String]) -> i32 {
     match demo(args) {
         Ok(true) => 0,
         Ok(false) => 1,
+        Err(CliError::Help) => {
+            println!("{}", crate::USAGE);
+            0
+        }
         Err(e) => {
             eprintln!("farmem: {e}");
             2
@@ -153,6 +157,8 @@ fn demo(args: &[String]) -> Result<bool, CliError> {
             local = size_flag("--local-mem", v)?;
         } else if let Some(v) = value(args, &mut i, "--size")? {
             size = Some(size_flag("--size", v)?);
+        } else if args[i] == "-h" || args[i] == "--help" {
+            return Err(CliError::Help);
         } else {
             return Err(CliError::Other(format!("demo: unknown argument {:?}", args[i])));
         }

@@ -16,7 +16,7 @@ use farmem_alloc::FarAlloc;
 #[global_allocator]
 static A: FarAlloc = FarAlloc::from_env();
 
-const USAGE: &str = "\
+pub(crate) const USAGE: &str = "\
 usage:
   farmem run [--local-mem 256M] [--threshold 1M] [--region-size 64G] [--capacity SIZE]
              [--server ADDR --token-file FILE] [--stats] [--log LEVEL] -- CMD ARGS...

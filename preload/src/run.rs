@@ -52,6 +52,8 @@ pub fn parse(args: &[String]) -> Result<RunOpts, CliError> {
             tracing_subscriber::EnvFilter::try_new(v)
                 .map_err(|e| ConfigError::new("--log", format!("{v:?} is not a log filter: {e}")))?;
             o.log = Some(v.to_string());
+        } else if a == "-h" || a == "--help" {
+            return Err(CliError::Help);
         } else if a == "--stats" {
             o.stats = true;
         } else if a.starts_with('-') {
@@ -76,6 +78,9 @@ pub fn parse(args: &[String]) -> Result<RunOpts, CliError> {
     }
     if o.server.is_some() && o.capacity.is_some() {
         return Err(ConfigError::new("--capacity", "sizes the embedded memd; it has no effect with --server").into());
+    }
+    if o.local_mem.is_some_and(|l| l < 16 * 4096) {
+        return Err(ConfigError::new("--local-mem", "must be at least 64K (16 pages)").into());
     }
     if let (Some(l), Some(r)) = (o.local_mem, o.region_size) {
         if l > r {
@@ -195,6 +200,10 @@ pub fn execute(o: &RunOpts) -> Result<i32, CliError> {
 pub fn main(args: &[String]) -> i32 {
     match parse(args).and_then(|o| execute(&o)) {
         Ok(code) => code,
+        Err(CliError::Help) => {
+            println!("{}", crate::USAGE);
+            0
+        }
         Err(e) => {
             eprintln!("farmem: {e}");
             2

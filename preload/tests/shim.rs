@@ -160,6 +160,7 @@ fn malformed_configuration_is_named() {
         (&["--server", "127.0.0.1:1", "--", "true"], &[], "--token-file"),
         (&["--server", "127.0.0.1:1", "--token-file", "/nonexistent/f", "--", "true"], &[], "--token-file"),
         (&["--log", "a=b=c", "--", "true"], &[], "--log"),
+        (&["--local-mem", "8K", "--", "true"], &[], "--local-mem"),
         (&["--local-mem"], &[], "--local-mem"),
         (&["--", "true"], &[("FARMEM_THRESHOLD", "lots")], "FARMEM_THRESHOLD"),
         (&["--", "true"], &[("FARMEM_LOCAL_MEM", "-5")], "FARMEM_LOCAL_MEM"),
@@ -172,6 +173,8 @@ fn malformed_configuration_is_named() {
     }
     let o = run(&["--stats"], &[]);
     assert!(stderr(&o).contains("no command"), "{}", stderr(&o));
+    let o = run(&["--help"], &[]);
+    assert!(o.status.success() && stdout(&o).contains("farmem run"), "{}", stdout(&o));
     let o = run(&["--bogus", "--", "true"], &[]);
     assert!(stderr(&o).contains("--bogus"), "{}", stderr(&o));
 }
