@@ -652,3 +652,14 @@ fn dropping_containers_frees_far_memory() {
     rt.flush_deletes().unwrap();
     assert_eq!(store.engine().used(), 0, "every chunk, bucket and node was deleted in memd");
 }
+
+#[test]
+fn containers_are_shareable_between_threads() {
+    fn sync_send<T: Sync + Send>() {}
+    sync_send::<Vector<'static, u64>>();
+    sync_send::<Array<'static, f64>>();
+    sync_send::<FarMap<'static, u64, u64>>();
+    sync_send::<List<'static, u32>>();
+    sync_send::<Queue<'static, u32>>();
+    sync_send::<Stack<'static, u32>>();
+}

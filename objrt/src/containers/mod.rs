@@ -134,7 +134,7 @@ pub(crate) struct SpaceHandle<'rt> {
     pub rt: &'rt Runtime,
     pub space: Space,
     pub ds: u64,
-    /// `None`: not constructed yet; `Some(Ok)`: constructed; `Some(Err)`: memd cannot (e.g. lacks the type).
+    /// `None`: not constructed yet; `Some(Ok)`: constructed; `Some(Err)`: memd refused (e.g. lacks the type).
     constructed: Mutex<Option<Result<(), StoreError>>>,
 }
 
@@ -147,10 +147,15 @@ impl<'rt> SpaceHandle<'rt> {
     /// Makes sure memd has an instance of type `ty` for this space.
     pub fn ensure(&self, ty: &str, params: &[u8]) -> Result<(), StoreError> {
         let mut c = self.constructed.lock();
-        if c.is_none() {
-            *c = Some(self.rt.store().construct(self.ds, ty, params));
+        if let Some(r) = c.as_ref() {
+            return r.clone();
         }
-        c.as_ref().map_or(Ok(()), |r| r.clone())
+        let r = self.rt.store().construct(self.ds, ty, params);
+        // Remember success, and a refusal of the type (it will not change); retry after other failures.
+        if r.is_ok() || matches!(r, Err(StoreError::Rejected { .. })) {
+            *c = Some(r.clone());
+        }
+        r
     }
 }
 
