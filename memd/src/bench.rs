@@ -38,18 +38,12 @@ fn run_for(d: Duration, mut f: impl FnMut() -> Result<u64, StoreError>) -> Resul
     Ok((n, start.elapsed().as_secs_f64()))
 }
 
-type Io = Box<dyn ReadWrite>;
-
-/// A raw-mode connection.
-pub trait ReadWrite: Read + Write {}
-impl<T: Read + Write> ReadWrite for T {}
-
 fn io(e: std::io::Error) -> StoreError {
     StoreError::Invalid(format!("raw stream: {e}"))
 }
 
 /// Raw ping-pong with the request and reply sizes of a one-page read, on connection `s` (raw mode 1).
-pub fn raw_ping_pong(s: &mut Io, d: Duration) -> Result<Figure, StoreError> {
+pub fn raw_ping_pong_on(s: &mut (impl Read + Write), d: Duration) -> Result<Figure, StoreError> {
     let req = vec![1u8; PAGE_READ_REQUEST as usize];
     let mut rep = vec![0u8; PAGE_READ_REPLY as usize];
     let (n, secs) = run_for(d, || {
@@ -63,7 +57,7 @@ pub fn raw_ping_pong(s: &mut Io, d: Duration) -> Result<Figure, StoreError> {
 }
 
 /// Raw server-to-client stream on connection `s` (raw mode 2).
-pub fn raw_stream_in(s: &mut Io, d: Duration) -> Result<Figure, StoreError> {
+pub fn raw_stream_in_on(s: &mut (impl Read + Write), d: Duration) -> Result<Figure, StoreError> {
     let mut buf = vec![0u8; 256 * 1024];
     let (n, secs) = run_for(d, || {
         s.read_exact(&mut buf).map_err(io)?;
@@ -73,13 +67,28 @@ pub fn raw_stream_in(s: &mut Io, d: Duration) -> Result<Figure, StoreError> {
 }
 
 /// Raw client-to-server stream on connection `s` (raw mode 3).
-pub fn raw_stream_out(s: &mut Io, d: Duration) -> Result<Figure, StoreError> {
+pub fn raw_stream_out_on(s: &mut (impl Read + Write), d: Duration) -> Result<Figure, StoreError> {
     let buf = vec![7u8; 256 * 1024];
     let (n, secs) = run_for(d, || {
         s.write_all(&buf).map_err(io)?;
         Ok(buf.len() as u64)
     })?;
     Ok(fig("raw TCP stream, client to server", n / PAGE_SIZE as u64, secs, PAGE_SIZE, false))
+}
+
+/// Raw ping-pong with the request and reply sizes of a one-page read, on a fresh raw connection to `c`'s server.
+pub fn raw_ping_pong(c: &Client, d: Duration) -> Result<Figure, StoreError> {
+    raw_ping_pong_on(&mut c.raw_stream(1, PAGE_READ_REQUEST, PAGE_READ_REPLY)?, d)
+}
+
+/// Raw server-to-client stream on a fresh raw connection to `c`'s server.
+pub fn raw_stream_in(c: &Client, d: Duration) -> Result<Figure, StoreError> {
+    raw_stream_in_on(&mut c.raw_stream(2, 256 * 1024, 0)?, d)
+}
+
+/// Raw client-to-server stream on a fresh raw connection to `c`'s server.
+pub fn raw_stream_out(c: &Client, d: Duration) -> Result<Figure, StoreError> {
+    raw_stream_out_on(&mut c.raw_stream(3, 0, 0)?, d)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -170,9 +179,9 @@ pub fn run_all(c: &Client, secs: f64) -> Result<Vec<(Figure, String)>, StoreErro
     for chunk in (0..PAGES).collect::<Vec<_>>().chunks(64) {
         c.write_pages(region, chunk, &data[..chunk.len() * PAGE_SIZE])?;
     }
-    let mut ping: Io = Box::new(c.raw_stream(1, PAGE_READ_REQUEST, PAGE_READ_REPLY)?);
-    let mut src: Io = Box::new(c.raw_stream(2, 256 * 1024, 0)?);
-    let mut sink: Io = Box::new(c.raw_stream(3, 0, 0)?);
+    let mut ping = c.raw_stream(1, PAGE_READ_REQUEST, PAGE_READ_REPLY)?;
+    let mut src = c.raw_stream(2, 256 * 1024, 0)?;
+    let mut sink = c.raw_stream(3, 0, 0)?;
     let mut out = Vec::new();
     let mut push = |(a, b, r): (Figure, Figure, f64), unit: &str| {
         out.push((a, format!("{r:.2}x raw {unit} (median of {ROUNDS} paired rounds)")));
@@ -189,7 +198,7 @@ pub fn run_all(c: &Client, secs: f64) -> Result<Vec<(Figure, String)>, StoreErro
                 let (n, s) = run_for(d, || c.read_pages(region, &[7]).map(|_| 1))?;
                 Ok(fig("page read round trip (1 x 4 KiB)", n, s, PAGE_SIZE, true))
             },
-            |d| raw_ping_pong(&mut ping, d),
+            |d| raw_ping_pong_on(&mut ping, d),
         )?,
         "latency",
     );
@@ -202,7 +211,7 @@ pub fn run_all(c: &Client, secs: f64) -> Result<Vec<(Figure, String)>, StoreErro
                 let (n, s) = pipelined(c, d, 64, 1, |i| Request::ReadPages { region, pages: vec![i % PAGES] })?;
                 Ok(fig("pipelined page reads (64 in flight)", n, s, PAGE_SIZE, false))
             },
-            |d| raw_stream_in(&mut src, d),
+            |d| raw_stream_in_on(&mut src, d),
         )?,
         "bytes/s",
     );
@@ -218,7 +227,7 @@ pub fn run_all(c: &Client, secs: f64) -> Result<Vec<(Figure, String)>, StoreErro
                 })?;
                 Ok(fig("batched page reads (64/frame, 8 in flight)", n, s, PAGE_SIZE, false))
             },
-            |d| raw_stream_in(&mut src, d),
+            |d| raw_stream_in_on(&mut src, d),
         )?,
         "bytes/s",
     );
@@ -235,7 +244,7 @@ pub fn run_all(c: &Client, secs: f64) -> Result<Vec<(Figure, String)>, StoreErro
                 })?;
                 Ok(fig("batched page writes (64/frame, 8 in flight)", n, s, PAGE_SIZE, false))
             },
-            |d| raw_stream_out(&mut sink, d),
+            |d| raw_stream_out_on(&mut sink, d),
         )?,
         "bytes/s",
     );
