@@ -57,10 +57,13 @@
 //! ## Readahead
 //! [`readahead::Detector`] tracks up to eight sequential or strided (±64 pages) streams of missing faults on
 //! pages memd holds. After a stride repeats, the fault's batch read also asks for a window of pages ahead
-//! (8 pages, doubling each time the stream reaches the end of its window, up to `max_readahead`), all
-//! submitted before the demand page is waited on and installed in runs of one `UFFDIO_COPY` each. A window
-//! only uses frames above the eviction reserve, so it never pushes pages out, and prefetched pages are installed
-//! referenced so the CLOCK does not take them before the program reaches them.
+//! (8 pages, doubling each time the stream continues, up to `max_readahead`), all submitted before the demand
+//! page is waited on and installed in runs of one `UFFDIO_COPY` each. One page in the middle of each window,
+//! the *trigger*, is fetched but held unmapped by the event thread: the program's fault on it is served from
+//! local memory and asks for the next window while the second half of the current one is still ahead, so
+//! fetching overlaps the program's progress. A window only uses frames above the eviction reserve, so it never
+//! pushes pages out, and prefetched pages are installed referenced so the CLOCK does not take them before the
+//! program reaches them.
 //!
 //! ## Release
 //! [`Region::release`] (and the program's own `madvise(DONTNEED)`, `munmap`, `mremap`, seen as REMOVE, UNMAP and

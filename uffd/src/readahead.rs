@@ -2,9 +2,11 @@
 //!
 //! The detector sees only missing faults on pages that memd holds. A stream is a run of faults with a constant
 //! stride (up to [`MAX_STRIDE`](crate::readahead::MAX_STRIDE) pages either way). The first repeat of a stride confirms a stream and prefetches
-//! [`INITIAL_WINDOW`](crate::readahead::INITIAL_WINDOW) pages; whenever the stream faults exactly where its prefetched window ends (the program
-//! consumed the whole window), the previous window counts as readahead hits and the window doubles up to the
-//! configured maximum. A fault anywhere else restarts detection for that stream, with the window back at its
+//! [`INITIAL_WINDOW`](crate::readahead::INITIAL_WINDOW) pages; whenever the stream faults on its trigger page
+//! or just past its window, the previous window counts as readahead hits and the window doubles up to the
+//! configured maximum. One page in the middle of each window is left unmapped on purpose (the *trigger*): the
+//! program's fault on it asks for the next window while the second half of the current one is still ahead of
+//! the program, so fetching overlaps with the program's progress. A fault anywhere else restarts detection for that stream, with the window back at its
 //! start. Several interleaved streams are tracked at once (e.g. a merge reading two arrays).
 
 /// Largest stride, in pages, that counts as a stream.
@@ -20,8 +22,10 @@ struct Stream {
     last: u64,
     /// Stride in pages (0 while unknown).
     stride: i64,
-    /// Where the next fault of the stream lands if it consumes the current window.
+    /// First page after the prefetched window: a fault there means the program outran readahead.
     expect: u64,
+    /// The page of the window left unmapped on purpose: its fault asks for the next window early.
+    trigger: u64,
     /// Pages prefetched by the last window (0 if none).
     window: usize,
     /// Last use, for replacement.
@@ -43,6 +47,9 @@ pub struct Prefetch {
     pub stride: i64,
     /// How many pages.
     pub count: usize,
+    /// One of them (in the middle of the window) to keep unmapped: the program's fault on it is the signal to
+    /// fetch the next window while the rest of this one is still ahead of the program.
+    pub trigger: Option<u64>,
 }
 
 impl Prefetch {
@@ -81,12 +88,15 @@ impl Detector {
         }
         self.tick += 1;
         let tick = self.tick;
-        let found = self.streams.iter().position(|s| s.valid && s.stride != 0 && s.expect == page);
-        let idx = match found {
+        let found =
+            self.streams.iter().position(|s| s.valid && s.stride != 0 && (s.expect == page || s.trigger == page));
+        let (idx, first) = match found {
             Some(i) => {
                 let s = &mut self.streams[i];
                 self.hits += s.window as u64;
-                i
+                // At the trigger, the next window starts where the current one ends.
+                let first = if s.trigger == page { s.expect } else { page.wrapping_add_signed(s.stride) };
+                (i, first)
             }
             None => {
                 let near = self.streams.iter().position(|s| {
@@ -106,12 +116,13 @@ impl Detector {
                                 last: page,
                                 stride: d,
                                 expect: page.wrapping_add_signed(d),
+                                trigger: u64::MAX,
                                 window: 0,
                                 tick,
                             };
                             return None;
                         }
-                        i
+                        (i, page.wrapping_add_signed(d))
                     }
                     None => {
                         let i = self
@@ -120,7 +131,15 @@ impl Detector {
                             .enumerate()
                             .min_by_key(|(_, s)| if s.valid { s.tick } else { 0 })
                             .map_or(0, |(i, _)| i);
-                        self.streams[i] = Stream { valid: true, last: page, stride: 0, expect: 0, window: 0, tick };
+                        self.streams[i] = Stream {
+                            valid: true,
+                            last: page,
+                            stride: 0,
+                            expect: 0,
+                            trigger: u64::MAX,
+                            window: 0,
+                            tick,
+                        };
                         return None;
                     }
                 }
@@ -133,12 +152,14 @@ impl Detector {
         s.tick = tick;
         s.window = window;
         let stride = s.stride;
-        let wnd = i64::try_from(window).unwrap_or(i64::MAX);
-        s.expect = page.wrapping_add_signed(stride.saturating_mul(wnd.saturating_add(1)));
+        let at = |k: usize| first.wrapping_add_signed(stride.saturating_mul(i64::try_from(k).unwrap_or(i64::MAX)));
+        s.expect = at(window);
+        let trigger = (window >= 4).then(|| at(window / 2));
+        s.trigger = trigger.unwrap_or(u64::MAX);
         if window == 0 {
             return None;
         }
-        Some(Prefetch { first: page.wrapping_add_signed(stride), stride, count: window })
+        Some(Prefetch { first, stride, count: window, trigger })
     }
 }
 
@@ -152,16 +173,18 @@ mod tests {
         assert_eq!(d.on_fault(100, 1000), None);
         assert_eq!(d.on_fault(101, 1000), None, "a stride must repeat before anything is prefetched");
         let p = d.on_fault(102, 1000).unwrap();
-        assert_eq!(p, Prefetch { first: 103, stride: 1, count: INITIAL_WINDOW });
-        // The program consumed 103..=110 without faulting and now faults on 111.
-        let p = d.on_fault(111, 1000).unwrap();
-        assert_eq!(p, Prefetch { first: 112, stride: 1, count: 16 });
+        assert_eq!(p, Prefetch { first: 103, stride: 1, count: INITIAL_WINDOW, trigger: Some(107) });
+        // The program reaches the trigger page: the next window starts after the current one.
+        let p = d.on_fault(107, 1000).unwrap();
+        assert_eq!(p, Prefetch { first: 111, stride: 1, count: 16, trigger: Some(119) });
         assert_eq!(d.hits, INITIAL_WINDOW as u64);
-        let p = d.on_fault(128, 1000).unwrap();
-        assert_eq!(p.count, 32);
-        let p = d.on_fault(161, 1000).unwrap();
-        assert_eq!(p.count, 64, "window capped at the maximum");
-        let p = d.on_fault(226, 10).unwrap();
+        let p = d.on_fault(119, 1000).unwrap();
+        assert_eq!((p.first, p.count), (127, 32));
+        let p = d.on_fault(143, 1000).unwrap();
+        assert_eq!((p.first, p.count), (159, 64), "window capped at the maximum");
+        // The program outran readahead and faults just past the window.
+        let p = d.on_fault(223, 10).unwrap();
+        assert_eq!(p.first, 224);
         assert_eq!(p.count, 10, "window capped by room");
     }
 
@@ -175,7 +198,7 @@ mod tests {
         let pages: Vec<u64> = p.pages(10_000).collect();
         assert_eq!(pages, vec![988, 984, 980, 976, 972, 968, 964, 960]);
         // Running off the start of the region stops the list.
-        let p = Prefetch { first: 4, stride: -4, count: 5 };
+        let p = Prefetch { first: 4, stride: -4, count: 5, trigger: None };
         assert_eq!(p.pages(100).collect::<Vec<_>>(), vec![4, 0]);
     }
 

@@ -43,6 +43,10 @@ const REF: u8 = 1 << 4;
 const RELEASED: u8 = 1 << 5;
 /// Being evicted in place (write-protect, copy, `MADV_DONTNEED`) rather than moved out.
 const INPLACE: u8 = 1 << 6;
+/// A readahead trigger: fetched, held by the event thread unmapped until the program touches it.
+const STAGED: u8 = 1 << 7;
+/// Most trigger pages held at once (one per live stream, and then some).
+const MAX_STAGED: usize = 16;
 
 /// Pages per read or write request.
 const IO_CHUNK: usize = 64;
@@ -443,6 +447,8 @@ struct Fault {
 struct EventLoop {
     sh: Arc<Shared>,
     deferred: Vec<Fault>,
+    /// Readahead trigger pages: contents fetched, page left unmapped (state FETCHING | STAGED), oldest first.
+    staged: std::collections::VecDeque<(u64, Box<[u8]>)>,
     det: Detector,
     msgs: Vec<Msg>,
 }
@@ -583,6 +589,8 @@ impl EventLoop {
         let mut fetch = Vec::new();
         let mut ra: Vec<u64> = Vec::new();
         let mut evicting_zero = Vec::new();
+        let mut staged = Vec::new();
+        let mut triggers = Vec::new();
         let dead = sh.dead.load(Relaxed);
         {
             let mut core = sh.core.lock();
@@ -595,6 +603,7 @@ impl EventLoop {
                         unprotect.push(f);
                     }
                     PRESENT => wake.push(f.page),
+                    FETCHING if st & STAGED != 0 => staged.push(f),
                     // A released page being evicted in place is gone already; the eviction thread may be the
                     // one reading it (for write-back). Map zeros there: the eviction drops them with the page.
                     EVICTING if st & (RELEASED | INPLACE) == RELEASED | INPLACE && !f.wp => evicting_zero.push(f.page),
@@ -621,7 +630,7 @@ impl EventLoop {
                 }
             }
             if sh.cfg.readahead {
-                for f in &fetch {
+                for f in fetch.iter().chain(&staged) {
                     let room = core.free_len.saturating_sub(sh.reserve);
                     if let Some(pf) = self.det.on_fault(f.page, room) {
                         for q in pf.pages(sh.npages) {
@@ -629,6 +638,9 @@ impl EventLoop {
                             if st == (ABSENT | REMOTE) && core.free_len > sh.reserve && sh.alloc_frame(&mut core, q) {
                                 sh.set(q, FETCHING | REMOTE);
                                 ra.push(q);
+                                if pf.trigger == Some(q) {
+                                    triggers.push(q);
+                                }
                             }
                         }
                     }
@@ -661,10 +673,12 @@ impl EventLoop {
                 Err(e) => tracing::error!(error = %e, "cannot map zeros over a released page being evicted"),
             }
         }
+        self.install_staged(&staged);
         self.install_zero(&zero);
         if !fetch.is_empty() || !ra.is_empty() {
             ra.sort_unstable();
-            self.fetch(&fetch, &ra);
+            triggers.sort_unstable();
+            self.fetch(&fetch, &ra, &triggers);
         }
     }
 
@@ -679,6 +693,47 @@ impl EventLoop {
                     let _ = sh.uffd.wake(sh.addr(p), PS);
                 }
                 Err(e) => tracing::error!(error = %e, "cannot poison a page"),
+            }
+        }
+    }
+
+    /// Serves faults on readahead trigger pages from their held contents (no network round trip).
+    fn install_staged(&mut self, faults: &[Fault]) {
+        for f in faults {
+            let Some(i) = self.staged.iter().position(|(p, _)| *p == f.page) else {
+                tracing::error!(page = f.page, "a staged page has no contents; fetching it again");
+                let sh = Arc::clone(&self.sh);
+                let mut core = sh.core.lock();
+                sh.free_frame(&mut core, f.page);
+                sh.set(f.page, ABSENT | REMOTE);
+                drop(core);
+                let _ = sh.uffd.wake(sh.addr(f.page), PS);
+                continue;
+            };
+            let Some((p, buf)) = self.staged.remove(i) else { continue };
+            let (mode, flags) = if f.write { (0, DIRTY) } else { (raw::COPY_MODE_WP, 0) };
+            self.install(&[p], &|_| buf.as_ptr(), mode, flags);
+            self.sh.record(f.t0);
+        }
+    }
+
+    /// Holds a fetched trigger page unmapped; the oldest held page is installed when too many are held.
+    fn stage(&mut self, page: u64, data: &[u8]) {
+        let sh = Arc::clone(&self.sh);
+        {
+            let mut core = sh.core.lock();
+            let st = sh.st(page);
+            if st & RELEASED != 0 {
+                sh.free_frame(&mut core, page);
+                sh.set(page, ABSENT);
+                return;
+            }
+            sh.set(page, st | STAGED);
+        }
+        self.staged.push_back((page, data.to_vec().into_boxed_slice()));
+        if self.staged.len() > MAX_STAGED {
+            if let Some((p, buf)) = self.staged.pop_front() {
+                self.install(&[p], &|_| buf.as_ptr(), raw::COPY_MODE_WP, 0);
             }
         }
     }
@@ -720,7 +775,9 @@ impl EventLoop {
     fn install(&mut self, pages: &[u64], src: &dyn Fn(usize) -> *const u8, mode: u64, flags: u8) {
         let sh = Arc::clone(&self.sh);
         let mut i = 0;
-        let mut per_page = false;
+        // A page released before its install starts (a held trigger page, say) must not be installed at all:
+        // no later zap would remove it.
+        let mut per_page = pages.iter().any(|&p| sh.st(p) & RELEASED != 0);
         while i < pages.len() {
             if per_page && sh.st(pages[i]) & RELEASED != 0 {
                 i += 1;
@@ -763,7 +820,7 @@ impl EventLoop {
 
     /// Fetches demand pages and readahead pages with pipelined batch reads (everything submitted before the
     /// first wait, demand pages first), and installs each batch as it arrives.
-    fn fetch(&mut self, demand: &[Fault], ra: &[u64]) {
+    fn fetch(&mut self, demand: &[Fault], ra: &[u64], triggers: &[u64]) {
         let sh = Arc::clone(&self.sh);
         let dpages: Vec<u64> = demand.iter().map(|f| f.page).collect();
         let mut batches: Vec<(Vec<u64>, bool)> = Vec::new();
@@ -823,7 +880,22 @@ impl EventLoop {
                     }
                     sh.c.fetched.fetch_add(as_u64(n), Relaxed);
                 } else {
-                    self.install(&run, &|i| dptr.wrapping_add(off + i * PAGE_SIZE), raw::COPY_MODE_WP, 0);
+                    for sub in split_by(&run, |p| triggers.binary_search(p).is_ok()) {
+                        let first = as_usize(sub[0] - s);
+                        if triggers.binary_search(&sub[0]).is_ok() {
+                            for (j, &p) in sub.iter().enumerate() {
+                                let at = off + (first + j) * PAGE_SIZE;
+                                self.stage(p, &data[at..at + PAGE_SIZE]);
+                            }
+                        } else {
+                            self.install(
+                                &sub,
+                                &|i| dptr.wrapping_add(off + (first + i) * PAGE_SIZE),
+                                raw::COPY_MODE_WP,
+                                0,
+                            );
+                        }
+                    }
                     sh.c.ra_pages.fetch_add(as_u64(n), Relaxed);
                 }
                 k += n;
@@ -1245,8 +1317,13 @@ impl Region {
         let s = Arc::clone(&sh);
         let max_ra = if sh.cfg.readahead { sh.cfg.max_readahead } else { 0 };
         region.spawn("farmem-uffd-event", move || {
-            let mut ev =
-                EventLoop { sh: s, deferred: Vec::new(), det: Detector::new(max_ra), msgs: Vec::with_capacity(64) };
+            let mut ev = EventLoop {
+                sh: s,
+                deferred: Vec::new(),
+                staged: std::collections::VecDeque::new(),
+                det: Detector::new(max_ra),
+                msgs: Vec::with_capacity(64),
+            };
             ev.run();
         })?;
         for i in 0..evictors {
