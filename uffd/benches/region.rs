@@ -218,7 +218,12 @@ fn scan_benches(c: &mut Criterion) {
     let (size, budget) = (256 * MIB, 64 * MIB);
     g.throughput(criterion::Throughput::Bytes(size as u64));
     let spin = std::env::var("SPIN_US").ok().and_then(|v| v.parse().ok()).map(Duration::from_micros);
-    let cfg = RegionConfig { size, local_mem: budget, spin: spin.unwrap_or(Duration::from_micros(50)), ..RegionConfig::default() };
+    let cfg = RegionConfig {
+        size,
+        local_mem: budget,
+        spin: spin.unwrap_or(Duration::from_micros(50)),
+        ..RegionConfig::default()
+    };
     if let Ok(r) = Region::new(cfg, client()) {
         for p in 0..size / PAGE_SIZE {
             touch(&r, p, true);

@@ -1,14 +1,14 @@
 //! What a forked child sees of a region.
 //!
-//! A child's copy of the region is not registered with any userfaultfd, and the parent's threads do not exist
-//! in it, so a page whose contents live only in memd would silently read as zeros there. At fork (a
-//! `pthread_atfork` child handler) every live region is therefore walked once in the child:
-//! pages mapped at fork time keep their contents (the kernel copied them), pages never written or released
-//! read zeros as they should, and every other page (held in memd, or caught unmapped in the middle of a fetch
-//! or an eviction) is made `PROT_NONE`. Touching one of those runs a SIGSEGV handler that prints which region and server the page
-//! belongs to and kills the child with the default SIGSEGV action — a clear fatal error, never silent zeros.
-//! Faults elsewhere are passed on to the previous handler. `release` in the child drops pages locally only
-//! (the memd copies belong to the parent), and dropping the child's `Region` leaves memd alone.
+//! A child's copy of the region is not registered with any userfaultfd, and the parent's threads do not exist in it, so
+//! a page whose contents live only in memd would silently read as zeros there. At fork (a `pthread_atfork` child
+//! handler) every live region is therefore walked once in the child: pages mapped at fork time keep their contents (the
+//! kernel copied them), pages never written or released read zeros as they should, and every other page (held in memd,
+//! or caught unmapped in the middle of a fetch or an eviction) is made `PROT_NONE`. Touching one of those runs a
+//! SIGSEGV handler that prints which region and server the page belongs to and kills the child with the default SIGSEGV
+//! action — a clear fatal error, never silent zeros. Faults elsewhere are passed on to the previous handler. `release`
+//! in the child drops pages locally only (the memd copies belong to the parent), and dropping the child's `Region`
+//! leaves memd alone.
 //!
 //! Children that `exec` at once (the usual case) pay for one walk of the page-state table.
 //!

@@ -5,8 +5,8 @@
 //! zero-filled mappings cost nothing until a page of them is touched.
 //!
 //! # Safety
-//! [`Mapping`](crate::mem::Mapping) owns its range and unmaps it once; [`Table`](crate::mem::Table) hands out elements of types for which the all-zero
-//! bit pattern is a valid value (integers and atomics), indexed with bounds checks.
+//! [`Mapping`](crate::mem::Mapping) owns its range and unmaps it once; [`Table`](crate::mem::Table) hands out elements
+//! of types for which the all-zero bit pattern is a valid value (integers and atomics), indexed with bounds checks.
 
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, AtomicU8};

@@ -1,13 +1,13 @@
 //! Stream detection for readahead: sequential and strided missing-fault streams, with an adaptive window.
 //!
-//! The detector sees only missing faults on pages that memd holds. A stream is a run of faults with a constant
-//! stride (up to [`MAX_STRIDE`](crate::readahead::MAX_STRIDE) pages either way). The first repeat of a stride confirms a stream and prefetches
-//! [`INITIAL_WINDOW`](crate::readahead::INITIAL_WINDOW) pages; whenever the stream faults on its trigger page
-//! or just past its window, the previous window counts as readahead hits and the window doubles up to the
-//! configured maximum. One page in the middle of each window is left unmapped on purpose (the *trigger*): the
-//! program's fault on it asks for the next window while the second half of the current one is still ahead of
-//! the program, so fetching overlaps with the program's progress. A fault anywhere else restarts detection for that stream, with the window back at its
-//! start. Several interleaved streams are tracked at once (e.g. a merge reading two arrays).
+//! The detector sees only missing faults on pages that memd holds. A stream is a run of faults with a constant stride
+//! (up to [`MAX_STRIDE`](crate::readahead::MAX_STRIDE) pages either way). The first repeat of a stride confirms a
+//! stream and prefetches [`INITIAL_WINDOW`](crate::readahead::INITIAL_WINDOW) pages; whenever the stream faults on its
+//! trigger page or just past its window, the previous window counts as readahead hits and the window doubles up to the
+//! configured maximum. One page in the middle of each window is left unmapped on purpose (the *trigger*): the program's
+//! fault on it asks for the next window while the second half of the current one is still ahead of the program, so
+//! fetching overlaps with the program's progress. A fault anywhere else restarts detection for that stream, with the
+//! window back at its start. Several interleaved streams are tracked at once (e.g. a merge reading two arrays).
 
 /// Largest stride, in pages, that counts as a stream.
 pub const MAX_STRIDE: i64 = 64;

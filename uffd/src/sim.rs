@@ -1,10 +1,11 @@
 //! Replacement-policy simulator: the region's CLOCK (with only the signals it really gets) next to FIFO and
 //! exact LRU, on a page access trace.
 //!
-//! The region cannot see reads of resident pages: its reference bits come from faults only — a missing fault
-//! installs a page referenced, and a write to a write-protected page (a clean page, or a dirty page the hand
-//! re-armed) raises a write-protect fault that sets the bit again. [`Policy::WpClock`](crate::sim::Policy::WpClock) models exactly that, so
-//! its miss rate on a trace is what the region would see; [`Policy::Fifo`](crate::sim::Policy::Fifo) and [`Policy::Lru`](crate::sim::Policy::Lru) bracket it.
+//! The region cannot see reads of resident pages: its reference bits come from faults only — a missing fault installs a
+//! page referenced, and a write to a write-protected page (a clean page, or a dirty page the hand re-armed) raises a
+//! write-protect fault that sets the bit again. [`Policy::WpClock`](crate::sim::Policy::WpClock) models exactly that,
+//! so its miss rate on a trace is what the region would see; [`Policy::Fifo`](crate::sim::Policy::Fifo) and
+//! [`Policy::Lru`](crate::sim::Policy::Lru) bracket it.
 
 use std::collections::{HashMap, VecDeque};
 
