@@ -668,3 +668,32 @@ fn containers_are_shareable_between_threads() {
     sync_send::<Queue<'static, u32>>();
     sync_send::<Stack<'static, u32>>();
 }
+
+#[test]
+fn explicit_prefetch_batches_list_nodes_and_map_buckets() {
+    let (rt, store) = counted(16 << 20);
+    let mut l = List::<u64>::new(&rt).unwrap();
+    for i in 0..512 * 40 {
+        l.push_back(i).unwrap();
+    }
+    let m = FarMap::<u64, u64>::new(&rt).unwrap();
+    for k in 0..20_000 {
+        m.insert(k, k + 1).unwrap();
+    }
+    rt.evacuate_all().unwrap();
+    store.reads.store(0, Relaxed);
+    l.prefetch(512 * 10..512 * 30).unwrap().wait().unwrap();
+    let keys: Vec<u64> = (0..200).map(|k| k * 97).collect();
+    m.prefetch(&keys).unwrap().wait().unwrap();
+    assert_eq!(store.reads.load(Relaxed), 2, "one request for the nodes, one for the buckets");
+    for k in &keys {
+        assert_eq!(m.get(k), Some(k + 1));
+    }
+    assert_eq!(store.reads.load(Relaxed), 2, "the buckets were local already");
+    // Reading the prefetched nodes backwards: only the direction prefetcher's requests beyond node 10 remain.
+    for i in (512 * 10..512 * 30).rev() {
+        assert_eq!(l.read(i), Some(i as u64));
+    }
+    let s = l.prefetch_stats();
+    assert_eq!(store.reads.load(Relaxed), 2 + s.batches, "{s:?}");
+}

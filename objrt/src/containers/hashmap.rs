@@ -271,6 +271,15 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
         Ok(out)
     }
 
+    /// Starts fetching the buckets of `keys` (one batched request) and returns the handle: lookups of those
+    /// keys afterwards find their buckets local or in flight.
+    pub fn prefetch(&self, keys: &[K]) -> Result<crate::FetchHandle, ContainerError> {
+        let dir = self.dir.read();
+        let guards: Vec<_> =
+            keys.iter().map(|k| dir.table[slot(dir.depth, Self::key_hash(k))].read_recursive()).collect();
+        Ok(self.sp.rt.fetch(guards.iter().map(|g| &g.obj))?)
+    }
+
     /// Inserts or replaces; returns the previous value.
     pub fn insert(&self, key: K, value: V) -> Result<Option<V>, ContainerError> {
         let l = self.layout;

@@ -302,6 +302,19 @@ impl<'rt, T: Pod> List<'rt, T> {
         Some(v)
     }
 
+    /// Starts fetching the nodes holding elements `range` (at most two prefetch windows of them) and returns
+    /// the handle.
+    pub fn prefetch(&self, range: std::ops::Range<usize>) -> Result<FetchHandle, ContainerError> {
+        let end = range.end.min(self.len);
+        if range.start >= end {
+            return Ok(self.sp.rt.fetch(std::iter::empty::<&FarBox<Chunk>>())?);
+        }
+        let (n0, _) = self.locate(range.start);
+        let (n1, _) = self.locate(end - 1);
+        let n1 = n1.min(n0 + 2 * self.pf_cfg.max_window - 1);
+        Ok(self.sp.rt.fetch(self.nodes.range(n0..=n1).map(|n| &n.obj))?)
+    }
+
     /// Removes every element.
     pub fn clear(&mut self) {
         self.nodes.clear();

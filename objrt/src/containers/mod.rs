@@ -27,6 +27,28 @@
 //! Dirty local chunks are written back first ([`Runtime::write_back`]), and chunks the server rewrites are
 //! dropped locally first, so both paths give the same answer — for reductions the very same code
 //! ([`farmem_memd::offload::layout::Reducer`]) runs on both sides.
+//!
+//! ```
+//! use farmem_memd::{offload::builtin, MemStore};
+//! use farmem_objrt::containers::{HashMap, Pred, Sum};
+//! use farmem_objrt::{DerefScope, Offload, Runtime, RuntimeConfig, Vector};
+//! use std::sync::Arc;
+//! let rt = Runtime::new(RuntimeConfig::new(2 << 20), Arc::new(MemStore::with_registry(1 << 30, builtin())))?;
+//! let mut col = Vector::from_slice(&rt, &(0..100_000i64).collect::<Vec<_>>())?; // 800 KB in 196 chunks
+//! {
+//!     let s = DerefScope::new();
+//!     *col.get_mut(7, &s).unwrap() = -1;
+//! }
+//! rt.evacuate_all()?; // now the column is in far memory: Auto offloads
+//! assert_eq!(col.sum(Offload::Auto)?, Sum::Int((0..100_000).sum::<i128>() - 8));
+//! assert_eq!(col.filter(Pred::Lt(2), Offload::Remote)?, vec![0, 1, 7]);
+//! let m = HashMap::<u64, [u8; 16]>::new(&rt)?;
+//! m.insert(42, *b"far memory here!")?;
+//! assert_eq!(m.entry(42).or_insert([0; 16])?, *b"far memory here!");
+//! rt.evacuate_all()?;
+//! assert_eq!(m.get_with(&42, Offload::Remote)?, Some(*b"far memory here!")); // the bucket stays remote
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod array;
 mod hashmap;
