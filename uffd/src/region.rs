@@ -23,6 +23,41 @@ use std::time::{Duration, Instant};
 
 const PS: u64 = PAGE_SIZE as u64;
 
+/// Logs through `tracing`, at most [`LOG_BURST`] messages a second from the fault and eviction paths; how many
+/// were suppressed is reported with the next message let through.
+macro_rules! limited {
+    ($lvl:ident, $($arg:tt)+) => {
+        if let Some(suppressed) = log_gate() {
+            if suppressed > 0 {
+                tracing::warn!(suppressed, "farmem-uffd: messages suppressed by rate limiting");
+            }
+            tracing::$lvl!($($arg)+);
+        }
+    };
+}
+
+/// Messages a second the fault and eviction paths may log.
+const LOG_BURST: u64 = 10;
+
+/// Admits a message (returning how many were suppressed since the last one admitted) or suppresses it.
+fn log_gate() -> Option<u64> {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    static WINDOW: AtomicU64 = AtomicU64::new(0);
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let secs = START.get_or_init(Instant::now).elapsed().as_secs() + 1;
+    let w = WINDOW.load(Relaxed);
+    if w != secs && WINDOW.compare_exchange(w, secs, Relaxed, Relaxed).is_ok() {
+        COUNT.store(0, Relaxed);
+    }
+    if COUNT.fetch_add(1, Relaxed) < LOG_BURST {
+        Some(SUPPRESSED.swap(0, Relaxed))
+    } else {
+        SUPPRESSED.fetch_add(1, Relaxed);
+        None
+    }
+}
+
 // Per-page state byte: a location in the low two bits and flags above.
 /// Not mapped locally.
 const ABSENT: u8 = 0;
@@ -354,7 +389,7 @@ impl Shared {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_gone() || tries >= STORE_RETRIES || self.stop.load(Relaxed) => return Err(e),
                 Err(e) => {
-                    tracing::warn!(error = %e, "far-store call failed; retrying");
+                    limited!(warn, error = %e, "far-store call failed; retrying");
                     std::thread::sleep(delay);
                     delay *= 4;
                     tries += 1;
@@ -367,7 +402,7 @@ impl Shared {
     fn delete_remote(&self, pages: &[u64]) {
         for chunk in pages.chunks(16_384) {
             if let Err(e) = self.with_retry(|| self.store.delete_pages(self.region_id, chunk)) {
-                tracing::warn!(error = %e, pages = chunk.len(), "could not delete released pages from memd");
+                limited!(warn, error = %e, pages = chunk.len(), "could not delete released pages from memd");
                 if e.is_gone() {
                     self.die(&e);
                 }
@@ -461,7 +496,7 @@ impl EventLoop {
             self.msgs.clear();
             let mut msgs = std::mem::take(&mut self.msgs);
             if let Err(e) = sh.uffd.read_msgs(&mut msgs, 64) {
-                tracing::error!(error = %e, "reading userfaultfd events failed");
+                limited!(error, error = %e, "reading userfaultfd events failed");
                 std::thread::sleep(Duration::from_millis(1));
             }
             if msgs.is_empty() {
@@ -520,10 +555,10 @@ impl EventLoop {
                     }
                     if addr < sh.base || addr >= sh.base + sh.len {
                         // Pages moved out of the region by mremap stay registered; their far copies are gone.
-                        tracing::error!(addr, "fault outside the region (moved by mremap?); poisoning it");
+                        limited!(error, addr, "fault outside the region (moved by mremap?); poisoning it");
                         let page = addr & !(PS - 1);
                         if let Err(e) = sh.uffd.poison(page, PS) {
-                            tracing::error!(error = %e, "cannot poison a page outside the region");
+                            limited!(error, error = %e, "cannot poison a page outside the region");
                         }
                         continue;
                     }
@@ -537,10 +572,10 @@ impl EventLoop {
                 }
                 Msg::Remove { start, end } | Msg::Unmap { start, end } => sh.on_remove(start, end, true),
                 Msg::Remap { from, to, len } => {
-                    tracing::warn!(from, to, len, "region pages moved by mremap: treating the old range as released");
+                    limited!(warn, from, to, len, "region pages moved by mremap: treating the old range as released");
                     sh.on_remove(from, from.saturating_add(len), true);
                 }
-                Msg::Other(e) => tracing::warn!(event = e, "unexpected userfaultfd event"),
+                Msg::Other(e) => limited!(warn, event = e, "unexpected userfaultfd event"),
             }
         }
     }
@@ -549,7 +584,7 @@ impl EventLoop {
     fn pump(&mut self) {
         let mut msgs = Vec::new();
         if let Err(e) = self.sh.uffd.read_msgs(&mut msgs, 64) {
-            tracing::error!(error = %e, "reading userfaultfd events failed");
+            limited!(error, error = %e, "reading userfaultfd events failed");
         }
         let mut faults = Vec::new();
         self.absorb(&msgs, &mut faults);
@@ -654,7 +689,7 @@ impl EventLoop {
         for (s, n) in runs(&unprotect.iter().map(|f| f.page).collect::<Vec<_>>()) {
             let r = self.retry_eagain(|u| u.writeprotect(sh.addr(s), as_u64(n) * PS, 0));
             if let Err(e) = r {
-                tracing::error!(error = %e, "cannot un-write-protect a page");
+                limited!(error, error = %e, "cannot un-write-protect a page");
             }
         }
         for f in &unprotect {
@@ -662,7 +697,7 @@ impl EventLoop {
         }
         for (s, n) in runs(&wake) {
             if let Err(e) = sh.uffd.wake(sh.addr(s), as_u64(n) * PS) {
-                tracing::error!(error = %e, "UFFDIO_WAKE failed");
+                limited!(error, error = %e, "UFFDIO_WAKE failed");
             }
         }
         self.poison(&poison);
@@ -670,7 +705,7 @@ impl EventLoop {
             match self.retry_eagain(|u| u.copy(sh.addr(p), sh.zero.ptr(), PS, raw::COPY_MODE_WP)) {
                 Ok(()) => {}
                 Err(e) if e.errno == libc::EEXIST => {}
-                Err(e) => tracing::error!(error = %e, "cannot map zeros over a released page being evicted"),
+                Err(e) => limited!(error, error = %e, "cannot map zeros over a released page being evicted"),
             }
         }
         self.install_staged(&staged);
@@ -692,7 +727,7 @@ impl EventLoop {
                 Err(e) if e.errno == libc::EEXIST => {
                     let _ = sh.uffd.wake(sh.addr(p), PS);
                 }
-                Err(e) => tracing::error!(error = %e, "cannot poison a page"),
+                Err(e) => limited!(error, error = %e, "cannot poison a page"),
             }
         }
     }
@@ -701,7 +736,7 @@ impl EventLoop {
     fn install_staged(&mut self, faults: &[Fault]) {
         for f in faults {
             let Some(i) = self.staged.iter().position(|(p, _)| *p == f.page) else {
-                tracing::error!(page = f.page, "a staged page has no contents; fetching it again");
+                limited!(error, page = f.page, "a staged page has no contents; fetching it again");
                 let sh = Arc::clone(&self.sh);
                 let mut core = sh.core.lock();
                 sh.free_frame(&mut core, f.page);
@@ -797,7 +832,7 @@ impl EventLoop {
                             per_page = true;
                         }
                         _ => {
-                            tracing::error!(error = %e, page = pages[i], "UFFDIO_COPY failed; poisoning the page");
+                            limited!(error, error = %e, page = pages[i], "UFFDIO_COPY failed; poisoning the page");
                             let _ = sh.uffd.poison(sh.addr(pages[i]), PS);
                             i += 1;
                         }
@@ -1014,7 +1049,7 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
     rearm.sort_unstable();
     for (s, n) in runs(&rearm) {
         if let Err(e) = retry_busy(|| sh.uffd.writeprotect(sh.addr(s), as_u64(n) * PS, raw::WRITEPROTECT_MODE_WP)) {
-            tracing::debug!(error = %e, "re-arming write protection failed");
+            limited!(debug, error = %e, "re-arming write protection failed");
         }
     }
     if victims.is_empty() {
@@ -1059,7 +1094,7 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
                     // Not mapped: the program released it and the kernel already zapped it.
                     Err(e) if e.errno == libc::ENOENT => unmapped.push(q),
                     Err(e) => {
-                        tracing::debug!(error = %e, page = q, "UFFDIO_MOVE refused a page; evicting it in place");
+                        limited!(debug, error = %e, page = q, "UFFDIO_MOVE refused a page; evicting it in place");
                         inplace.push(q);
                     }
                 }
@@ -1078,7 +1113,7 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
     let inplace_dirty: Vec<u64> = inplace.iter().copied().filter(|&p| sh.st(p) & DIRTY != 0).collect();
     for (s, n) in runs(&inplace_dirty) {
         if let Err(e) = retry_busy(|| sh.uffd.writeprotect(sh.addr(s), as_u64(n) * PS, raw::WRITEPROTECT_MODE_WP)) {
-            tracing::error!(error = %e, "cannot write-protect pages for eviction");
+            limited!(error, error = %e, "cannot write-protect pages for eviction");
         }
     }
     // 3. Write dirty pages back in pipelined batches.
@@ -1090,7 +1125,7 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
         // write-protected, so their next write marks them dirty again).
         for &(p, src) in &moved {
             if let Err(e) = retry_busy(|| sh.uffd.move_pages(sh.addr(p), src, PS)) {
-                tracing::error!(error = %e, page = p, "cannot move an unevictable page back");
+                limited!(error, error = %e, page = p, "cannot move an unevictable page back");
             }
         }
         let mut core = sh.core.lock();
@@ -1114,7 +1149,7 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
         let (a, l) = (sh.addr(s), as_u64(n) * PS);
         sh.core.lock().self_removes.push((a, a + l));
         if let Err(e) = raw::dontneed(a, l) {
-            tracing::error!(error = %e, "cannot drop evicted pages");
+            limited!(error, error = %e, "cannot drop evicted pages");
             let mut core = sh.core.lock();
             if let Some(i) = core.self_removes.iter().position(|&r| r == (a, a + l)) {
                 core.self_removes.swap_remove(i);
@@ -1157,7 +1192,7 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
     // The staging copies go in one call; its REMOVE event lies outside the region and is ignored.
     if let (Some(st0), false) = (stage, moved.is_empty()) {
         if let Err(e) = retry_busy(|| raw::dontneed(st0, as_u64(victims.len()) * PS)) {
-            tracing::error!(error = %e, "cannot free the eviction staging area");
+            limited!(error, error = %e, "cannot free the eviction staging area");
         }
     }
     sh.delete_remote(&doomed);
@@ -1372,7 +1407,7 @@ impl Region {
     /// as zeros afterwards.
     pub fn release(&self, offset: usize, len: usize) -> Result<(), RegionError> {
         let _g = internal::enter();
-        if offset % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+        if !offset.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
             return Err(RegionError::Range(format!(
                 "offset {offset} and length {len} must be multiples of {PAGE_SIZE}"
             )));
