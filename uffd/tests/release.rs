@@ -83,3 +83,36 @@ fn clean_pages_cause_no_write_back() {
     assert!(s.clean_drops >= after_first.clean_drops + 400, "{s:?}");
     assert!(s.pages_written >= 256 && s.pages_written <= 256 + 32, "{s:?}");
 }
+
+fn vm_rss_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn default_sized_region_costs_little_until_touched() {
+    let store: std::sync::Arc<dyn FarStore> = std::sync::Arc::new(farmem_memd::MemStore::new(1 << 30));
+    let before = vm_rss_kib();
+    let cfg = farmem_uffd::RegionConfig { local_mem: 16 << 20, ..farmem_uffd::RegionConfig::default() };
+    assert_eq!(cfg.size, 64 << 30);
+    let Some(r) = region_with(cfg, store) else { return };
+    let pages = r.len() / PS;
+    let probe = [0, 1, pages / 2, pages - 1];
+    for &p in &probe {
+        // SAFETY: inside the region.
+        unsafe { r.base().add(p * PS).cast::<u64>().write_volatile(p as u64 + 5) };
+    }
+    for &p in &probe {
+        // SAFETY: inside the region.
+        assert_eq!(unsafe { r.base().add(p * PS).cast::<u64>().read_volatile() }, p as u64 + 5);
+    }
+    let grown = vm_rss_kib().saturating_sub(before);
+    assert!(grown < 64 * 1024, "a 64 GiB region with four touched pages grew RSS by {grown} KiB");
+    r.release(0, r.len()).unwrap();
+    for &p in &probe {
+        // SAFETY: inside the region.
+        assert_eq!(unsafe { r.base().add(p * PS).cast::<u64>().read_volatile() }, 0);
+    }
+    assert!(r.contains(r.base() as usize + r.len() - 1) && !r.contains(r.base() as usize + r.len()));
+}
