@@ -14,7 +14,7 @@
 //! **Offload.** [`HashMap::get_with`] / [`HashMap::get_many`] with [`Offload::Remote`] (or `Auto` when the
 //! bucket is remote) send `[bucket id][hash][key]` to memd's [`HASHMAP_TYPE`] and receive only the value.
 
-use super::{ContainerError, Offload, SpaceHandle};
+use super::{warm, ContainerError, Offload, SpaceHandle};
 use crate::epoch::DerefScope;
 use crate::ptr::FarBox;
 use crate::runtime::Runtime;
@@ -184,6 +184,7 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
         let h = hash_key(kb);
         let dir = self.dir.read();
         let b = dir.table[slot(dir.depth, h)].read();
+        warm(&b.obj);
         let s = DerefScope::new();
         let r = b.obj.deref(&s);
         let bytes = bytemuck::bytes_of(&*r);
@@ -289,6 +290,7 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
             {
                 let dir = self.dir.read();
                 let mut b = dir.table[slot(dir.depth, h)].write();
+                warm(&b.obj);
                 let s = DerefScope::new();
                 let mut r = b.obj.deref_mut(&s);
                 let bytes = bytemuck::bytes_of_mut(&mut *r);
@@ -316,6 +318,7 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
         let h = hash_key(kb);
         let dir = self.dir.read();
         let mut b = dir.table[slot(dir.depth, h)].write();
+        warm(&b.obj);
         let s = DerefScope::new();
         // Look first, so a miss does not dirty the bucket.
         l.find(bytemuck::bytes_of(&*b.obj.deref(&s)), h, kb)?;
@@ -390,6 +393,7 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
         let h = Self::key_hash(&key);
         let dir = self.dir.read();
         let bucket = dir.table[slot(dir.depth, h)].write_arc();
+        warm(&bucket.obj);
         let idx = {
             let s = DerefScope::new();
             self.layout.find(bytemuck::bytes_of(&*bucket.obj.deref(&s)), h, bytemuck::bytes_of(&key))

@@ -6,7 +6,7 @@
 //! that stay put while nodes come and go at the ends, so walks in either direction feed the stride
 //! prefetcher as stride +1 or −1 (direction detection).
 
-use super::{check_elem, elems, elems_mut, new_chunk, per_chunk, Chunk, ContainerError, ElemRef, SpaceHandle};
+use super::{check_elem, elems, elems_mut, new_chunk, per_chunk, warm, Chunk, ContainerError, ElemRef, SpaceHandle};
 use crate::epoch::DerefScope;
 use crate::prefetch::{PrefetchConfig, PrefetchStats, Prefetcher};
 use crate::ptr::FarBox;
@@ -365,6 +365,7 @@ impl<T: Pod> ListIter<'_, '_, T> {
             self.scope = None;
             let pf = if forward { &mut self.pf_front } else { &mut self.pf_back };
             pf.access(l.base + pos(n), l.nodes[n].obj.is_local(), |b| l.fetch_positions(b));
+            warm(&l.nodes[n].obj);
             self.cur = n;
         }
         let s = self.scope.get_or_insert_with(DerefScope::new);

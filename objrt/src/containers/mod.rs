@@ -145,6 +145,18 @@ pub(crate) fn elems_mut<T: Pod>(c: &mut Chunk, n: usize) -> &mut [T] {
     bytemuck::cast_slice_mut(&mut bytemuck::bytes_of_mut(c)[..n * size_of::<T>()])
 }
 
+/// Brings a remote object in before a scope is opened, so that no scope is held across the round trip (a
+/// scope held during a miss delays every evacuation grace period). Failures are left to the dereference that
+/// follows, which reports them.
+#[inline]
+pub(crate) fn warm<T: Pod>(obj: &FarBox<T>) {
+    if !obj.is_local() {
+        if let Ok(h) = obj.prefetch() {
+            let _ = h.wait();
+        }
+    }
+}
+
 /// A fresh zeroed chunk in `space`.
 pub(crate) fn new_chunk(rt: &Runtime, space: Space) -> Result<FarBox<Chunk>, ObjError> {
     FarBox::try_new_in(rt, space, [0u128; CHUNK_BYTES / 16])

@@ -2,7 +2,8 @@
 //! locally or in memd.
 
 use super::{
-    check_elem, elems, elems_mut, new_chunk, per_chunk, Chunk, ContainerError, ElemMut, ElemRef, Offload, SpaceHandle,
+    check_elem, elems, elems_mut, new_chunk, per_chunk, warm, Chunk, ContainerError, ElemMut, ElemRef, Offload,
+    SpaceHandle,
 };
 use crate::epoch::DerefScope;
 use crate::prefetch::{PrefetchConfig, PrefetchStats, Prefetcher};
@@ -323,6 +324,7 @@ impl<'rt, T: Pod> Vector<'rt, T> {
         let mut pf = Prefetcher::new(self.pf_cfg);
         for c in 0..self.chunks.len() {
             pf.access(i64::try_from(c).unwrap_or(i64::MAX), self.chunks[c].is_local(), |b| self.fetch_positions(b));
+            warm(&self.chunks[c]);
             let s = DerefScope::new();
             f(elems::<T>(&self.chunks[c].deref(&s), self.rows_in(c)));
         }
@@ -390,6 +392,7 @@ impl<'rt, T: Pod + Num> Vector<'rt, T> {
         let mut pf = Prefetcher::new(self.pf_cfg);
         for c in 0..self.chunks.len() {
             pf.access(i64::try_from(c).unwrap_or(i64::MAX), self.chunks[c].is_local(), |b| self.fetch_positions(b));
+            warm(&self.chunks[c]);
             let s = DerefScope::new();
             let chunk = self.chunks[c].deref(&s);
             red.feed(bytemuck::bytes_of(&*chunk), (c * per_chunk::<T>()) as u64, self.rows_in(c));
@@ -577,6 +580,7 @@ impl<T: Pod> Iterator for Iter<'_, '_, T> {
             self.scope = None;
             let v = self.v;
             self.pf.access(i64::try_from(c).unwrap_or(i64::MAX), v.chunks[c].is_local(), |b| v.fetch_positions(b));
+            warm(&v.chunks[c]);
             self.cur = c;
         }
         let s = self.scope.get_or_insert_with(DerefScope::new);
