@@ -9,7 +9,9 @@
 //!
 //! **Concurrency.** Operations hold the directory's read lock and their bucket's lock (read for lookups,
 //! write for updates); a split takes the directory's write lock. Locks are always taken before the deref
-//! scope is opened, and are never waited for inside one.
+//! scope is opened, and are never waited for inside one. So: do not call into the map while holding one of
+//! its [`Entry`]s, or from inside the closure given to [`HashMap::for_each`] (both hold locks). Buckets never
+//! merge: a map that shrinks keeps its buckets until it is dropped.
 //!
 //! **Offload.** [`HashMap::get_with`] / [`HashMap::get_many`] with [`Offload::Remote`] (or `Auto` when the
 //! bucket is remote) send `[bucket id][hash][key]` to memd's [`HASHMAP_TYPE`] and receive only the value.
@@ -388,7 +390,7 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
         Ok(())
     }
 
-    /// The entry of `key`, holding its bucket locked until dropped.
+    /// The entry of `key`, holding its bucket locked until dropped (do not call into the map meanwhile).
     pub fn entry(&self, key: K) -> Entry<'_, 'rt, K, V, B> {
         let h = Self::key_hash(&key);
         let dir = self.dir.read();
@@ -404,7 +406,8 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
         }
     }
 
-    /// Calls `f` on every entry (bucket by bucket, a scope per bucket, the next buckets prefetched).
+    /// Calls `f` on every entry (bucket by bucket, a scope per bucket, the next buckets prefetched). `f` runs
+    /// with the bucket locked: it must not call into this map.
     pub fn for_each(&self, mut f: impl FnMut(K, V)) {
         let l = self.layout;
         let dir = self.dir.read();
