@@ -879,6 +879,20 @@ impl EventLoop {
                 })
             });
             let data = match reply {
+                Ok(Reply::Pages { present, .. }) if present.iter().any(|&p| !p) => {
+                    // memd lost pages it acknowledged: zeros here would be silent data loss.
+                    let lost = pages.iter().zip(&present).find(|(_, &p)| !p).map_or(0, |(&q, _)| q);
+                    let e = StoreError::Protocol {
+                        server: sh.store.describe(),
+                        msg: format!(
+                            "it no longer holds page {lost} of region {:#x}, which was written there (restarted \
+                             without its data?)",
+                            sh.region_id
+                        ),
+                    };
+                    self.fetch_failed(&pages, is_demand, &e);
+                    continue;
+                }
                 Ok(Reply::Pages { data, .. }) if data.len() == pages.len() * PAGE_SIZE => data,
                 Ok(other) => {
                     let e =
@@ -1156,7 +1170,12 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
             }
         }
     }
-    // 5. New states, frames back, waiters woken.
+    // 5. Released victims lose their memd copies while they are still EVICTING, so no later write-back of the
+    //    page (once reused) can be overtaken by this delete.
+    let gone = |p: u64, st: u8| st & RELEASED != 0 || unmapped.contains(&p);
+    let early: Vec<u64> = victims.iter().copied().filter(|&p| gone(p, sh.st(p))).collect();
+    sh.delete_remote(&early);
+    // 6. New states, frames back, waiters woken.
     let mut doomed = Vec::new();
     let (mut clean, mut written) = (0u64, 0u64);
     {
@@ -1169,8 +1188,9 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
             } else {
                 clean += 1;
             }
-            let new = if st & RELEASED != 0 || unmapped.contains(&p) {
-                if st & (DIRTY | REMOTE) != 0 {
+            let new = if gone(p, st) {
+                // Released after the early delete: delete once more below.
+                if st & (DIRTY | REMOTE) != 0 && !early.contains(&p) {
                     doomed.push(p);
                 }
                 ABSENT

@@ -116,3 +116,28 @@ fn default_sized_region_costs_little_until_touched() {
     }
     assert!(r.contains(r.base() as usize + r.len() - 1) && !r.contains(r.base() as usize + r.len()));
 }
+
+#[test]
+fn pages_memd_lost_are_never_silent_zeros() {
+    // Run in a child: losing memd's copy must poison the access (SIGBUS), not read zeros.
+    if std::env::var("FARMEM_UFFD_TEST_ROLE").as_deref() == Ok("lost") {
+        let (r, store) = region(256, 32, false).unwrap();
+        fill(r.base(), 0..256, 1);
+        store.drop_region(r.region_id()).unwrap();
+        // Page 0 was evicted: its fetch finds nothing.
+        println!("value {}", page_is(r.base(), 0, 0));
+        std::process::exit(3);
+    }
+    if std::env::var("FARMEM_UFFD_TEST_ROLE").is_ok() || region(64, 16, false).is_none() {
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "pages_memd_lost_are_never_silent_zeros", "--nocapture", "--test-threads=1"])
+        .env("FARMEM_UFFD_TEST_ROLE", "lost")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGBUS), "{:?}\n{err}", out.status);
+    assert!(err.contains("no longer holds page"), "{err}");
+}
