@@ -27,11 +27,13 @@
 //!   event thread keeps reading events; eviction signals an eventfd when frames are free.
 //!
 //! ## Dirty tracking: write-protect faults, not `WP_ASYNC` + `PAGEMAP_SCAN`
-//! Pages are mapped write-protected and marked dirty on their first write fault. `UFFD_FEATURE_WP_ASYNC` would
-//! save that fault, but then a write during eviction is resolved by the kernel without telling us, so a page
-//! copied out between the write-protect and the drop could lose a write unless eviction also moved pages out
-//! atomically (`UFFDIO_MOVE`, which refuses pages shared with a forked child). Synchronous write-protect faults
-//! make eviction race-free with two plain steps and also feed the replacement policy (below).
+//! Pages are mapped write-protected and marked dirty on their first write fault, under the region lock, before
+//! the write proceeds, so "clean" is exact. `UFFD_FEATURE_WP_ASYNC` would save that fault, but the kernel would
+//! then resolve writes without telling us: eviction would have to learn dirtiness with `PAGEMAP_SCAN` and then
+//! take the page out, and a write landing between the scan and the move (or the drop) would be discarded as
+//! clean. With synchronous faults a write racing with eviction simply waits for it. The write-protect faults
+//! also feed the replacement policy (below), and a write fault on a missing page installs it writable at once,
+//! so only read-then-write pages pay the extra fault.
 //!
 //! ## Budget and eviction
 //! Resident pages (mapped, being fetched, or being evicted) hold one of `local_mem / 4 KiB` frames, so they
