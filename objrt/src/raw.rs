@@ -126,7 +126,7 @@ impl Drop for HeapMem {
 /// A shared reference to the object at `addr` (P1–P3).
 #[inline(always)]
 pub(crate) fn obj_ref<'s, T: bytemuck::Pod>(addr: u64) -> &'s T {
-    debug_assert!(addr % 16 == 0 && addr != 0);
+    debug_assert!(addr.is_multiple_of(16) && addr != 0);
     let p = std::ptr::with_exposed_provenance::<T>(addr as usize);
     // SAFETY: P1 (live heap memory), P2 (large enough, aligned, any bytes are a valid T), P3 (no writer while
     // the scope that bounds 's lives).
@@ -136,7 +136,7 @@ pub(crate) fn obj_ref<'s, T: bytemuck::Pod>(addr: u64) -> &'s T {
 /// An exclusive reference to the object at `addr` (P1–P3, with `&mut FarBox` as the proof of uniqueness).
 #[inline(always)]
 pub(crate) fn obj_mut<'s, T: bytemuck::Pod>(addr: u64) -> &'s mut T {
-    debug_assert!(addr % 16 == 0 && addr != 0);
+    debug_assert!(addr.is_multiple_of(16) && addr != 0);
     let p = std::ptr::with_exposed_provenance_mut::<T>(addr as usize);
     // SAFETY: as obj_ref; the caller holds `&mut FarBox`, so this is the only reference to the object.
     unsafe { &mut *p }
