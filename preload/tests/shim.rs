@@ -143,6 +143,22 @@ fn python_hashes_512_mib_at_a_64_mib_budget() {
 }
 
 #[test]
+fn run_against_an_external_memd() {
+    if !uffd_available("run_against_an_external_memd") {
+        return;
+    }
+    let srv = farmem_memd::testing::TestServer::start(256 << 20);
+    let p = c_program("workset");
+    let plain = ok(&Command::new(&p).arg("48").output().unwrap(), "plain workset");
+    let addr = srv.addr().to_string();
+    let token = srv.token_file().display().to_string();
+    let flags = ["--server", &addr, "--token-file", &token, "--local-mem", "16M", "--stats"];
+    let o = farmem_run(&flags, &p, &["48"], LIMIT);
+    assert_eq!(field(&ok(&o, "workset on an external memd"), "checksum"), field(&plain, "checksum"));
+    assert!(stderr(&o).contains("written back"), "{}", stderr(&o));
+}
+
+#[test]
 fn malformed_configuration_is_named() {
     let run = |args: &[&str], env: &[(&str, &str)]| {
         let mut c = Command::new(farmem());
