@@ -1022,6 +1022,30 @@ fn retry_busy(mut f: impl FnMut() -> Result<(), RawError>) -> Result<(), RawErro
     }
 }
 
+/// `UFFDIO_MOVE` of `len` bytes from `src` to `dst`, continuing after partial progress. On `EAGAIN` the kernel may
+/// already have moved a prefix of the range: retrying the whole call would find those destination slots full
+/// (`EEXIST`, 0 bytes done) and make the caller evict, in place, pages that are no longer in the region — and
+/// then fault on them itself. So the next call starts where the last one stopped. An error reports the bytes moved
+/// by all calls.
+fn move_all(sh: &Shared, dst: u64, src: u64, len: u64) -> Result<(), RawError> {
+    let mut off = 0u64;
+    loop {
+        match sh.uffd.move_pages(dst + off, src + off, len - off) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                off += as_u64(e.done);
+                if off >= len {
+                    return Ok(());
+                }
+                if e.errno != libc::EAGAIN {
+                    return Err(RawError { done: usize::try_from(off).unwrap_or(usize::MAX), ..e });
+                }
+                std::thread::sleep(Duration::from_micros(20));
+            }
+        }
+    }
+}
+
 /// One eviction round: picks victims by CLOCK, write-protects the dirty ones, writes them back in pipelined
 /// batches, drops all of them, and frees their frames. Returns the number of pages evicted.
 fn evict_round(sh: &Shared, slot: usize) -> usize {
@@ -1091,7 +1115,7 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
             n += 1;
         }
         let dst = st0 + as_u64(i) * PS;
-        match retry_busy(|| sh.uffd.move_pages(dst, sh.addr(p), as_u64(n) * PS)) {
+        match move_all(sh, dst, sh.addr(p), as_u64(n) * PS) {
             Ok(()) => {
                 moved.extend((0..n).map(|k| (p + as_u64(k), dst + as_u64(k) * PS)));
                 i += n;
@@ -1103,7 +1127,7 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
                 i += done;
                 let q = victims[i];
                 let one = st0 + as_u64(i) * PS;
-                match retry_busy(|| sh.uffd.move_pages(one, sh.addr(q), PS)) {
+                match move_all(sh, one, sh.addr(q), PS) {
                     Ok(()) => moved.push((q, one)),
                     // Not mapped: the program released it and the kernel already zapped it.
                     Err(e) if e.errno == libc::ENOENT => unmapped.push(q),
