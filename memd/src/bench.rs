@@ -166,6 +166,20 @@ fn pipelined(
     Ok((n, start.elapsed().as_secs_f64()))
 }
 
+/// A pipelined-throughput figure: [`pipelined`] requests from `make`, each counting `per_req` pages.
+fn pipelined_fig<'a>(
+    c: &'a Client,
+    name: &'static str,
+    depth: usize,
+    per_req: u64,
+    mut make: impl FnMut(u64) -> Request + 'a,
+) -> impl FnMut(Duration) -> Result<Figure, StoreError> + 'a {
+    move |d| {
+        let (n, s) = pipelined(c, d, depth, per_req, &mut make)?;
+        Ok(fig(name, n, s, PAGE_SIZE, false))
+    }
+}
+
 /// The standard set of figures, each memd figure with the median ratio to its raw-TCP baseline over alternating
 /// rounds (`secs` in all per figure). Scratch key spaces are deleted afterwards.
 pub fn run_all(c: &Client, secs: f64) -> Result<Vec<(Figure, String)>, StoreError> {
@@ -202,52 +216,20 @@ pub fn run_all(c: &Client, secs: f64) -> Result<Vec<(Figure, String)>, StoreErro
         )?,
         "latency",
     );
-    push(
-        paired(
-            ROUNDS as usize,
-            d,
-            false,
-            |d| {
-                let (n, s) = pipelined(c, d, 64, 1, |i| Request::ReadPages { region, pages: vec![i % PAGES] })?;
-                Ok(fig("pipelined page reads (64 in flight)", n, s, PAGE_SIZE, false))
-            },
-            |d| raw_stream_in_on(&mut src, d),
-        )?,
-        "bytes/s",
-    );
-    push(
-        paired(
-            ROUNDS as usize,
-            d,
-            false,
-            |d| {
-                let (n, s) = pipelined(c, d, 8, 64, |i| Request::ReadPages {
-                    region,
-                    pages: (0..64).map(|k| (i * 64 + k) % PAGES).collect(),
-                })?;
-                Ok(fig("batched page reads (64/frame, 8 in flight)", n, s, PAGE_SIZE, false))
-            },
-            |d| raw_stream_in_on(&mut src, d),
-        )?,
-        "bytes/s",
-    );
-    push(
-        paired(
-            ROUNDS as usize,
-            d,
-            false,
-            |d| {
-                let (n, s) = pipelined(c, d, 8, 64, |i| Request::WritePages {
-                    region,
-                    pages: (0..64).map(|k| (i * 64 + k) % PAGES).collect(),
-                    data: data.clone(),
-                })?;
-                Ok(fig("batched page writes (64/frame, 8 in flight)", n, s, PAGE_SIZE, false))
-            },
-            |d| raw_stream_out_on(&mut sink, d),
-        )?,
-        "bytes/s",
-    );
+    let rounds = ROUNDS as usize;
+    let reads = |i: u64| Request::ReadPages { region, pages: (0..64).map(|k| (i * 64 + k) % PAGES).collect() };
+    let writes = |i: u64| Request::WritePages {
+        region,
+        pages: (0..64).map(|k| (i * 64 + k) % PAGES).collect(),
+        data: data.clone(),
+    };
+    let one = |i: u64| Request::ReadPages { region, pages: vec![i % PAGES] };
+    let f = pipelined_fig(c, "pipelined page reads (64 in flight)", 64, 1, one);
+    push(paired(rounds, d, false, f, |d| raw_stream_in_on(&mut src, d))?, "bytes/s");
+    let f = pipelined_fig(c, "batched page reads (64/frame, 8 in flight)", 8, 64, reads);
+    push(paired(rounds, d, false, f, |d| raw_stream_in_on(&mut src, d))?, "bytes/s");
+    let f = pipelined_fig(c, "batched page writes (64/frame, 8 in flight)", 8, 64, writes);
+    push(paired(rounds, d, false, f, |d| raw_stream_out_on(&mut sink, d))?, "bytes/s");
     let value = [0x11u8; 64];
     let (n, s) = pipelined(c, d * ROUNDS, 8, 256, |i| {
         let mut b = ObjBatch::new();
