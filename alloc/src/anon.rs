@@ -3,67 +3,41 @@
 //! It gives the far heap's allocation, routing and zeroing behaviour without userfaultfd or memd, for tests
 //! and for measuring the allocator apart from paging.
 //!
-//! # Safety
-//! The span is one private anonymous mapping owned by the value; `release` only drops pages inside it.
+//! The mapping is uffd's [`Mapping`] (which owns it and unmaps it on drop) and release is uffd's `dontneed`, so
+//! this module needs no `unsafe` of its own.
 
 use crate::heap::{Backing, PagingStats, ReleaseError};
+use farmem_uffd::mem::Mapping;
 use std::io;
 
 /// A span of reserved anonymous memory (`MAP_NORESERVE`: pages cost nothing until touched).
 #[derive(Debug)]
 pub struct AnonSpan {
-    base: usize,
-    len: usize,
+    map: Mapping,
 }
 
 impl AnonSpan {
     /// Reserves `len` bytes (rounded up to pages).
     pub fn new(len: usize) -> io::Result<AnonSpan> {
-        let len = crate::range::align_up(len.max(1), crate::range::PAGE)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "span length overflows"))?;
-        // SAFETY: a fresh private anonymous mapping at an address the kernel picks; no existing memory changes.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(AnonSpan { base: p as usize, len })
-    }
-}
-
-impl Drop for AnonSpan {
-    fn drop(&mut self) {
-        // SAFETY: the mapping was created in `new` and is unmapped once, here.
-        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+        Ok(AnonSpan { map: Mapping::new(len)? })
     }
 }
 
 impl Backing for AnonSpan {
     fn base(&self) -> *mut u8 {
-        self.base as *mut u8
+        self.map.ptr()
     }
     fn size(&self) -> usize {
-        self.len
+        self.map.len()
     }
     fn release(&self, off: usize, len: usize) -> Result<(), ReleaseError> {
-        if off.checked_add(len).is_none_or(|end| end > self.len) {
-            let msg = format!("release of {off:#x}+{len:#x} outside a span of {:#x}", self.len);
+        if off.checked_add(len).is_none_or(|end| end > self.map.len()) {
+            let msg = format!("release of {off:#x}+{len:#x} outside a span of {:#x}", self.map.len());
             return Err(ReleaseError(io::Error::new(io::ErrorKind::InvalidInput, msg).into()));
         }
-        // SAFETY: the range lies inside our private anonymous mapping; DONTNEED makes it read as zeros.
-        let r = unsafe { libc::madvise((self.base + off) as *mut libc::c_void, len, libc::MADV_DONTNEED) };
-        if r != 0 {
-            return Err(ReleaseError(io::Error::last_os_error().into()));
-        }
-        Ok(())
+        // The range lies inside our private anonymous mapping (checked above); DONTNEED makes it read as zeros.
+        let start = self.map.ptr() as u64 + off as u64;
+        farmem_uffd::raw::dontneed(start, len as u64).map_err(|e| ReleaseError(Box::new(e)))
     }
     fn paging_stats(&self) -> PagingStats {
         PagingStats::default()
