@@ -324,12 +324,21 @@ impl Runtime {
         P: crate::ptr::FarHandle + 'a,
         I: IntoIterator<Item = &'a P>,
     {
-        let mut slots = Vec::new();
-        for p in objs {
-            self.check_owner(p)?;
-            slots.push(p.far_slot());
-        }
-        Self::fetch_in(&self.inner, &slots)
+        Self::fetch_in(&self.inner, &self.owned_slots(objs)?)
+    }
+
+    /// The slots of `objs`, each checked to belong to this runtime.
+    fn owned_slots<'a, P, I>(&self, objs: I) -> Result<Vec<&'static Slot>, ObjError>
+    where
+        P: crate::ptr::FarHandle + 'a,
+        I: IntoIterator<Item = &'a P>,
+    {
+        objs.into_iter()
+            .map(|p| {
+                self.check_owner(p)?;
+                Ok(p.far_slot())
+            })
+            .collect()
     }
 
     pub(crate) fn fetch_in(rt: &Arc<RtInner>, slots: &[&'static Slot]) -> Result<FetchHandle, ObjError> {
@@ -344,12 +353,7 @@ impl Runtime {
         P: crate::ptr::FarHandle + 'a,
         I: IntoIterator<Item = &'a P>,
     {
-        let mut slots = Vec::new();
-        for p in objs {
-            self.check_owner(p)?;
-            slots.push(p.far_slot());
-        }
-        self.inner.write_back(&slots)
+        self.inner.write_back(&self.owned_slots(objs)?)
     }
 
     /// Sends the deletes of freed remote objects that are still queued.

@@ -182,19 +182,26 @@ impl Sum {
     }
 }
 
+/// The little-endian `read`/`put` every numeric element type shares.
+macro_rules! le_bytes {
+    ($t:ty) => {
+        #[inline]
+        fn read(b: &[u8]) -> Self {
+            let mut a = [0u8; size_of::<$t>()];
+            a.copy_from_slice(&b[..size_of::<$t>()]);
+            <$t>::from_le_bytes(a)
+        }
+        fn put(self, out: &mut Vec<u8>) {
+            out.extend_from_slice(&self.to_le_bytes());
+        }
+    };
+}
+
 macro_rules! int_num {
     ($($t:ty => $e:ident),*) => {$(
         impl Num for $t {
             const ELEM: Elem = Elem::$e;
-            #[inline]
-            fn read(b: &[u8]) -> Self {
-                let mut a = [0u8; size_of::<$t>()];
-                a.copy_from_slice(&b[..size_of::<$t>()]);
-                <$t>::from_le_bytes(a)
-            }
-            fn put(self, out: &mut Vec<u8>) {
-                out.extend_from_slice(&self.to_le_bytes());
-            }
+            le_bytes!($t);
             #[inline]
             fn add_to(self, acc: &mut Sum) {
                 if let Sum::Int(s) = acc {
@@ -213,15 +220,7 @@ macro_rules! float_num {
     ($($t:ty => $e:ident),*) => {$(
         impl Num for $t {
             const ELEM: Elem = Elem::$e;
-            #[inline]
-            fn read(b: &[u8]) -> Self {
-                let mut a = [0u8; size_of::<$t>()];
-                a.copy_from_slice(&b[..size_of::<$t>()]);
-                <$t>::from_le_bytes(a)
-            }
-            fn put(self, out: &mut Vec<u8>) {
-                out.extend_from_slice(&self.to_le_bytes());
-            }
+            le_bytes!($t);
             #[inline]
             fn add_to(self, acc: &mut Sum) {
                 if let Sum::Float(s) = acc {
