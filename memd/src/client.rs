@@ -21,7 +21,7 @@
 use crate::auth;
 use crate::config::{self, Addr, ConfigError, Credential};
 use crate::far::{reply_from_frame, FarStore, Pending, PendingInner, StoreError};
-use crate::proto::{self, Header, Op, Reply, Request, Status, HEADER_LEN, MAX_FRAME, NONCE_LEN, PAGE_SIZE};
+use crate::proto::{self, Header, Op, OwnKind, Reply, Request, Status, HEADER_LEN, MAX_FRAME, NONCE_LEN, PAGE_SIZE};
 use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufReader, Read, Write};
@@ -44,10 +44,14 @@ pub struct ClientConfig {
     pub reconnect_timeout: Duration,
     /// Timeout of one connection attempt (and of the handshake).
     pub connect_timeout: Duration,
+    /// How long the server keeps the key spaces this client [owns](FarStore::own) after its last connection
+    /// closes (the process exited or lost the server). `None`: no session; owned key spaces are kept until dropped.
+    /// Must exceed `reconnect_timeout`, or a reconnect could find its data gone.
+    pub session_grace: Option<Duration>,
 }
 
 impl ClientConfig {
-    /// Defaults: 2 connections, 10 s reconnect deadline, 2 s connect timeout.
+    /// Defaults: 2 connections, 10 s reconnect deadline, 2 s connect timeout, 60 s session grace.
     pub fn new(addr: Addr, credential: Credential) -> ClientConfig {
         ClientConfig {
             addr,
@@ -55,10 +59,12 @@ impl ClientConfig {
             connections: 2,
             reconnect_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
+            session_grace: Some(Duration::from_secs(60)),
         }
     }
 
-    /// From `FARMEM_SERVER` and `FARMEM_TOKEN_FILE`; `Ok(None)` when `FARMEM_SERVER` is unset.
+    /// From `FARMEM_SERVER`, `FARMEM_TOKEN_FILE` and `FARMEM_SESSION_GRACE`; `Ok(None)` when `FARMEM_SERVER` is
+    /// unset.
     pub fn from_env() -> Result<Option<ClientConfig>, ConfigError> {
         let Some(server) = config::env_str("FARMEM_SERVER")? else {
             return Ok(None);
@@ -69,7 +75,11 @@ impl ClientConfig {
         let cred = config::read_tokens(std::path::Path::new(&file))
             .map_err(|e| ConfigError::new("FARMEM_TOKEN_FILE", e.to_string()))?
             .swap_remove(0);
-        Ok(Some(ClientConfig::new(addr, cred)))
+        let mut cfg = ClientConfig::new(addr, cred);
+        if let Some(grace) = config::env_session_grace()? {
+            cfg.session_grace = grace;
+        }
+        Ok(Some(cfg))
     }
 }
 
@@ -209,8 +219,37 @@ fn finish(op: Op, h: &Header, b: Body, server: &str) -> Result<Reply, StoreError
     }
 }
 
-/// Opens a connection to `cfg.addr` and authenticates. Returns the stream ready for requests.
-fn open(cfg: &ClientConfig) -> Result<Stream, ConnectError> {
+/// The client's session: its id and the key spaces it owns, re-announced on every new connection so a reconnect
+/// to a restarted server re-establishes them.
+#[derive(Debug)]
+struct Lease {
+    session: u64,
+    grace_secs: u32,
+    owned: Mutex<HashSet<(OwnKind, u64)>>,
+}
+
+impl Lease {
+    /// Binds a fresh connection to the session: LEASE, then OWN for every owned key space, all in one write.
+    fn bind(&self, s: &mut Stream, server: &str) -> Result<(), ConnectError> {
+        let transient = |e: io::Error| ConnectError::Transient(format!("{server}: session: {e}"));
+        let mut reqs = vec![Request::Lease { session: self.session, grace_secs: self.grace_secs }];
+        reqs.extend(self.owned.lock().iter().map(|&(kind, id)| Request::Own { kind, id }));
+        let mut buf = Vec::new();
+        for (i, r) in reqs.iter().enumerate() {
+            proto::encode_request(&mut buf, i as u64, r);
+        }
+        s.write_all(&buf).map_err(transient)?;
+        for r in &reqs {
+            let (h, p) = read_frame(s).map_err(transient)?;
+            finish(r.op(), &h, p, server).map_err(ConnectError::Fatal)?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens a connection to `cfg.addr`, authenticates and binds it to the session. Returns the stream ready for
+/// requests.
+fn open(cfg: &ClientConfig, lease: Option<&Lease>) -> Result<Stream, ConnectError> {
     let server = cfg.addr.to_string();
     let transient = |e: io::Error| ConnectError::Transient(format!("{server}: {e}"));
     let stream = match &cfg.addr {
@@ -236,6 +275,9 @@ fn open(cfg: &ClientConfig) -> Result<Stream, ConnectError> {
     stream.set_timeouts(Some(cfg.connect_timeout)).map_err(transient)?;
     let mut s = stream;
     handshake(&mut s, &cfg.credential, &server)?;
+    if let Some(l) = lease {
+        l.bind(&mut s, &server)?;
+    }
     s.set_timeouts(None).map_err(transient)?;
     Ok(s)
 }
@@ -322,6 +364,7 @@ struct Writer {
 #[derive(Debug)]
 struct Conn {
     cfg: Arc<ClientConfig>,
+    lease: Option<Arc<Lease>>,
     server: String,
     writer: Mutex<Writer>,
     shared: Mutex<Shared>,
@@ -330,7 +373,7 @@ struct Conn {
 }
 
 impl Conn {
-    fn connect(cfg: Arc<ClientConfig>) -> Result<Arc<Conn>, StoreError> {
+    fn connect(cfg: Arc<ClientConfig>, lease: Option<Arc<Lease>>) -> Result<Arc<Conn>, StoreError> {
         let server = cfg.addr.to_string();
         let conn = Arc::new(Conn {
             server,
@@ -349,6 +392,7 @@ impl Conn {
             cv: Condvar::new(),
             next_id: AtomicU64::new(1),
             cfg,
+            lease,
         });
         conn.reconnect(0, "initial connection")?;
         let weak = Arc::downgrade(&conn);
@@ -382,7 +426,7 @@ impl Conn {
             Err(e)
         };
         let stream = loop {
-            match open(&self.cfg) {
+            match open(&self.cfg, self.lease.as_deref()) {
                 Ok(s) => break s,
                 Err(ConnectError::Fatal(e)) => return fail(e),
                 Err(ConnectError::Transient(msg)) => {
@@ -621,6 +665,7 @@ impl Drop for Ticket {
 pub struct Client {
     cfg: Arc<ClientConfig>,
     conns: Vec<Arc<Conn>>,
+    lease: Option<Arc<Lease>>,
 }
 
 thread_local! {
@@ -634,8 +679,12 @@ impl Client {
     pub fn connect(cfg: ClientConfig) -> Result<Client, StoreError> {
         let cfg = Arc::new(cfg);
         let n = cfg.connections.max(1);
-        let conns = (0..n).map(|_| Conn::connect(cfg.clone())).collect::<Result<Vec<_>, _>>()?;
-        Ok(Client { cfg, conns })
+        let lease = cfg.session_grace.map(|g| {
+            let grace_secs = u32::try_from(g.as_secs().max(1)).unwrap_or(u32::MAX).min(proto::MAX_GRACE_SECS);
+            Arc::new(Lease { session: crate::far::fresh_space_id(), grace_secs, owned: Mutex::new(HashSet::new()) })
+        });
+        let conns = (0..n).map(|_| Conn::connect(cfg.clone(), lease.clone())).collect::<Result<Vec<_>, _>>()?;
+        Ok(Client { cfg, conns, lease })
     }
 
     /// The configuration this client was built from.
@@ -656,7 +705,7 @@ impl Client {
     /// Opens a fresh connection and switches it to raw mode for benchmark baselines; see `PROTOCOL.md`.
     pub fn raw_stream(&self, mode: u8, a: u32, b: u32) -> Result<impl Read + Write, StoreError> {
         let gone = |e: String| StoreError::Gone { server: self.cfg.addr.to_string(), reason: e };
-        let mut s = match open(&self.cfg) {
+        let mut s = match open(&self.cfg, None) {
             Ok(s) => s,
             Err(ConnectError::Fatal(e)) => return Err(e),
             Err(ConnectError::Transient(m)) => return Err(gone(m)),
@@ -694,6 +743,15 @@ impl FarStore for Client {
     fn submit_many(&self, reqs: Vec<Request>) -> Result<Vec<Pending>, StoreError> {
         for r in &reqs {
             r.validate().map_err(|e| StoreError::Invalid(e.msg))?;
+            if let Some(l) = &self.lease {
+                let key = match *r {
+                    Request::DropRegion { region } => (OwnKind::Region, region),
+                    Request::DropObjects { ds } => (OwnKind::Objects, ds),
+                    Request::Destruct { ds } => (OwnKind::Instance, ds),
+                    _ => continue,
+                };
+                l.owned.lock().remove(&key);
+            }
         }
         let conn = self.conn();
         let frames: Vec<(u64, Op, Vec<u8>)> = reqs
@@ -718,5 +776,12 @@ impl FarStore for Client {
 
     fn describe(&self) -> String {
         self.cfg.addr.to_string()
+    }
+
+    fn own(&self, kind: OwnKind, id: u64) -> Result<(), StoreError> {
+        let Some(l) = &self.lease else { return Ok(()) };
+        // Remember it first: a connection opened from now on announces it even if this request is lost.
+        l.owned.lock().insert((kind, id));
+        self.call(Request::Own { kind, id }).map(|_| ())
     }
 }

@@ -78,6 +78,39 @@ pub fn env_bool(name: &str) -> Result<Option<bool>, ConfigError> {
         .transpose()
 }
 
+/// Parses a duration: a whole number with an optional unit `s` (the default), `m` or `h`, e.g. `90`, `30s`, `5m`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    if digits == 0 {
+        return Err(format!("{s:?} is not a duration (expected e.g. 60, 30s, 5m)"));
+    }
+    let n: u64 = t[..digits].parse().map_err(|_| format!("{s:?} is too large"))?;
+    let unit = match t[digits..].trim().to_ascii_lowercase().as_str() {
+        "" | "s" | "sec" | "secs" => 1,
+        "m" | "min" | "mins" => 60,
+        "h" | "hour" | "hours" => 3600,
+        other => return Err(format!("{s:?} has an unknown unit {other:?} (use s, m or h)")),
+    };
+    n.checked_mul(unit).map(std::time::Duration::from_secs).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Reads the session grace period from `FARMEM_SESSION_GRACE`: `Ok(None)` when unset, `Ok(Some(None))` for `off`
+/// (no session: what the process stores in memd stays after it exits), `Ok(Some(Some(d)))` otherwise.
+pub fn env_session_grace() -> Result<Option<Option<std::time::Duration>>, ConfigError> {
+    const NAME: &str = "FARMEM_SESSION_GRACE";
+    let Some(v) = env_str(NAME)? else { return Ok(None) };
+    if v.trim().eq_ignore_ascii_case("off") {
+        return Ok(Some(None));
+    }
+    let d = parse_duration(&v).map_err(|m| ConfigError::new(NAME, m))?;
+    if d.is_zero() || d.as_secs() > u64::from(crate::proto::MAX_GRACE_SECS) {
+        let max = crate::proto::MAX_GRACE_SECS;
+        return Err(ConfigError::new(NAME, format!("{v:?} must be 1 s to {max} s, or off")));
+    }
+    Ok(Some(Some(d)))
+}
+
 /// Where a memd server listens or is reached.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Addr {
@@ -177,6 +210,18 @@ pub fn random_secret() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_reject_garbage() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration(" 30s "), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        for bad in ["", "s", "-1", "5 weeks", "1.5m", "99999999999999999999"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} parsed");
+        }
+    }
 
     #[test]
     fn sizes() {

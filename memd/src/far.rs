@@ -5,7 +5,7 @@
 //! Requests are submitted without waiting ([`FarStore::submit`] returns a [`Pending`]), so a caller can put many
 //! requests in flight before it waits for any — the basis of readahead, prefetch and batched write-back.
 
-use crate::proto::{self, Header, ObjBatch, Op, ProtoError, Reply, Request, RequestView, Status};
+use crate::proto::{self, Header, ObjBatch, Op, OwnKind, ProtoError, Reply, Request, RequestView, Status};
 use crate::store::{Engine, Tenant};
 use std::fmt;
 use std::sync::Arc;
@@ -227,6 +227,14 @@ pub trait FarStore: Send + Sync + fmt::Debug {
             Reply::Output(v) => Ok(v),
             r => Err(unexpected("output", r)),
         }
+    }
+
+    /// Ties key space `id` to this client's session: a server drops it once the client has had no connection for
+    /// its grace period (the process exited or was killed), so memory of dead processes does not pile up in memd.
+    /// Idempotent. Stores without sessions (the in-process store) keep nothing beyond their process: a no-op.
+    fn own(&self, kind: OwnKind, id: u64) -> Result<(), StoreError> {
+        let _ = (kind, id);
+        Ok(())
     }
 
     /// Server and tenant counters as (name, value).

@@ -21,6 +21,7 @@ pub mod internal;
 pub mod offload;
 pub mod proto;
 pub mod server;
+pub mod session;
 pub mod store;
 pub mod testing;
 

@@ -56,6 +56,10 @@ pub enum Op {
     Destruct = 0x31,
     /// Run an operation of a server-side data structure.
     Compute = 0x32,
+    /// Bind the connection to a client session that outlives single connections.
+    Lease = 0x40,
+    /// Make a key space part of the connection's session: dropped when the session expires.
+    Own = 0x41,
     /// Switch the connection to a raw byte mode (benchmark baseline).
     Raw = 0xE0,
     /// Client's first frame: magic, version, tenant.
@@ -86,6 +90,8 @@ impl Op {
             0x30 => Construct,
             0x31 => Destruct,
             0x32 => Compute,
+            0x40 => Lease,
+            0x41 => Own,
             0xE0 => Raw,
             0xF0 => Hello,
             0xF1 => Challenge,
@@ -362,6 +368,33 @@ impl ObjBatch {
     }
 }
 
+/// Largest session grace period a client may ask for.
+pub const MAX_GRACE_SECS: u32 = 24 * 3600;
+
+/// What kind of key space an OWN request names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum OwnKind {
+    /// A page region (dropped as by DROP_REGION).
+    Region = 0,
+    /// An object key space (dropped as by DROP_OBJECTS).
+    Objects = 1,
+    /// A server-side data structure instance (destroyed as by DESTRUCT).
+    Instance = 2,
+}
+
+impl OwnKind {
+    /// Decodes a kind byte.
+    pub fn from_u8(b: u8) -> Option<OwnKind> {
+        Some(match b {
+            0 => OwnKind::Region,
+            1 => OwnKind::Objects,
+            2 => OwnKind::Instance,
+            _ => return None,
+        })
+    }
+}
+
 /// A request as the client builds it. Encoded by [`encode_request`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -446,6 +479,20 @@ pub enum Request {
         /// Operation input.
         input: Vec<u8>,
     },
+    /// Bind this connection to a session (once per connection, before OWN).
+    Lease {
+        /// Client-chosen random session id; every connection of one client process sends the same one.
+        session: u64,
+        /// How long the server keeps the session's key spaces after its last connection closes.
+        grace_secs: u32,
+    },
+    /// Tie a key space to the connection's session.
+    Own {
+        /// What `id` names.
+        kind: OwnKind,
+        /// Region id, object key space id or instance id.
+        id: u64,
+    },
 }
 
 impl Request {
@@ -465,6 +512,8 @@ impl Request {
             Request::Construct { .. } => Op::Construct,
             Request::Destruct { .. } => Op::Destruct,
             Request::Compute { .. } => Op::Compute,
+            Request::Lease { .. } => Op::Lease,
+            Request::Own { .. } => Op::Own,
         }
     }
 
@@ -513,6 +562,9 @@ impl Request {
             Request::Construct { ty, .. } if ty.len() > 255 => {
                 return Err(ProtoError::bad("type name longer than 255 bytes"))
             }
+            Request::Lease { grace_secs, .. } if *grace_secs > MAX_GRACE_SECS => {
+                return Err(ProtoError::bad(format!("session grace of {grace_secs} s exceeds {MAX_GRACE_SECS} s")))
+            }
             _ => {}
         }
         let size = encoded_len(self);
@@ -534,6 +586,8 @@ fn encoded_len(r: &Request) -> usize {
             Request::WriteObjects { batch, .. } => 12 + 12 * batch.len() + batch.data.len(),
             Request::Construct { ty, params, .. } => 9 + ty.len() + params.len(),
             Request::Compute { input, .. } => 12 + input.len(),
+            Request::Lease { .. } => 12,
+            Request::Own { .. } => 9,
         }
 }
 
@@ -584,6 +638,14 @@ pub fn encode_request(buf: &mut Vec<u8>, id: u64, req: &Request) {
             buf.extend_from_slice(&ds.to_le_bytes());
             buf.extend_from_slice(&op.to_le_bytes());
             buf.extend_from_slice(input);
+        }
+        Request::Lease { session, grace_secs } => {
+            buf.extend_from_slice(&session.to_le_bytes());
+            buf.extend_from_slice(&grace_secs.to_le_bytes());
+        }
+        Request::Own { kind, id } => {
+            buf.push(*kind as u8);
+            buf.extend_from_slice(&id.to_le_bytes());
         }
     }
     end_frame(buf, s);
@@ -686,6 +748,20 @@ pub enum RequestView<'a> {
         a: u32,
         /// Second size parameter.
         b: u32,
+    },
+    /// Bind the connection to a session.
+    Lease {
+        /// Session id.
+        session: u64,
+        /// Grace period in seconds.
+        grace_secs: u32,
+    },
+    /// Tie a key space to the connection's session.
+    Own {
+        /// What `id` names.
+        kind: OwnKind,
+        /// The key space.
+        id: u64,
     },
 }
 
@@ -795,6 +871,19 @@ pub fn decode_request(op: u8, payload: &[u8]) -> Result<RequestView<'_>, ProtoEr
                 return Err(ProtoError::bad(format!("raw mode {mode} with sizes {a}, {b} is not valid")));
             }
             RequestView::Raw { mode, a, b }
+        }
+        Op::Lease => {
+            let session = r.u64()?;
+            let grace_secs = r.u32()?;
+            if grace_secs > MAX_GRACE_SECS {
+                return Err(ProtoError::bad(format!("session grace of {grace_secs} s exceeds {MAX_GRACE_SECS} s")));
+            }
+            RequestView::Lease { session, grace_secs }
+        }
+        Op::Own => {
+            let k = r.u8()?;
+            let kind = OwnKind::from_u8(k).ok_or_else(|| ProtoError::bad(format!("unknown key-space kind {k}")))?;
+            RequestView::Own { kind, id: r.u64()? }
         }
         Op::Hello | Op::Challenge | Op::Auth | Op::AuthOk => {
             return Err(ProtoError::bad(format!("{op:?} is only valid during the handshake")))

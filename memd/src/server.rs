@@ -16,6 +16,7 @@ use crate::auth;
 use crate::config::{Addr, Credential};
 use crate::offload::Registry;
 use crate::proto::{self, Header, Op, RequestView, Status, HEADER_LEN, MAX_FRAME, NONCE_LEN};
+use crate::session::Sessions;
 use crate::store::{Engine, Tenant};
 use std::collections::HashMap;
 use std::io;
@@ -156,7 +157,7 @@ fn start_inner(cfg: ServerConfig, signals: bool) -> io::Result<RunningServer> {
     })?;
     let engine = Arc::new(Engine::new(cfg.capacity, cfg.registry.clone()));
     let secrets: HashMap<String, Vec<u8>> = cfg.tokens.iter().map(|c| (c.tenant.clone(), c.secret.clone())).collect();
-    let ctx = Arc::new(Ctx { engine: engine.clone(), secrets, cfg });
+    let ctx = Arc::new(Ctx { engine: engine.clone(), secrets, cfg, sessions: Arc::new(Sessions::new()) });
     let (stop_tx, stop_rx) = oneshot::channel();
     let thread = std::thread::Builder::new().name("memd-main".into()).spawn(move || {
         crate::internal::mark_thread();
@@ -170,6 +171,7 @@ struct Ctx {
     engine: Arc<Engine>,
     secrets: HashMap<String, Vec<u8>>,
     cfg: ServerConfig,
+    sessions: Arc<Sessions>,
 }
 
 async fn stop_signal(signals: bool) {
@@ -340,9 +342,25 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(ctx: Arc<Ctx>, mut s: S) 
     for c in [&ctx.engine.global, &tenant.counters] {
         c.connections.fetch_add(1, Relaxed);
     }
-    let end = serve(&ctx, &tenant, &mut s).await;
+    let mut session = None;
+    let end = serve(&ctx, &tenant, &mut s, &mut session).await;
     for c in [&ctx.engine.global, &tenant.counters] {
         c.connections.fetch_sub(1, Relaxed);
+    }
+    if let Some(id) = session {
+        if let Some(ex) = ctx.sessions.detach(&tenant, id) {
+            let (sessions, engine, name) = (ctx.sessions.clone(), ctx.engine.clone(), tenant.name().to_string());
+            tokio::spawn(async move {
+                tokio::time::sleep(ex.grace).await;
+                if let Some(n) = sessions.expire(&engine, &name, id, ex.epoch) {
+                    tracing::info!(
+                        tenant = name,
+                        "session {id:016x} had no connection for {:?}; dropped its {n} key spaces",
+                        ex.grace
+                    );
+                }
+            });
+        }
     }
     if let Err(End::Io(e)) = end {
         if !matches!(
@@ -361,7 +379,12 @@ fn count_io(ctx: &Ctx, t: &Tenant, bytes_in: usize, bytes_out: usize) {
     }
 }
 
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(ctx: &Arc<Ctx>, tenant: &Arc<Tenant>, s: &mut S) -> Result<(), End> {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &Arc<Ctx>,
+    tenant: &Arc<Tenant>,
+    s: &mut S,
+    session: &mut Option<u64>,
+) -> Result<(), End> {
     let mut inbuf: Vec<u8> = Vec::with_capacity(256 * 1024);
     let mut out: Vec<u8> = Vec::with_capacity(256 * 1024);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Vec<u8>>();
@@ -411,7 +434,29 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(ctx: &Arc<Ctx>, tenant: &Arc<T
                         let _ = tx.send(reply);
                     });
                 }
-                Ok(v) => ctx.engine.dispatch(tenant, h.id, h.op, &v, &mut out),
+                Ok(RequestView::Lease { session: id, grace_secs }) => match *session {
+                    Some(_) => proto::error_frame(&mut out, h.op, h.id, Status::BadRequest, "connection has a session"),
+                    None => {
+                        ctx.sessions.attach(tenant, id, grace_secs);
+                        *session = Some(id);
+                        let f = proto::begin_frame(&mut out, h.op, 0, h.id);
+                        proto::end_frame(&mut out, f);
+                    }
+                },
+                Ok(RequestView::Own { kind, id }) => match session.map(|sid| ctx.sessions.own(tenant, sid, kind, id)) {
+                    Some(Ok(())) => {
+                        let f = proto::begin_frame(&mut out, h.op, 0, h.id);
+                        proto::end_frame(&mut out, f);
+                    }
+                    Some(Err(e)) => proto::error_frame(&mut out, h.op, h.id, e.status, &e.msg),
+                    None => proto::error_frame(&mut out, h.op, h.id, Status::BadRequest, "OWN before LEASE"),
+                },
+                Ok(v) => {
+                    ctx.engine.dispatch(tenant, h.id, h.op, &v, &mut out);
+                    if let Some(sid) = *session {
+                        ctx.sessions.forget(tenant, sid, &v);
+                    }
+                }
                 Err(e) => {
                     tenant.counters.errors.fetch_add(1, Relaxed);
                     proto::error_frame(&mut out, h.op, h.id, e.status, &e.msg)

@@ -554,6 +554,9 @@ impl Engine {
             RequestView::Raw { .. } => {
                 return Err(ProtoError::bad("raw mode is only available over a socket"));
             }
+            // Sessions belong to the transport (a server's connections); the in-process store lives and dies with
+            // its process, so there is nothing to expire.
+            RequestView::Lease { .. } | RequestView::Own { .. } => self.count_op(t, 4),
         }
         Ok(())
     }

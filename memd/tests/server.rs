@@ -4,7 +4,7 @@
 
 use farmem_memd::config::{Addr, Credential};
 use farmem_memd::offload::{DsInstance, DsType, ObjectsView, OffloadError, Registry};
-use farmem_memd::proto::{self, Header, Op, Status, HEADER_LEN, MAGIC, PAGE_SIZE, VERSION};
+use farmem_memd::proto::{self, Header, Op, OwnKind, Status, HEADER_LEN, MAGIC, PAGE_SIZE, VERSION};
 use farmem_memd::server::{self, ServerConfig};
 use farmem_memd::testing::TestServer;
 use farmem_memd::{Client, ClientConfig, FarStore, ObjBatch, Request, StoreError};
@@ -519,4 +519,57 @@ fn memd_command_ping_stats_and_signals() {
     let status = child.wait().unwrap();
     assert!(status.success(), "memd exited with {status:?} on SIGTERM");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn owned_key_spaces_end_with_their_client_and_others_stay() {
+    let s = TestServer::start(64 << 20);
+    let observer = s.client();
+    let mut cfg = s.client_config();
+    cfg.session_grace = Some(Duration::from_secs(1));
+    let c = Client::connect(cfg).unwrap();
+    c.write_pages(1, &[0], &page(1)).unwrap();
+    c.write_pages(2, &[0], &page(2)).unwrap();
+    c.write_object(3, 1, b"x").unwrap();
+    c.own(OwnKind::Region, 1).unwrap();
+    c.own(OwnKind::Objects, 3).unwrap();
+    c.own(OwnKind::Region, 1).unwrap();
+    // Longer than the grace: a session with a live connection never expires.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(observer.read_pages(1, &[0]).unwrap().0[0], "owned data vanished while its client was connected");
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while observer.read_pages(1, &[0]).unwrap().0[0] {
+        assert!(Instant::now() < deadline, "the session's region was not dropped after its client left");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(observer.read_object(3, 1).unwrap(), None, "the session's object space was not dropped");
+    assert_eq!(observer.read_pages(2, &[0]).unwrap().1, page(2), "a key space nobody owns must be kept");
+}
+
+#[test]
+fn own_needs_a_lease_and_a_known_kind() {
+    let s = TestServer::start(1 << 20);
+    let (mut t, _) = authed(&s);
+    let mut own = vec![0u8];
+    own.extend_from_slice(&7u64.to_le_bytes());
+    t.write_all(&frame(Op::Own as u8, 1, &own)).unwrap();
+    let (h, p) = read_frame(&mut t).unwrap();
+    assert_eq!((h.id, h.status), (1, Status::BadRequest as u8), "{}", String::from_utf8_lossy(&p));
+    let mut lease = 9u64.to_le_bytes().to_vec();
+    lease.extend_from_slice(&5u32.to_le_bytes());
+    t.write_all(&frame(Op::Lease as u8, 2, &lease)).unwrap();
+    assert_eq!(read_frame(&mut t).unwrap().0.status, Status::Ok as u8);
+    t.write_all(&frame(Op::Lease as u8, 3, &lease)).unwrap();
+    assert_eq!(read_frame(&mut t).unwrap().0.status, Status::BadRequest as u8, "a second LEASE is refused");
+    own[0] = 9;
+    t.write_all(&frame(Op::Own as u8, 4, &own)).unwrap();
+    assert_eq!(read_frame(&mut t).unwrap().0.status, Status::BadRequest as u8, "unknown kind");
+    own[0] = 0;
+    t.write_all(&frame(Op::Own as u8, 5, &own)).unwrap();
+    assert_eq!(read_frame(&mut t).unwrap().0.status, Status::Ok as u8);
+    let mut long = 9u64.to_le_bytes().to_vec();
+    long.extend_from_slice(&u32::MAX.to_le_bytes());
+    t.write_all(&frame(Op::Lease as u8, 6, &long)).unwrap();
+    assert_eq!(read_frame(&mut t).unwrap().0.status, Status::BadRequest as u8, "grace over the limit");
 }

@@ -9,6 +9,7 @@ use crate::stats::{Counters, Stats};
 use crate::word::{self, Found};
 use farmem_memd::config::{env_size, env_str, ConfigError};
 use farmem_memd::far::fresh_space_id;
+use farmem_memd::proto::OwnKind;
 use farmem_memd::{FarStore, ObjBatch, Pending, Reply, Request};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -222,6 +223,8 @@ impl Runtime {
             cfg: cfg.clone(),
             background: std::sync::atomic::AtomicBool::new(background),
         });
+        // Objects are this process's memory: memd drops the space once the process is gone, however it ends.
+        inner.store.own(OwnKind::Objects, inner.ds(0))?;
         let mut threads = Vec::new();
         for i in 0..cfg.evacuator_threads {
             let rt = Arc::clone(&inner);
@@ -274,9 +277,11 @@ impl Runtime {
 
     /// A new space (a fresh memd `ds` id) for a data structure's objects.
     pub fn new_space(&self) -> Result<Space, ObjError> {
+        let ds = fresh_space_id();
+        self.inner.store.own(OwnKind::Objects, ds)?;
         let mut s = self.inner.spaces.write();
         let i = u16::try_from(s.len()).map_err(|_| ObjError::OutOfSpaces(word::MAX_SPACES))?;
-        s.push(fresh_space_id());
+        s.push(ds);
         Ok(Space(i))
     }
 

@@ -104,6 +104,7 @@ pub fn parse(args: &[String]) -> Result<RunOpts, CliError> {
     for name in ["FARMEM_STATS", "FARMEM_REQUIRED", "FARMEM_READAHEAD"] {
         config::env_bool(name)?;
     }
+    config::env_session_grace()?;
     if o.server.is_none() {
         if let Some(v) = config::env_str("FARMEM_SERVER")? {
             Addr::parse(&v).map_err(|m| ConfigError::new("FARMEM_SERVER", m))?;

@@ -159,6 +159,44 @@ fn run_against_an_external_memd() {
 }
 
 #[test]
+fn an_exited_process_leaves_nothing_in_an_external_memd() {
+    if !uffd_available("an_exited_process_leaves_nothing_in_an_external_memd") {
+        return;
+    }
+    let srv = farmem_memd::testing::TestServer::start(256 << 20);
+    let observer = srv.client();
+    let pages = || {
+        let stats = farmem_memd::FarStore::stats(&observer).unwrap();
+        stats.iter().find(|(k, _)| k == "global.pages").map(|(_, v)| *v).expect("memd reports its pages")
+    };
+    let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    // 48 MiB written at a 16 MiB budget, then an exit that frees nothing: the evicted pages are in memd.
+    let script = "import os\nb = bytearray(b'\\x01') * (48 << 20)\nos._exit(0)\n";
+    let (addr, token) = (srv.addr().to_string(), srv.token_file().display().to_string());
+    let run = |grace: &str| {
+        let mut cmd = Command::new(farmem());
+        cmd.args(["run", "--server", &addr, "--token-file", &token, "--local-mem", "16M", "--", &py, "-c", script]);
+        cmd.env("FARMEM_SESSION_GRACE", grace);
+        ok(&run_with_deadline(cmd, LIMIT, &format!("python with session grace {grace}")), "python");
+    };
+    // Without a session the pages outlive the process (what memd did before sessions).
+    run("off");
+    let kept = pages();
+    assert!(kept > 0, "the workload left no pages in memd; the test proves nothing");
+    // With a 1 s grace they are dropped soon after the process exits.
+    run("1s");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while pages() != kept {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} pages of an exited process are still in memd",
+            pages() - kept
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
 fn malformed_configuration_is_named() {
     let run = |args: &[&str], env: &[(&str, &str)]| {
         let mut c = Command::new(farmem());

@@ -191,6 +191,9 @@ pub enum RegionError {
     /// A handler thread could not start.
     #[error("cannot start a region thread: {0}")]
     Thread(std::io::Error),
+    /// The far store could not take the region (unreachable, refused).
+    #[error("far store: {0}")]
+    Store(#[from] farmem_memd::StoreError),
 }
 
 /// Region counters and fault-latency percentiles.
@@ -1392,6 +1395,9 @@ impl Region {
             owner_pid: std::process::id(),
             server,
         });
+        // The region's pages are this process's memory: tie them to the client's session, so memd drops them
+        // once the process is gone, however it ends.
+        sh.store.own(farmem_memd::proto::OwnKind::Region, sh.region_id)?;
         let mut region = Region { sh: Arc::clone(&sh), threads: Vec::new(), map };
         let s = Arc::clone(&sh);
         let max_ra = if sh.cfg.readahead { sh.cfg.max_readahead } else { 0 };

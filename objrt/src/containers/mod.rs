@@ -73,6 +73,7 @@ use crate::ptr::{FarBox, Ref, RefMut};
 use crate::runtime::{Runtime, Space};
 use bytemuck::Pod;
 use farmem_memd::offload::OffloadError;
+use farmem_memd::proto::OwnKind;
 use farmem_memd::StoreError;
 use parking_lot::Mutex;
 use std::marker::PhantomData;
@@ -184,7 +185,10 @@ impl<'rt> SpaceHandle<'rt> {
         if let Some(r) = c.as_ref() {
             return r.clone();
         }
-        let r = self.rt.store().construct(self.ds, ty, params);
+        let r = self.rt.store().construct(self.ds, ty, params).and_then(|()| {
+            // The instance lives in memd on behalf of this process: it ends with the process's session.
+            self.rt.store().own(OwnKind::Instance, self.ds)
+        });
         // Remember success, and a refusal of the type (it will not change); retry after other failures.
         if r.is_ok() || matches!(r, Err(StoreError::Rejected { .. })) {
             *c = Some(r.clone());
