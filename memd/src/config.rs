@@ -21,16 +21,22 @@ impl ConfigError {
     }
 }
 
-/// Parses a byte size: a whole number with an optional binary suffix K, M, G or T (also KiB/KB/k…), e.g.
-/// `4096`, `256M`, `8G`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+/// Splits `s` into a leading whole number and the unit after it (trimmed); `what` names the expected form.
+fn number_and_unit<'a>(s: &'a str, what: &str) -> Result<(u64, &'a str), String> {
     let t = s.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     if digits == 0 {
-        return Err(format!("{s:?} is not a size (expected e.g. 4096, 256M, 8G)"));
+        return Err(format!("{s:?} is not {what}"));
     }
     let n: u64 = t[..digits].parse().map_err(|_| format!("{s:?} is too large"))?;
-    let shift = match t[digits..].trim().to_ascii_uppercase().as_str() {
+    Ok((n, t[digits..].trim()))
+}
+
+/// Parses a byte size: a whole number with an optional binary suffix K, M, G or T (also KiB/KB/k…), e.g.
+/// `4096`, `256M`, `8G`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let (n, unit) = number_and_unit(s, "a size (expected e.g. 4096, 256M, 8G)")?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
         "" | "B" => 0,
         "K" | "KB" | "KIB" => 10,
         "M" | "MB" | "MIB" => 20,
@@ -80,13 +86,8 @@ pub fn env_bool(name: &str) -> Result<Option<bool>, ConfigError> {
 
 /// Parses a duration: a whole number with an optional unit `s` (the default), `m` or `h`, e.g. `90`, `30s`, `5m`.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let t = s.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    if digits == 0 {
-        return Err(format!("{s:?} is not a duration (expected e.g. 60, 30s, 5m)"));
-    }
-    let n: u64 = t[..digits].parse().map_err(|_| format!("{s:?} is too large"))?;
-    let unit = match t[digits..].trim().to_ascii_lowercase().as_str() {
+    let (n, unit) = number_and_unit(s, "a duration (expected e.g. 60, 30s, 5m)")?;
+    let unit = match unit.to_ascii_lowercase().as_str() {
         "" | "s" | "sec" | "secs" => 1,
         "m" | "min" | "mins" => 60,
         "h" | "hour" | "hours" => 3600,
