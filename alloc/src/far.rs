@@ -202,6 +202,9 @@ impl FarAlloc {
     /// lower address is mimalloc's, so code that routes `free` itself (the preload shim's, in assembly) may send
     /// such a pointer to `mi_free` after one compare, and must send any other to [`FarAlloc::free`].
     pub const REGION_START_OFFSET: usize = std::mem::offset_of!(FarAlloc, lo);
+    /// Byte offset, inside a FarAlloc, of the threshold in force: an `AtomicUsize` (read Relaxed) below which
+    /// every size is served by `mi_malloc`, so code that routes `malloc` itself may do so after one compare.
+    pub const THRESHOLD_OFFSET: usize = std::mem::offset_of!(FarAlloc, threshold);
 
     /// A FarAlloc configured from `FARMEM_*` variables, backed by a uffd region on the memd at
     /// `FARMEM_SERVER`. Const, for `#[global_allocator]`.

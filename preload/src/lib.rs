@@ -64,9 +64,10 @@ static INIT: extern "C" fn() = init;
 // conditional tail jump and costs a load and a jump more. Everything the assembly does not settle goes to
 // FarAlloc's own `malloc`/`free`, which decide again from scratch.
 
-/// C `malloc`: a size up to `MI_SMALL_SIZE_MAX` (1 KiB) is always local — the threshold is at least 4 KiB,
-/// and [`FarAlloc::malloc`] takes the same branch first — and `mi_malloc_small` is `mi_malloc` without its own
-/// size test, so a small `malloc` runs exactly the instructions of mimalloc's. Larger sizes go to
+/// C `malloc`, the branches of [`FarAlloc::malloc`]: a size up to `MI_SMALL_SIZE_MAX` (1 KiB) is always local
+/// (the threshold is at least 4 KiB), and `mi_malloc_small` is `mi_malloc` without its own size test, so a
+/// small `malloc` runs exactly the instructions of mimalloc's; a size below the threshold goes to `mi_malloc`
+/// (a plain load is the Relaxed load [`FarAlloc::THRESHOLD_OFFSET`] asks for); any other to
 /// [`FarAlloc::malloc`].
 ///
 /// # Safety
@@ -78,9 +79,14 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     std::arch::naked_asm!(
         "cmp rdi, {small}",
         "jbe {mi_malloc_small}",
+        "cmp rdi, qword ptr [rip + {a} + {threshold}]",
+        "jb {mi_malloc}",
         "jmp {rest}",
         small = const mi::MI_SMALL_SIZE_MAX,
         mi_malloc_small = sym mi::mi_malloc_small,
+        a = sym A,
+        threshold = const FarAlloc::THRESHOLD_OFFSET,
+        mi_malloc = sym mi::mi_malloc,
         rest = sym malloc_rest,
     )
 }
