@@ -4,7 +4,9 @@
 //! `free`, `calloc`, `realloc`, `reallocarray`, `posix_memalign`, `aligned_alloc`, `memalign`, `valloc`,
 //! `pvalloc`, `malloc_usable_size` — and interposes them on the C library's. Each is a thin wrapper over one
 //! process-wide [`FarAlloc`], which is also this library's own Rust global allocator, so farmem's internal
-//! allocations take the same path and are routed to mimalloc by the internal mark. Small blocks go to mimalloc
+//! allocations take the same path and are routed to mimalloc by the internal mark. On x86-64, `malloc` and `free`
+//! settle their common cases themselves, with a compare and a conditional jump straight into mimalloc (see
+//! `malloc` below), and hand everything else to FarAlloc. Small blocks go to mimalloc
 //! (linked in statically, called directly); blocks of at least `FARMEM_THRESHOLD` go to a userfaultfd region
 //! backed by the memd at `FARMEM_SERVER`, started on the first such allocation.
 //!
