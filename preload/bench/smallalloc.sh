@@ -12,7 +12,7 @@
 #
 # 1. Instructions per malloc+free pair (callgrind, one thread; deterministic, unlike timings on a shared
 #    2-core VM). The slope between two run lengths cancels start-up; it includes the loop (~34 instructions).
-# 2. Timings, ROUNDS rounds with the allocators interleaved within each round: operations per second of
+# 2. Timings, ROUNDS rounds with the allocators interleaved within each round (in rotating order): operations per second of
 #    wall-clock time and per second of the threads' CPU time (not inflated by time slices other processes
 #    take). The ratios are taken per round (paired) and reported as median [min-max].
 #
@@ -77,8 +77,12 @@ fi
 echo "timings: $threads threads x $iters malloc/free pairs, $rounds rounds interleaved (M ops/s):"
 declare -A res
 for n in "${names[@]}"; do res[$n]=""; done
-for r in $(seq "$rounds"); do
-  for n in "${names[@]}"; do res[$n]+="$(run "$n" "$threads" "$iters") "; done
+for r in $(seq 0 $((rounds - 1))); do
+  # each round starts at the next allocator, so no row always runs right after the same neighbour
+  for i in $(seq 0 $((${#names[@]} - 1))); do
+    n=${names[$(((r + i) % ${#names[@]}))]}
+    res[$n]+="$(run "$n" "$threads" "$iters") "
+  done
 done
 cat >"$dir/summary.py" <<'PY'
 import statistics, sys
