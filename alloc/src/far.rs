@@ -29,6 +29,9 @@ const MI_OPTION_PURGE_DELAY: mi::mi_option_t = 15;
 /// default (the one built here); v3's is 1 s, which cost 25–35 MiB of peak RSS in our tests.
 const FAR_PURGE_DELAY_MS: std::ffi::c_long = 10;
 
+// `malloc` sends every size up to MI_SMALL_SIZE_MAX to mimalloc without looking at the threshold.
+const _: () = assert!(mi::MI_SMALL_SIZE_MAX < MIN_THRESHOLD);
+
 const UNCONFIGURED: u8 = 0;
 const CONFIGURING: u8 = 1;
 const CONFIGURED: u8 = 2;
@@ -78,11 +81,17 @@ pub type StartFn = fn(&AllocConfig) -> Result<Started, StartError>;
 /// If that fails, one line on stderr says why and every allocation is served locally (`FARMEM_REQUIRED=1`
 /// makes it fatal instead). Besides [`GlobalAlloc`], FarAlloc offers the C malloc family with glibc's
 /// semantics ([`FarAlloc::malloc`] …), which the preload shim exports.
+#[repr(C, align(64))]
 pub struct FarAlloc {
-    state: AtomicU8,
+    // The three words `malloc` and `free` read come first, so they share one cache line (the struct is
+    // 64-aligned and `repr(C)` keeps this order).
+    /// Smallest size placed in far memory (`usize::MAX`: none).
     threshold: AtomicUsize,
+    /// The far region is `[lo, hi)`; both are `usize::MAX` until it exists. Written once, `hi` first and `lo`
+    /// last with Release, so a thread whose Acquire load of `lo` sees the region also sees its `hi`.
     lo: AtomicUsize,
-    len: AtomicUsize,
+    hi: AtomicUsize,
+    state: AtomicU8,
     heap: OnceLock<Heap>,
     cfg: OnceLock<AllocConfig>,
     start: StartFn,
@@ -188,6 +197,15 @@ extern "C" fn stats_at_exit() {
 }
 
 impl FarAlloc {
+    /// Byte offset, inside a FarAlloc, of the far region's start address: an `AtomicUsize` that is
+    /// `usize::MAX` until far memory runs and is written once (with Release) when it starts. Every block at a
+    /// lower address is mimalloc's, so code that routes `free` itself (the preload shim's, in assembly) may send
+    /// such a pointer to `mi_free` after one compare, and must send any other to [`FarAlloc::free`].
+    pub const REGION_START_OFFSET: usize = std::mem::offset_of!(FarAlloc, lo);
+    /// Byte offset, inside a FarAlloc, of the threshold in force: an `AtomicUsize` (read Relaxed) below which
+    /// every size is served by `mi_malloc`, so code that routes `malloc` itself may do so after one compare.
+    pub const THRESHOLD_OFFSET: usize = std::mem::offset_of!(FarAlloc, threshold);
+
     /// A FarAlloc configured from `FARMEM_*` variables, backed by a uffd region on the memd at
     /// `FARMEM_SERVER`. Const, for `#[global_allocator]`.
     pub const fn from_env() -> FarAlloc {
@@ -198,10 +216,10 @@ impl FarAlloc {
     /// `FARMEM_THRESHOLD` and the other variables as [`FarAlloc::from_env`] does). For tests and embedders.
     pub const fn with_start(start: StartFn, threshold: usize) -> FarAlloc {
         FarAlloc {
-            state: AtomicU8::new(UNCONFIGURED),
             threshold: AtomicUsize::new(MIN_THRESHOLD),
-            lo: AtomicUsize::new(0),
-            len: AtomicUsize::new(0),
+            lo: AtomicUsize::new(usize::MAX),
+            hi: AtomicUsize::new(usize::MAX),
+            state: AtomicU8::new(UNCONFIGURED),
             heap: OnceLock::new(),
             cfg: OnceLock::new(),
             start,
@@ -253,11 +271,14 @@ impl FarAlloc {
         self.threshold.load(Ordering::Relaxed)
     }
 
-    /// Whether `p` lies in far memory: one range compare.
+    /// Whether `p` lies in far memory: `lo <= p < hi`. The first compare alone settles every pointer below
+    /// the region, which is where mimalloc's memory lies on Linux (it places its arenas at hinted addresses
+    /// from 2 TiB up, while an unhinted `mmap` such as the region's lands near the top of the address space,
+    /// ~127 TiB) and every pointer while far memory is not running (`lo` is `usize::MAX`).
     #[inline]
     pub fn is_far(&self, p: *const c_void) -> bool {
-        let len = self.len.load(Ordering::Acquire);
-        (p as usize).wrapping_sub(self.lo.load(Ordering::Relaxed)) < len
+        let a = p as usize;
+        a >= self.lo.load(Ordering::Acquire) && a < self.hi.load(Ordering::Relaxed)
     }
 
     /// Far-heap counters, once far memory has started.
@@ -343,8 +364,10 @@ impl FarAlloc {
                     // SAFETY: setting a mimalloc option is allowed at any time.
                     unsafe { mi::mi_option_set(MI_OPTION_PURGE_DELAY, FAR_PURGE_DELAY_MS) };
                 }
-                self.lo.store(lo, Ordering::Relaxed);
-                self.len.store(hi - lo, Ordering::Release);
+                // `hi` first: a thread that sees the new `lo` (Acquire) sees `hi` too; one that sees only `hi`
+                // still finds the range empty (`lo` is usize::MAX).
+                self.hi.store(hi, Ordering::Relaxed);
+                self.lo.store(lo, Ordering::Release);
                 self.state.store(READY, Ordering::Release);
                 tracing::debug!(lo, hi, threshold = cfg.threshold, "far memory started");
             }
@@ -443,12 +466,13 @@ impl FarAlloc {
         std::process::abort()
     }
 
-    /// `extern "C"` (so it cannot unwind) lets `free` tail-call it without a frame of its own.
+    /// `extern "C"` (so it cannot unwind) lets `free` tail-call it without a frame of its own; the block comes
+    /// first so the caller's argument register stays where it is.
     #[cold]
-    extern "C" fn far_free(&self, p: *mut u8) {
+    extern "C" fn far_free(p: *mut u8, this: &FarAlloc) {
         no_unwind(|| {
-            if !self.far_heap().free(p) {
-                self.bad_pointer("free", p.cast());
+            if !this.far_heap().free(p) {
+                this.bad_pointer("free", p.cast());
             }
         })
     }
@@ -465,19 +489,28 @@ impl FarAlloc {
     /// `malloc`: a block of at least `size` bytes suitably aligned for any object of that size, or null
     /// with `errno = ENOMEM` (below the threshold, mimalloc sets errno through the handler that
     /// [`FarAlloc::install_errno_handler`] installs, which keeps this path a tail call).
+    ///
+    /// The common case costs one compare more than mimalloc's own `malloc`: sizes up to
+    /// [`mi::MI_SMALL_SIZE_MAX`] (1 KiB, always below the threshold, which is at least 4 KiB) go straight to
+    /// `mi_malloc_small`, which is `mi_malloc` without its size test.
     #[inline]
     pub fn malloc(&self, size: usize) -> *mut c_void {
+        if size <= mi::MI_SMALL_SIZE_MAX {
+            // SAFETY: mi_malloc_small accepts any size up to MI_SMALL_SIZE_MAX.
+            return unsafe { mi::mi_malloc_small(size) };
+        }
         if size < self.threshold.load(Ordering::Relaxed) {
             // SAFETY: mi_malloc accepts any size.
             return unsafe { mi::mi_malloc(size) };
         }
-        self.malloc_large(size)
+        FarAlloc::malloc_large(size, self)
     }
 
-    /// `extern "C"` (so it cannot unwind) lets `malloc` tail-call it without a frame of its own.
+    /// `extern "C"` (so it cannot unwind) lets `malloc` tail-call it without a frame of its own; the size comes
+    /// first so the caller's argument register stays where it is.
     #[cold]
-    extern "C" fn malloc_large(&self, size: usize) -> *mut c_void {
-        self.alloc_aligned(size, MI_ALIGN, false).cast()
+    extern "C" fn malloc_large(size: usize, this: &FarAlloc) -> *mut c_void {
+        this.alloc_aligned(size, MI_ALIGN, false).cast()
     }
 
     /// Makes mimalloc set `errno = ENOMEM` when an allocation fails (it reports failures through its error
@@ -507,10 +540,13 @@ impl FarAlloc {
     ///
     /// # Safety
     /// `p` is null or a live block from this allocator (any function of the family), not freed before.
+    ///
+    /// The common case costs two instructions more than mimalloc's own `free` (a compare with the region's
+    /// start and a tail jump; see [`FarAlloc::is_far`]).
     #[inline]
     pub unsafe fn free(&self, p: *mut c_void) {
         if self.is_far(p) {
-            self.far_free(p.cast());
+            FarAlloc::far_free(p.cast(), self);
         } else {
             // SAFETY: p is null (mi_free ignores it) or not far, so by the caller's contract it came from
             // mimalloc.

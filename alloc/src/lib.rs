@@ -2,11 +2,12 @@
 //!
 //! # Design
 //! Every allocation below a threshold (`FARMEM_THRESHOLD`, 1 MiB by default) goes straight to mimalloc: the
-//! fast path is one relaxed load and a compare in front of `mi_malloc`. Allocations at or above it go to the
+//! fast path is a compare in front of `mi_malloc_small` (up to 1 KiB) or `mi_malloc`. Allocations at or above it go to the
 //! *far heap*: a page-granular range allocator ([`range::RangeAlloc`]) over one contiguous span of address space
 //! ([`heap::Backing`]) — in production a userfaultfd `Region` whose pages are paged to and from memd under a
 //! local-memory budget. Because the span is contiguous, `free` and `realloc` tell far blocks from mimalloc's by
-//! one range compare, without a header or a lookup.
+//! one range compare, without a header or a lookup; the first half of it (below the region's start) settles
+//! every mimalloc block on Linux, where mimalloc's arenas lie below the region.
 //!
 //! Far memory starts lazily, on the first large allocation: the configuration is read, a memd client connects
 //! and the region is mapped. Until that has finished — and whenever the thread is marked internal
@@ -35,3 +36,6 @@ pub mod start;
 pub use anon::AnonSpan;
 pub use far::{FarAlloc, StartError, StartFn, Started};
 pub use heap::{Backing, HeapStats, PagingStats, ReleaseError};
+/// The mimalloc build FarAlloc serves small blocks from (`libmimalloc-sys`), for callers that route the malloc
+/// family's common cases to it directly (the preload shim's `malloc` and `free`).
+pub use libmimalloc_sys as mimalloc_sys;

@@ -4,7 +4,9 @@
 //! `free`, `calloc`, `realloc`, `reallocarray`, `posix_memalign`, `aligned_alloc`, `memalign`, `valloc`,
 //! `pvalloc`, `malloc_usable_size` — and interposes them on the C library's. Each is a thin wrapper over one
 //! process-wide [`FarAlloc`], which is also this library's own Rust global allocator, so farmem's internal
-//! allocations take the same path and are routed to mimalloc by the internal mark. Small blocks go to mimalloc
+//! allocations take the same path and are routed to mimalloc by the internal mark. On x86-64, `malloc` and `free`
+//! settle their common cases themselves, with a compare and a conditional jump straight into mimalloc (see
+//! `malloc` below), and hand everything else to FarAlloc. Small blocks go to mimalloc
 //! (linked in statically, called directly); blocks of at least `FARMEM_THRESHOLD` go to a userfaultfd region
 //! backed by the memd at `FARMEM_SERVER`, started on the first such allocation.
 //!
@@ -23,6 +25,8 @@
 //! contracts for these functions (a pointer passed to `free`/`realloc` came from this family and is live).
 
 use farmem_alloc::config::AllocConfig;
+#[cfg(target_arch = "x86_64")]
+use farmem_alloc::mimalloc_sys as mi;
 use farmem_alloc::{FarAlloc, StartError, Started};
 use std::ffi::c_void;
 
@@ -56,10 +60,81 @@ extern "C" fn init() {
 #[link_section = ".init_array"]
 static INIT: extern "C" fn() = init;
 
+// `malloc` and `free` on x86-64: the common cases in two instructions each and a jump into mimalloc, which is as
+// close to mimalloc's own preload (where `malloc` *is* `mi_malloc`) as a router can get. A compiler cannot emit
+// this from Rust on stable: calls to C functions go through the GOT (no PLT, full RELRO), which rules out the
+// conditional tail jump and costs a load and a jump more. Everything the assembly does not settle goes to
+// FarAlloc's own `malloc`/`free`, which decide again from scratch.
+
+/// C `malloc`, the branches of [`FarAlloc::malloc`]: a size up to `MI_SMALL_SIZE_MAX` (1 KiB) is always local
+/// (the threshold is at least 4 KiB), and `mi_malloc_small` is `mi_malloc` without its own size test, so a
+/// small `malloc` runs exactly the instructions of mimalloc's; a size below the threshold goes to `mi_malloc`
+/// (a plain load is the Relaxed load [`FarAlloc::THRESHOLD_OFFSET`] asks for); any other to
+/// [`FarAlloc::malloc`].
+///
+/// # Safety
+/// None beyond C's.
+#[cfg(target_arch = "x86_64")]
+#[unsafe(naked)]
+#[no_mangle]
+pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    std::arch::naked_asm!(
+        "cmp rdi, {small}",
+        "jbe {mi_malloc_small}",
+        "cmp rdi, qword ptr [rip + {a} + {threshold}]",
+        "jb {mi_malloc}",
+        "jmp {rest}",
+        small = const mi::MI_SMALL_SIZE_MAX,
+        mi_malloc_small = sym mi::mi_malloc_small,
+        a = sym A,
+        threshold = const FarAlloc::THRESHOLD_OFFSET,
+        mi_malloc = sym mi::mi_malloc,
+        rest = sym malloc_rest,
+    )
+}
+
+/// `malloc` for what the assembly above does not settle.
+#[cfg(target_arch = "x86_64")]
+extern "C" fn malloc_rest(size: usize) -> *mut c_void {
+    A.malloc(size)
+}
+
+/// C `free`: a block below the far region's start (every block while far memory is not running, and on Linux
+/// every mimalloc block — see [`FarAlloc::is_far`]) goes to `mi_free` after one compare with that start (an
+/// x86-64 load is an Acquire load, as [`FarAlloc::REGION_START_OFFSET`] asks); any other to [`FarAlloc::free`].
+///
+/// # Safety
+/// `p` is null or a live block of this family.
+#[cfg(target_arch = "x86_64")]
+#[unsafe(naked)]
+#[no_mangle]
+pub unsafe extern "C" fn free(p: *mut c_void) {
+    std::arch::naked_asm!(
+        "cmp rdi, qword ptr [rip + {a} + {lo}]",
+        "jb {mi_free}",
+        "jmp {rest}",
+        a = sym A,
+        lo = const FarAlloc::REGION_START_OFFSET,
+        mi_free = sym mi::mi_free,
+        rest = sym free_rest,
+    )
+}
+
+/// `free` for what the assembly above does not settle.
+///
+/// # Safety
+/// As `free`'s.
+#[cfg(target_arch = "x86_64")]
+unsafe extern "C" fn free_rest(p: *mut c_void) {
+    // SAFETY: C's contract for free, which free's caller is bound by.
+    unsafe { A.free(p) }
+}
+
 /// C `malloc`.
 ///
 /// # Safety
 /// None beyond C's.
+#[cfg(not(target_arch = "x86_64"))]
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     A.malloc(size)
@@ -69,6 +144,7 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 ///
 /// # Safety
 /// `p` is null or a live block of this family.
+#[cfg(not(target_arch = "x86_64"))]
 #[no_mangle]
 pub unsafe extern "C" fn free(p: *mut c_void) {
     // SAFETY: C's contract for free, which the caller is bound by.

@@ -32,6 +32,18 @@ fn c_conformance_under_the_shim() {
 }
 
 #[test]
+fn c_malloc_routes_by_size_and_free_by_address() {
+    if !uffd_available("c_malloc_routes_by_size_and_free_by_address") {
+        return;
+    }
+    let p = c_program("routing");
+    let o = farmem_run(&["--local-mem", "16M", "--threshold", "64K", "--stats"], &p, &[], LIMIT);
+    assert_eq!(ok(&o, "routing"), "routing ok\n");
+    let err = stderr(&o);
+    assert!(err.contains(" in 2 allocations,"), "exactly the blocks of 64K and 64K + 1 are far: {err}");
+}
+
+#[test]
 fn c_working_set_six_times_the_budget() {
     if !uffd_available("c_working_set_six_times_the_budget") {
         return;

@@ -20,7 +20,7 @@ static int same(const unsigned char *p, size_t n, unsigned seed) {
 static int zero(const unsigned char *p, size_t n) { for (size_t i = 0; i < n; i++) if (p[i]) return 0; return 1; }
 
 int main(void) {
-    static const size_t sizes[] = {0, 1, 15, 16, 100, 4095, 4096, T - 1, T, T + 1, 3u << 20, (5u << 20) + 17};
+    static const size_t sizes[] = {0, 1, 15, 16, 100, 1024, 1025, 4095, 4096, T - 1, T, T + 1, 3u << 20, (5u << 20) + 17};
     static const size_t aligns[] = {8, 16, 64, 4096, 1u << 16, 2u << 20};
     const size_t ns = sizeof sizes / sizeof *sizes, na = sizeof aligns / sizeof *aligns;
     for (size_t k = 0; k < ns; k++) {
