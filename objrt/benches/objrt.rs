@@ -224,7 +224,7 @@ fn summary() {
     let rt = local_runtime();
     let far: Vec<FarBox<u64>> = (0..N_LOCAL as u64).map(|i| FarBox::new_in(&rt, i)).collect();
     let boxed: Vec<Box<u64>> = (0..N_LOCAL as u64).map(Box::new).collect();
-    // Inner boxes first, then the outer ones: two streams of 32-byte blocks, as the slots and the objects are.
+    // Inner boxes first, then the outer ones: two separate streams of heap blocks, as the slots and the objects are.
     let inner: Vec<Box<u64>> = (0..N_LOCAL as u64).map(Box::new).collect();
     let boxbox: Vec<Box<Box<u64>>> = inner.into_iter().map(Box::new).collect();
     let s = DerefScope::new();
