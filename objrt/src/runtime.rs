@@ -520,20 +520,24 @@ impl RtInner {
     }
 
     /// Slow path of a dereference: returns the object's local address once the word lets the fast path through
-    /// (or, for a non-temporal access, once the object is local without warming it).
-    pub(crate) fn deref_slow(&self, slot: &'static Slot, write: bool, warm: bool) -> Result<u64, ObjError> {
+    /// (or, for a non-temporal access, once the object is local without warming it), and whether it was served
+    /// from local memory (false when this call fetched it or waited for another thread's fetch of it).
+    pub(crate) fn deref_slow(&self, slot: &'static Slot, write: bool, warm: bool) -> Result<(u64, bool), ObjError> {
         let mut spins = 0u32;
         let mut wait_start: Option<Instant> = None;
+        let mut local = true;
         let r = loop {
             match word::touch(&slot.word, write, warm) {
-                Found::Local(a) => break Ok(a),
+                Found::Local(a) => break Ok((a, local)),
                 Found::Remote(_) => {
+                    local = false;
                     if let Some(inf) = self.start_fetch(&[slot])? {
                         self.complete(&inf)?;
                     }
                 }
                 Found::Busy(w) => {
                     if w & word::ABSENT != 0 {
+                        local = false;
                         let found = self.inflight.lock().get(&slot.id).cloned();
                         if let Some(inf) = found {
                             Counters::add(&self.ctr.shared_misses, 1);

@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// A snapshot of a runtime's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Dereferences served from local memory. Counted per scope on the fast path and summed when the scope
-    /// ends, so this figure is process-wide (all runtimes) and includes only finished scopes.
+    /// Dereferences served from local memory (on the fast path, or on the slow path without a fetch). Counted
+    /// per scope and summed when the scope ends, so this figure is process-wide (all runtimes) and includes only
+    /// finished scopes; 0 when built without the default `hit-stats` feature.
     pub hits: u64,
     /// Objects fetched from far memory (by dereference, fetch handle or prefetch).
     pub misses: u64,

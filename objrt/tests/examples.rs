@@ -12,3 +12,12 @@ fn evacuation_example_runs() {
     }
     evacuation::main();
 }
+
+#[allow(dead_code, reason = "only main is used here")]
+#[path = "../examples/deref_cost.rs"]
+mod deref_cost;
+
+#[test]
+fn deref_cost_example_runs() {
+    deref_cost::main();
+}
