@@ -5,9 +5,7 @@
 //! - evacuator write-back throughput vs memd's pipelined batched object writes of the same bytes (reported).
 //!
 //! `cargo bench -p farmem-objrt --bench objrt`. After criterion's figures, a summary prints the three ratios
-//! measured in this process. On a shared machine criterion's local-deref estimates (means of samples of a few
-//! microseconds) move by 2× between runs as other processes come and go; the summary's local figures (fastest of
-//! 300 interleaved rounds, see [`fastest_rounds`]) are the ones to quote.
+//! measured in this process.
 
 #![allow(clippy::cast_possible_truncation, reason = "fill bytes are taken modulo 251")]
 
@@ -261,7 +259,7 @@ fn summary() {
     mw.sort();
     ew.sort();
     let gbs = |d: Duration| (WB_N * WB_OBJ) as f64 / d.as_secs_f64() / 1e9;
-    println!("\nobjrt summary (this run; local: fastest rounds, remote and write-back: medians):");
+    println!("\nobjrt summary (medians, this run):");
     println!(
         "  local deref : farbox {:.3} ns/deref, box {:.3} ns/deref, ratio {:.2}x (median of rounds {:.2}x; goal <= 1.2x)",
         best[1],
