@@ -175,6 +175,7 @@ fn an_exited_process_leaves_nothing_in_an_external_memd() {
     if !uffd_available("an_exited_process_leaves_nothing_in_an_external_memd") {
         return;
     }
+    shim();
     let srv = farmem_memd::testing::TestServer::start(256 << 20);
     let observer = srv.client();
     let pages = || {
