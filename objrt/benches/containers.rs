@@ -219,10 +219,11 @@ fn map_figures<B: BucketObj>(server: &TestServer, tr: &[Vec<u64>]) -> MapFigures
     let st = rt.stats();
     let peak_bytes = (st.peak_regions * st.region_size) as usize;
     println!(
-        "    (runtime: peak {} regions of {} KiB, evac cycles {}, clean drops {}, waits: alloc {} ms, scope {} ms, busy {} ms)",
+        "    (runtime: peak {} regions of {} KiB, evac cycles {}, compacted {}, clean drops {}, waits: alloc {} ms, scope {} ms, busy {} ms)",
         st.peak_regions,
         st.region_size >> 10,
         st.evac_cycles,
+        st.compacted,
         st.clean_drops,
         st.alloc_wait_ns / 1_000_000,
         st.scope_wait_ns / 1_000_000,

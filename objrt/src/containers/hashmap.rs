@@ -16,9 +16,9 @@
 //! **Offload.** [`HashMap::get_with`] / [`HashMap::get_many`] with [`Offload::Remote`] (or `Auto` when the
 //! bucket is remote) send `[bucket id][hash][key]` to memd's [`HASHMAP_TYPE`] and receive only the value.
 
-use super::{warm, ContainerError, Offload, SpaceHandle};
+use super::{warm, warm_fetched, ContainerError, Offload, SpaceHandle};
 use crate::epoch::DerefScope;
-use crate::ptr::FarBox;
+use crate::ptr::{FarBox, Ref};
 use crate::runtime::Runtime;
 use bytemuck::Pod;
 use farmem_memd::offload::layout::{hash_key, map_op, BucketLayout, HASHMAP_TYPE};
@@ -186,9 +186,9 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
         let h = hash_key(kb);
         let dir = self.dir.read();
         let b = dir.table[slot(dir.depth, h)].read();
-        warm(&b.obj);
+        let fetched = warm_fetched(&b.obj);
         let s = DerefScope::new();
-        let r = b.obj.deref(&s);
+        let r = deref_lookup(&b.obj, &s, fetched);
         let bytes = bytemuck::bytes_of(&*r);
         self.layout.find(bytes, h, kb).map(|i| bytemuck::pod_read_unaligned(self.layout.val(bytes, i)))
     }
@@ -259,14 +259,21 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
             }
         }
         let local: Vec<usize> = (0..keys.len()).filter(|&i| !remote[i]).collect();
-        if local.len() > 1 {
-            // Overlap the misses: one batched fetch for every remote bucket needed.
-            let h = self.sp.rt.fetch(local.iter().map(|&i| &guards[i].obj))?;
+        // Overlap the misses: one batched fetch for every remote bucket needed. The buckets it brings in are
+        // read unwarmed the first time (that lookup is their first use).
+        let mut fetched = std::collections::HashSet::new();
+        let missing: Vec<&FarBox<B>> = local.iter().map(|&i| &guards[i].obj).filter(|o| !o.is_local()).collect();
+        if let Some(first) = missing.first() {
+            super::room_for_fetch(*first);
+            let h = self.sp.rt.fetch(missing.iter().copied())?;
+            if !h.is_empty() {
+                fetched.extend(missing.iter().map(|o| o.id()));
+            }
             h.wait()?;
         }
         let s = DerefScope::new();
         for i in local {
-            let r = guards[i].obj.deref(&s);
+            let r = deref_lookup(&guards[i].obj, &s, fetched.remove(&guards[i].obj.id()));
             let bytes = bytemuck::bytes_of(&*r);
             let kb = bytemuck::bytes_of(&keys[i]);
             out[i] = l.find(bytes, hashes[i], kb).map(|k| bytemuck::pod_read_unaligned(l.val(bytes, k)));
@@ -442,6 +449,15 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
         self.for_each(|k, x| v.push((k, x)));
         v
     }
+}
+
+/// A lookup's read of its bucket: unwarmed when the lookup itself just fetched it (see
+/// [`warm_fetched`]).
+fn deref_lookup<'s, B: BucketObj>(obj: &'s FarBox<B>, s: &'s DerefScope, fetched: bool) -> Ref<'s, B> {
+    if !fetched {
+        return obj.deref(s);
+    }
+    obj.try_deref_unwarmed(s).unwrap_or_else(|e| panic!("farmem: dereferencing a far object failed: {e}"))
 }
 
 fn remove_at(l: &BucketLayout, bytes: &mut [u8], i: usize) {
