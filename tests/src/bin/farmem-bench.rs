@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! farmem-bench run WORKLOAD --mode MODE [--local 0.25] [--scale S] [--zipf 0.99] [--seed N] [--no-offload]
+//!                  [--threads N] [--batch N]
 //! farmem-bench sweep WORKLOAD [--local 0.1,0.25,0.5,1.0] [--modes local,paging,...] [--out results/] [...]
 //! ```
 //! `run` prints one JSON line; `sweep` runs every mode at every local fraction, prints a JSON line per run, and
@@ -18,10 +19,14 @@ static ALLOC: FarAlloc = FarAlloc::from_env();
 
 const USAGE: &str = "usage:
   farmem-bench run WORKLOAD --mode MODE [--local F] [--scale S] [--zipf S] [--seed N] [--no-offload]
+                 [--threads N] [--batch N]
   farmem-bench sweep WORKLOAD [--local F,F,...] [--modes M,M,...] [--out DIR] [--scale S] [--zipf S] [--seed N]
+                 [--threads N] [--batch N]
 WORKLOAD: hashtable, array, web, dataframe (or `all` for sweep)
 MODE: local, paging, objects, hybrid, swap
---local: local memory as a fraction of the working set (run: 0.25; sweep: 0.1,0.25,0.5,1.0)";
+--local: local memory as a fraction of the working set (run: 0.25; sweep: 0.1,0.25,0.5,1.0)
+--threads: threads sharing the hashtable's lookups, in every mode (default 1)
+--batch: keys per objrt get_many call in the hashtable's objects and hybrid modes (default 1)";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -58,7 +63,7 @@ fn parse(args: &[String], sweep: bool) -> Result<Opts> {
         local: if sweep { vec![0.1, 0.25, 0.5, 1.0] } else { vec![0.25] },
         modes: Mode::ALL.to_vec(),
         out: PathBuf::from("results"),
-        params: Params { scale: 1.0, seed: 42, zipf: 0.99, offload: true, budget: 0 },
+        params: Params { scale: 1.0, seed: 42, zipf: 0.99, offload: true, budget: 0, threads: 1, batch: 1 },
     };
     while let Some(a) = it.next() {
         let mut val = || it.next().with_context(|| format!("{a} needs a value\n{USAGE}"));
@@ -86,6 +91,18 @@ fn parse(args: &[String], sweep: bool) -> Result<Opts> {
                 }
             }
             "--seed" => o.params.seed = val()?.parse().context("--seed must be a whole number")?,
+            "--threads" => {
+                o.params.threads = val()?.parse().context("--threads must be a whole number")?;
+                if !(1..=256).contains(&o.params.threads) {
+                    bail!("--threads must be in 1..=256");
+                }
+            }
+            "--batch" => {
+                o.params.batch = val()?.parse().context("--batch must be a whole number")?;
+                if !(1..=4096).contains(&o.params.batch) {
+                    bail!("--batch must be in 1..=4096");
+                }
+            }
             "--no-offload" => o.params.offload = false,
             other => bail!("unknown option {other:?}\n{USAGE}"),
         }
