@@ -488,6 +488,30 @@ mod tests {
     }
 
     #[test]
+    fn victims_are_nearly_empty_regions_then_the_oldest() {
+        let h = small();
+        let addrs: Vec<u64> = (0..8).map(|i| h.alloc(2032, i, 0, true).unwrap()).collect();
+        h.seal_all();
+        let first = |v: &[u32]| h.objects(v[0])[0].0;
+        // Half of the third region is gone: still not cheap, so the oldest region goes first.
+        h.sub_live(addrs[5], 2032);
+        let v = h.take_victims(1);
+        assert_eq!(first(&v), addrs[0], "the oldest region is the CLOCK hand's next");
+        h.return_victim(v[0]);
+        // All of the third region is gone: it is taken first, whatever its age.
+        h.sub_live(addrs[4], 2032);
+        let v = h.take_victims(2);
+        assert_eq!(first(&v), addrs[4]);
+        assert_eq!(first(&v[1..]), addrs[0]);
+        h.return_victim(v[0]);
+        h.return_victim(v[1]);
+        // A region returned by a cycle keeps its age.
+        assert_eq!(h.take_victims(4).iter().map(|&r| h.objects(r)[0].0).collect::<Vec<_>>(), {
+            vec![addrs[4], addrs[0], addrs[2], addrs[6]]
+        });
+    }
+
+    #[test]
     fn live_bytes_pick_emptiest_victims() {
         let h = small();
         let mut addrs = Vec::new();

@@ -616,3 +616,43 @@ impl<K: Pod, V: Pod, B: BucketObj> VacantEntry<'_, '_, K, V, B> {
         map.insert(key, value).map(|_| ())
     }
 }
+
+#[cfg(all(test, not(farmem_loom)))]
+mod tests {
+    use super::*;
+    use crate::RuntimeConfig;
+    use farmem_memd::MemStore;
+
+    #[test]
+    fn a_lookups_own_fetch_is_not_a_second_use() {
+        let mut cfg = RuntimeConfig::new(2 << 20);
+        cfg.evacuator_threads = 0;
+        cfg.lanes = 2;
+        let rt = Runtime::new(cfg, Arc::new(MemStore::new(1 << 30))).unwrap();
+        let m = HashMap::<u64, u64, Bucket1K>::new(&rt).unwrap();
+        for k in 0..2000u64 {
+            m.insert(k, k * 3).unwrap();
+        }
+        let once = 0u64;
+        let twice = (1..2000u64).find(|k| m.bucket_of(k) != m.bucket_of(&once)).unwrap();
+        let cell = |k: &u64| {
+            let dir = m.dir.read();
+            Arc::clone(&dir.table[slot(dir.depth, HashMap::<u64, u64, Bucket1K>::key_hash(k))])
+        };
+        let (a, b) = (cell(&once), cell(&twice));
+        rt.evacuate_all().unwrap();
+        assert!(!a.read().obj.is_local() && !b.read().obj.is_local());
+        let misses = rt.stats().misses;
+        assert_eq!(m.get(&once), Some(0));
+        assert_eq!(m.get_many(&[twice], Offload::Local).unwrap(), vec![Some(twice * 3)]);
+        assert_eq!(m.get(&twice), Some(twice * 3));
+        assert_eq!(rt.stats().misses - misses, 2);
+        // One pass of the hand over the region they were fetched into: the bucket used again is kept, the one
+        // only fetched leaves.
+        rt.inner.heap.seal_all();
+        crate::evac::cycle(&rt.inner, 0, true);
+        assert!(!a.read().obj.is_local(), "fetched and not used again: cold");
+        assert!(b.read().obj.is_local(), "used again after its fetch: kept");
+        assert_eq!((m.get(&once), m.get(&twice)), (Some(0), Some(twice * 3)));
+    }
+}

@@ -159,10 +159,12 @@ pub(crate) fn warm<T: Pod>(obj: &FarBox<T>) {
 }
 
 /// Before a fetch outside any scope: waits while the runtime's heap is at its hard watermark (see
-/// [`crate::heap::Heap::wait_for_room`]), as an allocation there would.
+/// [`crate::heap::Heap::wait_for_room`]), as an allocation there would — when an evacuator thread runs.
 pub(crate) fn room_for_fetch<P: crate::ptr::FarHandle>(obj: &P) {
-    if !crate::epoch::pinned() {
-        obj.far_runtime().heap.wait_for_room();
+    let rt = obj.far_runtime();
+    // Without evacuator threads nobody would make room: the fetch goes ahead (and may evacuate for itself).
+    if rt.background.load(std::sync::atomic::Ordering::Relaxed) && !crate::epoch::pinned() {
+        rt.heap.wait_for_room();
     }
 }
 

@@ -124,10 +124,20 @@ pub fn local(p: &Params) -> Outcome {
 }
 
 /// objrt's HashMap (objects mode): `p.threads` threads, each looking up `p.batch` keys per `get_many` call so
-/// that the misses of a batch are fetched in one request.
+/// that the misses of a batch are fetched in one request; buckets of `p.bucket` bytes.
 pub fn objects(p: &Params, rt: &Runtime) -> anyhow::Result<Outcome> {
+    use farmem_objrt::containers::{Bucket1K, Bucket256, Bucket4K};
+    match p.bucket {
+        256 => objects_in::<Bucket256>(p, rt),
+        1024 => objects_in::<Bucket1K>(p, rt),
+        4096 => objects_in::<Bucket4K>(p, rt),
+        b => anyhow::bail!("bucket size {b} is not 256, 1024 or 4096"),
+    }
+}
+
+fn objects_in<B: farmem_objrt::containers::BucketObj>(p: &Params, rt: &Runtime) -> anyhow::Result<Outcome> {
     let t = Instant::now();
-    let m: farmem_objrt::HashMap<u64, Value> = farmem_objrt::HashMap::new(rt)?;
+    let m: farmem_objrt::HashMap<u64, Value, B> = farmem_objrt::HashMap::new(rt)?;
     for r in 0..keys(p) {
         m.insert(key(p.seed, r), value(p.seed, r))?;
     }
@@ -137,7 +147,8 @@ pub fn objects(p: &Params, rt: &Runtime) -> anyhow::Result<Outcome> {
         batched(p, t, |keys| Ok(m.get_many(keys, Offload::Local)?), |v: &Value| acc = fold_value(acc, v))?;
         Ok(acc)
     })?;
-    Ok(Outcome { ops: lookups(p), secs, setup_secs, checksum, extra: vec![] })
+    let buckets = m.bucket_count() as f64;
+    Ok(Outcome { ops: lookups(p), secs, setup_secs, checksum, extra: vec![("buckets".into(), buckets)] })
 }
 
 /// Share of the budget the objrt part gets in hybrid mode: the index (key to row, about 16 B an entry) against

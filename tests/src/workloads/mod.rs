@@ -32,6 +32,13 @@ pub struct Params {
     /// up one by one. Modes without a batch API (std collections) look up one by one whatever it says.
     #[serde(default = "one")]
     pub batch: usize,
+    /// Bytes of objrt's hash-map bucket objects (256, 1024 or 4096; hashtable's objects mode).
+    #[serde(default = "kib")]
+    pub bucket: usize,
+}
+
+fn kib() -> usize {
+    1024
 }
 
 fn one() -> usize {
