@@ -18,8 +18,8 @@
 //!
 //! Mutators never wait for a cycle: only a thread that touches an object while it is `BUSY` (being copied or
 //! written back) waits, for that object. To guarantee progress, the bytes kept by compaction in one cycle are
-//! capped at the victims' live bytes less the regions the cycle was asked for (at most half of the victims), and
-//! nothing is kept when free memory is at the hard watermark.
+//! capped at the victims' live bytes less the regions the cycle was asked for (at most a third of the victims),
+//! and nothing is kept when free memory is at the hard watermark.
 
 use crate::heap::Header;
 use crate::runtime::{push_object, RtInner};
@@ -118,21 +118,22 @@ struct Marked {
     victim: usize,
 }
 
-/// Victims a cycle that wants `want` regions back takes: twice that, so that up to half of what it walks can
-/// be kept (see [`cycle`]).
+/// Victims a cycle that wants `want` regions back takes: three times that, so that up to two thirds of what it
+/// walks can be kept (see [`cycle`]) — a CLOCK hand that must evict whatever it meets when too much of it is
+/// hot would evict recently used objects.
 fn victims_for(want: usize) -> usize {
-    want.saturating_mul(2).clamp(1, 64)
+    want.saturating_mul(3).clamp(1, 64)
 }
 
 /// One cycle over victim regions (the oldest sealed ones, [`crate::heap::Heap::take_victims`]), aiming to free
 /// `want` of them. Returns the number of regions freed.
 ///
 /// Hot objects (used since the hand last passed) are kept — moved to the evacuator's region with `COLD` set —
-/// up to the victims' live bytes less `want` regions (less half the victims, if fewer than `2 × want` were
+/// up to the victims' live bytes less `want` regions (less a third of the victims, if fewer than `3 × want` were
 /// sealed), so that a cycle gives back what it was asked for even when everything it walks is hot; cold ones
-/// leave. A victim is released as soon as its last object is
-/// out (clean objects leave at once; dirty ones when their write-back is confirmed), so the regions the kept
-/// objects move into are paid back during the cycle, not at its end.
+/// leave. A victim is released as soon as its last object is out (clean objects leave at once; dirty ones when
+/// their write-back is confirmed), so the regions the kept objects move into are paid back during the cycle,
+/// not at its end.
 pub(crate) fn cycle(rt: &RtInner, want: usize, keep_hot: bool) -> usize {
     let _one_at_a_time = rt.evac_lock.lock();
     let heap = &rt.heap;
@@ -159,8 +160,8 @@ pub(crate) fn cycle(rt: &RtInner, want: usize, keep_hot: bool) -> usize {
     crate::epoch::domain().synchronize();
 
     // 3 and 4. Take and move.
-    // Give back `want` regions, or half the victims when fewer were sealed.
-    let give_back = want.min(victims.len().div_ceil(2));
+    // Give back `want` regions, or a third of the victims when fewer were sealed.
+    let give_back = want.min(victims.len().div_ceil(3));
     let mut keep_budget =
         if keep_hot { victim_live.saturating_sub(give_back.saturating_mul(heap.region_size)) } else { 0 };
     let mut writer = Writer::new(rt);
