@@ -10,8 +10,8 @@
 //! 4. moves it: a *hot* object (CLOCK bit clear: used since it was placed) is copied into the evacuator's own
 //!    region and gets its `COLD` bit set (second chance); a *cold clean* one is dropped (memd has it); a *cold
 //!    dirty* one is written to memd in batches — one `WriteObjects` per space and per `writeback_batch` bytes
-//!    (at most a sixteenth of the budget), up to four in flight at once — and becomes remote when its write is
-//!    confirmed.
+//!    (at most a sixteenth of the budget), up to a quarter of the budget in flight — and becomes remote when its
+//!    write is confirmed.
 //!
 //! A victim region whose live bytes reach zero goes back to the free pool; otherwise (an object was cancelled,
 //! or is still being published by its allocator) it returns to the sealed set and is retried later.
@@ -245,10 +245,18 @@ struct Writer<'a> {
 
 impl<'a> Writer<'a> {
     fn new(rt: &'a RtInner) -> Writer<'a> {
-        // A batch is at most a sixteenth of the budget (and at least 64 KiB), four batches may be in flight.
+        // A batch is at most a sixteenth of the budget (and at least 64 KiB); a quarter of the budget (at least
+        // two batches) may be in flight.
         let budget = rt.heap.budget_regions * rt.heap.region_size;
         let batch = rt.cfg.writeback_batch.min((budget / 16).max(64 << 10));
-        Writer { rt, batch, max_in_flight: 4 * batch, in_flight: 0, open: HashMap::new(), sent: VecDeque::new() }
+        Writer {
+            rt,
+            batch,
+            max_in_flight: (budget / 4).max(2 * batch),
+            in_flight: 0,
+            open: HashMap::new(),
+            sent: VecDeque::new(),
+        }
     }
 
     fn add(&mut self, o: Writing) {
