@@ -1,22 +1,25 @@
 //! The pauseless evacuator.
 //!
-//! A cycle takes the emptiest sealed regions as victims and, for every object still in them:
+//! A cycle takes the oldest sealed regions as victims (nearly empty ones first: they are cheap) and, for every
+//! object still in them:
 //! 1. **mark** it (`local → MARKED`, [`word::mark`]);
 //! 2. waits one **grace period** ([`crate::epoch::Domain::synchronize`]): afterwards no scope that could hold
 //!    a reference from before the mark is still open, and any later dereference found the mark and cancelled it;
 //! 3. **takes** it (`MARKED → BUSY`, [`word::begin_move`]) — this fails exactly when a mutator touched or freed
 //!    it, and then the object simply stays where it is;
-//! 4. moves it: a *hot* object (CLOCK bit clear: used since the last pass) is copied into the evacuator's own
+//! 4. moves it: a *hot* object (CLOCK bit clear: used since it was placed) is copied into the evacuator's own
 //!    region and gets its `COLD` bit set (second chance); a *cold clean* one is dropped (memd has it); a *cold
-//!    dirty* one is written to memd in batches — one `WriteObjects` per space and per `writeback_batch` bytes, all
-//!    in flight before the first is waited for — and becomes remote when its write is confirmed.
+//!    dirty* one is written to memd in batches — one `WriteObjects` per space and per `writeback_batch` bytes
+//!    (at most a sixteenth of the budget), up to a quarter of the budget in flight — and becomes remote when its
+//!    write is confirmed.
 //!
 //! A victim region whose live bytes reach zero goes back to the free pool; otherwise (an object was cancelled,
 //! or is still being published by its allocator) it returns to the sealed set and is retried later.
 //!
 //! Mutators never wait for a cycle: only a thread that touches an object while it is `BUSY` (being copied or
 //! written back) waits, for that object. To guarantee progress, the bytes kept by compaction in one cycle are
-//! capped at half of the victims' live bytes, and nothing is kept when free memory is at the hard watermark.
+//! capped at the victims' live bytes less the regions the cycle was asked for (at most a third of the victims),
+//! and nothing is kept when free memory is at the hard watermark.
 
 use crate::heap::Header;
 use crate::runtime::{push_object, RtInner};
@@ -24,7 +27,7 @@ use crate::slots::{self, Slot};
 use crate::stats::Counters;
 use crate::word;
 use farmem_memd::{ObjBatch, Pending, Request};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -111,14 +114,30 @@ struct Marked {
     word: u64,
     addr: u64,
     h: Header,
+    /// Index of the object's region in the cycle's victims.
+    victim: usize,
 }
 
-/// One cycle over up to `want` victim regions. Returns the number of regions freed.
+/// Victims a cycle that wants `want` regions back takes: three times that, so that up to two thirds of what it
+/// walks can be kept (see [`cycle`]) — a CLOCK hand that must evict whatever it meets when too much of it is
+/// hot would evict recently used objects.
+fn victims_for(want: usize) -> usize {
+    want.saturating_mul(3).clamp(1, 64)
+}
+
+/// One cycle over victim regions (the oldest sealed ones, [`crate::heap::Heap::take_victims`]), aiming to free
+/// `want` of them. Returns the number of regions freed.
+///
+/// Hot objects (used since the hand last passed) are kept — moved to the evacuator's region with `COLD` set —
+/// up to the victims' live bytes less `want` regions (less a third of the victims, if fewer than `3 × want` were
+/// sealed), so that a cycle gives back what it was asked for even when everything it walks is hot; cold ones
+/// leave. A victim is released as soon as its last object is out (clean objects leave at once; dirty ones when
+/// their write-back is confirmed), so the regions the kept objects move into are paid back during the cycle,
+/// not at its end.
 pub(crate) fn cycle(rt: &RtInner, want: usize, keep_hot: bool) -> usize {
     let _one_at_a_time = rt.evac_lock.lock();
     let heap = &rt.heap;
-    // Victims: enough to reach the target, a few more for compaction's sake, bounded per cycle.
-    let victims = heap.take_victims(want.saturating_add(want / 2).clamp(1, 64));
+    let victims = heap.take_victims(victims_for(want));
     if victims.is_empty() {
         return 0;
     }
@@ -127,12 +146,12 @@ pub(crate) fn cycle(rt: &RtInner, want: usize, keep_hot: bool) -> usize {
     // 1. Mark.
     let mut marked = Vec::new();
     let mut victim_live = 0usize;
-    for &r in &victims {
+    for (vi, &r) in victims.iter().enumerate() {
         for (addr, h) in heap.objects(r) {
             let Some(slot) = slots::get(h.slot) else { continue };
             if let Some(w) = word::mark(&slot.word, addr) {
                 victim_live += crate::heap::footprint(h.size);
-                marked.push(Marked { slot, word: w, addr, h });
+                marked.push(Marked { slot, word: w, addr, h, victim: vi });
             }
         }
     }
@@ -141,9 +160,26 @@ pub(crate) fn cycle(rt: &RtInner, want: usize, keep_hot: bool) -> usize {
     crate::epoch::domain().synchronize();
 
     // 3 and 4. Take and move.
-    let mut keep_budget = if keep_hot { victim_live / 2 } else { 0 };
-    let mut writer = Writer { rt, open: HashMap::new(), sent: Vec::new() };
+    // Give back `want` regions, or a third of the victims when fewer were sealed.
+    let give_back = want.min(victims.len().div_ceil(3));
+    let mut keep_budget =
+        if keep_hot { victim_live.saturating_sub(give_back.saturating_mul(heap.region_size)) } else { 0 };
+    let mut writer = Writer::new(rt);
+    let mut released = vec![false; victims.len()];
+    let mut freed = 0;
+    let mut release_if_empty = |vi: usize, released: &mut [bool]| {
+        if !released[vi] && heap.region_live(victims[vi]) == 0 {
+            heap.release_region(victims[vi]);
+            released[vi] = true;
+            freed += 1;
+        }
+    };
+    let mut current = 0;
     for m in marked {
+        if m.victim != current {
+            release_if_empty(current, &mut released);
+            current = m.victim;
+        }
         let Ok(w) = word::begin_move(&m.slot.word, m.word) else {
             let now = m.slot.word.load(Relaxed);
             if word::is_local(now) && word::addr(now) == m.addr {
@@ -173,9 +209,11 @@ pub(crate) fn cycle(rt: &RtInner, want: usize, keep_hot: bool) -> usize {
     }
     writer.finish();
 
-    // Reclaim.
-    let mut freed = 0;
-    for r in victims {
+    // Reclaim what is left.
+    for (vi, &r) in victims.iter().enumerate() {
+        if released[vi] {
+            continue;
+        }
         if heap.region_live(r) == 0 {
             heap.release_region(r);
             freed += 1;
@@ -191,17 +229,39 @@ pub(crate) fn cycle(rt: &RtInner, want: usize, keep_hot: bool) -> usize {
 type Writing = (&'static Slot, u64, u64, Header);
 
 /// Write-back batches: a batch is sent as soon as it is full, so copying the next objects overlaps the
-/// network; all are waited for at the end.
+/// network. The bytes in flight are bounded (a quarter of the budget at most, see [`Writer::new`]): past the
+/// bound the oldest batch is waited for before the next is sent, so the transient buffers — ours and the
+/// client's copy of each request — do not push the process far above its budget.
 struct Writer<'a> {
     rt: &'a RtInner,
+    /// Bytes per batch.
+    batch: usize,
+    /// Bytes that may be in flight at once.
+    max_in_flight: usize,
+    in_flight: usize,
     open: HashMap<u16, (ObjBatch, Vec<Writing>)>,
-    sent: Vec<(Result<Pending, farmem_memd::StoreError>, Vec<Writing>, usize)>,
+    sent: VecDeque<(Result<Pending, farmem_memd::StoreError>, Vec<Writing>, usize)>,
 }
 
-impl Writer<'_> {
+impl<'a> Writer<'a> {
+    fn new(rt: &'a RtInner) -> Writer<'a> {
+        // A batch is at most a sixteenth of the budget (and at least 64 KiB); a quarter of the budget (at least
+        // two batches) may be in flight.
+        let budget = rt.heap.budget_regions * rt.heap.region_size;
+        let batch = rt.cfg.writeback_batch.min((budget / 16).max(64 << 10));
+        Writer {
+            rt,
+            batch,
+            max_in_flight: (budget / 4).max(2 * batch),
+            in_flight: 0,
+            open: HashMap::new(),
+            sent: VecDeque::new(),
+        }
+    }
+
     fn add(&mut self, o: Writing) {
         let (slot, _, addr, h) = o;
-        let limit = self.rt.cfg.writeback_batch;
+        let limit = self.batch;
         let (batch, entries) = self.open.entry(h.space).or_insert_with(|| {
             // Room for a full batch up front: no regrowth copies while filling it.
             let mut b = ObjBatch::new();
@@ -219,35 +279,48 @@ impl Writer<'_> {
 
     fn send(&mut self, space: u16, batch: ObjBatch, entries: Vec<Writing>) {
         let bytes = batch.data.len();
+        while self.in_flight > 0 && self.in_flight + bytes > self.max_in_flight {
+            match self.sent.pop_front() {
+                Some(s) => self.complete(s),
+                None => break,
+            }
+        }
         let ds = self.rt.ds(space);
-        self.sent.push((self.rt.store.submit(Request::WriteObjects { ds, batch }), entries, bytes));
+        self.in_flight += bytes;
+        self.sent.push_back((self.rt.store.submit(Request::WriteObjects { ds, batch }), entries, bytes));
     }
 
-    /// Sends what is left, waits for every batch, publishes the written objects as remote and puts the others
-    /// back (local, dirty).
+    /// Waits for one batch, publishes its objects as remote — or, if the write failed, puts them back (local,
+    /// dirty).
+    fn complete(&mut self, (p, entries, bytes): (Result<Pending, farmem_memd::StoreError>, Vec<Writing>, usize)) {
+        let rt = self.rt;
+        self.in_flight -= bytes;
+        match p.and_then(Pending::wait) {
+            Ok(_) => {
+                Counters::add_usize(&rt.ctr.written_back, entries.len());
+                for (slot, w, addr, h) in entries {
+                    word::publish(&slot.word, word::remote(h.space, h.size, w & word::SHARED != 0));
+                    rt.heap.sub_live(addr, h.size);
+                }
+                Counters::add_usize(&rt.ctr.bytes_out, bytes);
+            }
+            Err(e) => {
+                warn_limited(&format!("evacuator write-back of {bytes} bytes failed, objects stay local: {e}"));
+                Counters::add(&rt.ctr.writeback_errors, 1);
+                for (slot, w, _, _) in entries {
+                    word::publish(&slot.word, w | word::COLD);
+                }
+            }
+        }
+    }
+
+    /// Sends what is left and waits for every batch.
     fn finish(mut self) {
         for (space, (batch, entries)) in std::mem::take(&mut self.open) {
             self.send(space, batch, entries);
         }
-        let rt = self.rt;
-        for (p, entries, bytes) in self.sent {
-            match p.and_then(Pending::wait) {
-                Ok(_) => {
-                    Counters::add_usize(&rt.ctr.written_back, entries.len());
-                    for (slot, w, addr, h) in entries {
-                        word::publish(&slot.word, word::remote(h.space, h.size, w & word::SHARED != 0));
-                        rt.heap.sub_live(addr, h.size);
-                    }
-                    Counters::add_usize(&rt.ctr.bytes_out, bytes);
-                }
-                Err(e) => {
-                    warn_limited(&format!("evacuator write-back of {bytes} bytes failed, objects stay local: {e}"));
-                    Counters::add(&rt.ctr.writeback_errors, 1);
-                    for (slot, w, _, _) in entries {
-                        word::publish(&slot.word, w | word::COLD);
-                    }
-                }
-            }
+        while let Some(s) = self.sent.pop_front() {
+            self.complete(s);
         }
     }
 }

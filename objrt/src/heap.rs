@@ -7,9 +7,11 @@
 //! region it walks. Every object starts with a 16-byte header — slot id, size and space — which is what lets the
 //! evacuator walk a region and find each object's pointer word.
 //!
-//! The budget is a number of regions. The evacuator is woken when free regions fall to the low watermark (12% of
-//! the budget by default) and runs until they reach the high one (22%); at the hard watermark (3%) threads
-//! outside any scope wait. Threads inside a scope never wait for the evacuator — it may be waiting for *them* to
+//! The budget is a number of regions. The evacuator is woken when free regions fall to the low watermark (4% of
+//! the budget by default) and runs until they reach the high one (6%); at the hard watermark (2%) threads
+//! outside any scope wait — before allocating, and (containers) before starting a fetch. Free regions are cache
+//! left unused, so the defaults are lower than AIFM's 12/22/3%: the evacuator frees its victims region by
+//! region as it goes, which is what lets it work with little headroom. Threads inside a scope never wait for the evacuator — it may be waiting for *them* to
 //! leave their scope — and dip into a reserve of regions above the budget instead (counted as overflow). The
 //! allocation itself is zeroed once and never returned to the allocator while the runtime lives.
 
@@ -44,6 +46,8 @@ struct RegionMeta {
     live: AtomicUsize,
     /// Bytes used, fixed when the region is sealed.
     end: AtomicUsize,
+    /// When the region was sealed (a sequence number): the evacuator's hand goes oldest first.
+    sealed_at: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +82,7 @@ pub(crate) struct Heap {
     free: Mutex<Vec<u32>>,
     free_count: AtomicUsize,
     sealed: Mutex<Vec<u32>>,
+    seal_seq: AtomicU64,
     lanes: Box<[Mutex<Lane>]>,
     evac_lane: Mutex<Lane>,
     space_mx: Mutex<()>,
@@ -127,6 +132,7 @@ impl Heap {
             free: Mutex::new((0..total_u32).rev().collect()),
             free_count: AtomicUsize::new(total),
             sealed: Mutex::new(Vec::new()),
+            seal_seq: AtomicU64::new(0),
             lanes: (0..lanes.max(1)).map(|_| Mutex::new(Lane::default())).collect(),
             evac_lane: Mutex::new(Lane::default()),
             space_mx: Mutex::new(()),
@@ -255,7 +261,9 @@ impl Heap {
 
     fn seal_lane(&self, l: &mut Lane) {
         if let Some(r) = l.region.take() {
-            self.regions[r as usize].end.store(l.off, Relaxed);
+            let m = &self.regions[r as usize];
+            m.end.store(l.off, Relaxed);
+            m.sealed_at.store(self.seal_seq.fetch_add(1, Relaxed), Relaxed);
             self.sealed.lock().push(r);
         }
     }
@@ -330,6 +338,26 @@ impl Heap {
         res
     }
 
+    /// Waits (at most a second) while free memory is at the hard watermark, for a caller outside every scope
+    /// that is about to bring objects in: fetches place objects without waiting (they may be completed on behalf
+    /// of threads inside scopes), so a thread that can wait does it before it starts one, and the heap stays
+    /// within its budget rather than dipping into the reserve.
+    pub(crate) fn wait_for_room(&self) {
+        if self.free_in_budget() > self.marks.hard {
+            return;
+        }
+        let start = Instant::now();
+        while self.free_in_budget() <= self.marks.hard && start.elapsed() < Duration::from_secs(1) {
+            self.wake_evacuator();
+            let mut g = self.space_mx.lock();
+            if self.free_in_budget() <= self.marks.hard {
+                self.space_cv.wait_for(&mut g, Duration::from_millis(5));
+            }
+        }
+        let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.alloc_wait_ns.fetch_add(ns, Relaxed);
+    }
+
     fn after_change(&self) {
         let free = self.free_in_budget();
         let hard = free <= self.marks.hard;
@@ -351,13 +379,31 @@ impl Heap {
         self.evac_cv.notify_all();
     }
 
-    /// Takes up to `max` sealed regions for evacuation, emptiest first.
+    /// Takes up to `max` sealed regions for evacuation: first the nearly empty ones (live at most a quarter of
+    /// a region: cheap to reclaim, whatever their age), then the oldest. Oldest first is the CLOCK hand: every
+    /// object in a region was placed there (allocated, fetched, or moved by the previous pass) when the region
+    /// filled, so the hand reaches objects in the order they were placed and an object's `COLD` bit tells
+    /// whether it was used since — FIFO with second chances, which approximates LRU. (Emptiest first among full
+    /// regions would pick the regions filled last: the objects fetched most recently.)
     pub(crate) fn take_victims(&self, max: usize) -> Vec<u32> {
         let mut sealed = self.sealed.lock();
-        sealed.sort_by_key(|&r| std::cmp::Reverse(self.regions[r as usize].live.load(Relaxed)));
+        let cheap = self.region_size / 4;
+        let key = |r: u32| {
+            let m = &self.regions[r as usize];
+            let live = m.live.load(Relaxed);
+            if live <= cheap {
+                (false, live as u64)
+            } else {
+                (true, m.sealed_at.load(Relaxed))
+            }
+        };
+        // Best victims last, so that they split off the end.
+        sealed.sort_by_key(|&r| std::cmp::Reverse(key(r)));
         let n = max.min(sealed.len());
         let at = sealed.len() - n;
-        sealed.split_off(at)
+        let mut v = sealed.split_off(at);
+        v.reverse();
+        v
     }
 
     /// Puts a region that could not be fully evacuated back among the sealed ones.
@@ -439,6 +485,30 @@ mod tests {
         assert!(h.overflow_takes.load(Relaxed) >= 4);
         assert_eq!(h.alloc(16, 0, 0, false), Err(HeapFull::Exhausted));
         h.leave_pressure();
+    }
+
+    #[test]
+    fn victims_are_nearly_empty_regions_then_the_oldest() {
+        let h = small();
+        let addrs: Vec<u64> = (0..8).map(|i| h.alloc(2032, i, 0, true).unwrap()).collect();
+        h.seal_all();
+        let first = |v: &[u32]| h.objects(v[0])[0].0;
+        // Half of the third region is gone: still not cheap, so the oldest region goes first.
+        h.sub_live(addrs[5], 2032);
+        let v = h.take_victims(1);
+        assert_eq!(first(&v), addrs[0], "the oldest region is the CLOCK hand's next");
+        h.return_victim(v[0]);
+        // All of the third region is gone: it is taken first, whatever its age.
+        h.sub_live(addrs[4], 2032);
+        let v = h.take_victims(2);
+        assert_eq!(first(&v), addrs[4]);
+        assert_eq!(first(&v[1..]), addrs[0]);
+        h.return_victim(v[0]);
+        h.return_victim(v[1]);
+        // A region returned by a cycle keeps its age.
+        assert_eq!(h.take_victims(4).iter().map(|&r| h.objects(r)[0].0).collect::<Vec<_>>(), {
+            vec![addrs[4], addrs[0], addrs[2], addrs[6]]
+        });
     }
 
     #[test]

@@ -60,6 +60,28 @@ fn objects_and_hybrid_modes_match_local_on_every_workload() {
 }
 
 #[test]
+fn threaded_and_batched_hashtable_lookups_match_local_in_every_mode() {
+    // Several threads share the lookups (each its own stream), objrt looks keys up in get_many batches; every
+    // mode must still compute local's checksum, which folds the threads' results in thread order.
+    let mut modes = vec!["objects"];
+    if uffd_available() {
+        modes.extend(["hybrid", "paging"]);
+    }
+    for m in modes {
+        for bucket in ["256", "1024"] {
+            let args = ["run", "hashtable", "--mode", m, "--local", "0.25", "--scale", "0.2", "--threads", "4"];
+            let r = bench(&[&args[..], &["--batch", "16", "--bucket", bucket]].concat());
+            assert_eq!(r["checksum_ok"], true, "{m}: {r}");
+            assert!(r["skipped"].is_null(), "{m}: {r}");
+            assert!(r["bytes_fetched"].as_u64().unwrap() > 0, "{m} at 25% local must fetch from memd: {r}");
+            if m != "objects" {
+                break;
+            }
+        }
+    }
+}
+
+#[test]
 fn swap_mode_runs_or_says_why_not() {
     let r = bench(&["run", "array", "--mode", "swap", "--local", "0.25", "--scale", "0.06"]);
     match r["skipped"].as_str() {
@@ -75,6 +97,9 @@ fn bad_arguments_are_clear_errors() {
         (&["run", "array", "--mode", "teleport"][..], "unknown mode"),
         (&["run", "array", "--mode", "local", "--local", "2"][..], "--local"),
         (&["run", "array", "--mode", "local", "--scale", "x"][..], "--scale"),
+        (&["run", "hashtable", "--mode", "local", "--threads", "0"][..], "--threads"),
+        (&["run", "hashtable", "--mode", "local", "--batch", "many"][..], "--batch"),
+        (&["run", "hashtable", "--mode", "objects", "--bucket", "512"][..], "--bucket"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_farmem-bench")).args(args).output().unwrap();
         assert!(!out.status.success(), "{args:?}");

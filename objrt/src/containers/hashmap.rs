@@ -16,9 +16,9 @@
 //! **Offload.** [`HashMap::get_with`] / [`HashMap::get_many`] with [`Offload::Remote`] (or `Auto` when the
 //! bucket is remote) send `[bucket id][hash][key]` to memd's [`HASHMAP_TYPE`] and receive only the value.
 
-use super::{warm, ContainerError, Offload, SpaceHandle};
+use super::{warm, warm_fetched, ContainerError, Offload, SpaceHandle};
 use crate::epoch::DerefScope;
-use crate::ptr::FarBox;
+use crate::ptr::{FarBox, Ref};
 use crate::runtime::Runtime;
 use bytemuck::Pod;
 use farmem_memd::offload::layout::{hash_key, map_op, BucketLayout, HASHMAP_TYPE};
@@ -186,9 +186,9 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
         let h = hash_key(kb);
         let dir = self.dir.read();
         let b = dir.table[slot(dir.depth, h)].read();
-        warm(&b.obj);
+        let fetched = warm_fetched(&b.obj);
         let s = DerefScope::new();
-        let r = b.obj.deref(&s);
+        let r = deref_lookup(&b.obj, &s, fetched);
         let bytes = bytemuck::bytes_of(&*r);
         self.layout.find(bytes, h, kb).map(|i| bytemuck::pod_read_unaligned(self.layout.val(bytes, i)))
     }
@@ -259,14 +259,21 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
             }
         }
         let local: Vec<usize> = (0..keys.len()).filter(|&i| !remote[i]).collect();
-        if local.len() > 1 {
-            // Overlap the misses: one batched fetch for every remote bucket needed.
-            let h = self.sp.rt.fetch(local.iter().map(|&i| &guards[i].obj))?;
+        // Overlap the misses: one batched fetch for every remote bucket needed. The buckets it brings in are
+        // read unwarmed the first time (that lookup is their first use).
+        let mut fetched = std::collections::HashSet::new();
+        let missing: Vec<&FarBox<B>> = local.iter().map(|&i| &guards[i].obj).filter(|o| !o.is_local()).collect();
+        if let Some(first) = missing.first() {
+            super::room_for_fetch(*first);
+            let h = self.sp.rt.fetch(missing.iter().copied())?;
+            if !h.is_empty() {
+                fetched.extend(missing.iter().map(|o| o.id()));
+            }
             h.wait()?;
         }
         let s = DerefScope::new();
         for i in local {
-            let r = guards[i].obj.deref(&s);
+            let r = deref_lookup(&guards[i].obj, &s, fetched.remove(&guards[i].obj.id()));
             let bytes = bytemuck::bytes_of(&*r);
             let kb = bytemuck::bytes_of(&keys[i]);
             out[i] = l.find(bytes, hashes[i], kb).map(|k| bytemuck::pod_read_unaligned(l.val(bytes, k)));
@@ -444,6 +451,15 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
     }
 }
 
+/// A lookup's read of its bucket: unwarmed when the lookup itself just fetched it (see
+/// [`warm_fetched`]).
+fn deref_lookup<'s, B: BucketObj>(obj: &'s FarBox<B>, s: &'s DerefScope, fetched: bool) -> Ref<'s, B> {
+    if !fetched {
+        return obj.deref(s);
+    }
+    obj.try_deref_unwarmed(s).unwrap_or_else(|e| panic!("farmem: dereferencing a far object failed: {e}"))
+}
+
 fn remove_at(l: &BucketLayout, bytes: &mut [u8], i: usize) {
     let n = l.count(bytes);
     if i + 1 != n {
@@ -598,5 +614,45 @@ impl<K: Pod, V: Pod, B: BucketObj> VacantEntry<'_, '_, K, V, B> {
         drop(bucket);
         drop(_dir);
         map.insert(key, value).map(|_| ())
+    }
+}
+
+#[cfg(all(test, not(farmem_loom)))]
+mod tests {
+    use super::*;
+    use crate::RuntimeConfig;
+    use farmem_memd::MemStore;
+
+    #[test]
+    fn a_lookups_own_fetch_is_not_a_second_use() {
+        let mut cfg = RuntimeConfig::new(2 << 20);
+        cfg.evacuator_threads = 0;
+        cfg.lanes = 2;
+        let rt = Runtime::new(cfg, Arc::new(MemStore::new(1 << 30))).unwrap();
+        let m = HashMap::<u64, u64, Bucket1K>::new(&rt).unwrap();
+        for k in 0..2000u64 {
+            m.insert(k, k * 3).unwrap();
+        }
+        let once = 0u64;
+        let twice = (1..2000u64).find(|k| m.bucket_of(k) != m.bucket_of(&once)).unwrap();
+        let cell = |k: &u64| {
+            let dir = m.dir.read();
+            Arc::clone(&dir.table[slot(dir.depth, HashMap::<u64, u64, Bucket1K>::key_hash(k))])
+        };
+        let (a, b) = (cell(&once), cell(&twice));
+        rt.evacuate_all().unwrap();
+        assert!(!a.read().obj.is_local() && !b.read().obj.is_local());
+        let misses = rt.stats().misses;
+        assert_eq!(m.get(&once), Some(0));
+        assert_eq!(m.get_many(&[twice], Offload::Local).unwrap(), vec![Some(twice * 3)]);
+        assert_eq!(m.get(&twice), Some(twice * 3));
+        assert_eq!(rt.stats().misses - misses, 2);
+        // One pass of the hand over the region they were fetched into: the bucket used again is kept, the one
+        // only fetched leaves.
+        rt.inner.heap.seal_all();
+        crate::evac::cycle(&rt.inner, 0, true);
+        assert!(!a.read().obj.is_local(), "fetched and not used again: cold");
+        assert!(b.read().obj.is_local(), "used again after its fetch: kept");
+        assert_eq!((m.get(&once), m.get(&twice)), (Some(0), Some(twice * 3)));
     }
 }

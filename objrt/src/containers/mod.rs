@@ -152,9 +152,34 @@ pub(crate) fn elems_mut<T: Pod>(c: &mut Chunk, n: usize) -> &mut [T] {
 #[inline]
 pub(crate) fn warm<T: Pod>(obj: &FarBox<T>) {
     if !obj.is_local() {
+        room_for_fetch(obj);
         if let Ok(h) = obj.prefetch() {
             let _ = h.wait();
         }
+    }
+}
+
+/// Before a fetch outside any scope: waits while the runtime's heap is at its hard watermark (see
+/// [`crate::heap::Heap::wait_for_room`]), as an allocation there would — when an evacuator thread runs.
+pub(crate) fn room_for_fetch<P: crate::ptr::FarHandle>(obj: &P) {
+    let rt = obj.far_runtime();
+    // Without evacuator threads nobody would make room: the fetch goes ahead (and may evacuate for itself).
+    if rt.background.load(std::sync::atomic::Ordering::Relaxed) && !crate::epoch::pinned() {
+        rt.heap.wait_for_room();
+    }
+}
+
+/// Like [`warm`], and says whether this call brought the object in: its next access is then read
+/// [unwarmed](FarBox::try_deref_unwarmed) — the lookup that missed is the object's first use, not a second one.
+#[inline]
+pub(crate) fn warm_fetched<T: Pod>(obj: &FarBox<T>) -> bool {
+    if obj.is_local() {
+        return false;
+    }
+    room_for_fetch(obj);
+    match obj.prefetch() {
+        Ok(h) => !h.is_empty() && h.wait().is_ok(),
+        Err(_) => false,
     }
 }
 

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! farmem-bench run WORKLOAD --mode MODE [--local 0.25] [--scale S] [--zipf 0.99] [--seed N] [--no-offload]
+//!                  [--threads N] [--batch N] [--bucket 256|1024|4096]
 //! farmem-bench sweep WORKLOAD [--local 0.1,0.25,0.5,1.0] [--modes local,paging,...] [--out results/] [...]
 //! ```
 //! `run` prints one JSON line; `sweep` runs every mode at every local fraction, prints a JSON line per run, and
@@ -18,10 +19,15 @@ static ALLOC: FarAlloc = FarAlloc::from_env();
 
 const USAGE: &str = "usage:
   farmem-bench run WORKLOAD --mode MODE [--local F] [--scale S] [--zipf S] [--seed N] [--no-offload]
+                 [--threads N] [--batch N] [--bucket B]
   farmem-bench sweep WORKLOAD [--local F,F,...] [--modes M,M,...] [--out DIR] [--scale S] [--zipf S] [--seed N]
+                 [--threads N] [--batch N] [--bucket B]
 WORKLOAD: hashtable, array, web, dataframe (or `all` for sweep)
 MODE: local, paging, objects, hybrid, swap
---local: local memory as a fraction of the working set (run: 0.25; sweep: 0.1,0.25,0.5,1.0)";
+--local: local memory as a fraction of the working set (run: 0.25; sweep: 0.1,0.25,0.5,1.0)
+--threads: threads sharing the hashtable's lookups, in every mode (default 1)
+--batch: keys per objrt get_many call in the hashtable's objects and hybrid modes (default 1)
+--bucket: bytes of objrt's hash-map buckets in the hashtable's objects mode: 256, 1024 (default), 4096";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -58,7 +64,16 @@ fn parse(args: &[String], sweep: bool) -> Result<Opts> {
         local: if sweep { vec![0.1, 0.25, 0.5, 1.0] } else { vec![0.25] },
         modes: Mode::ALL.to_vec(),
         out: PathBuf::from("results"),
-        params: Params { scale: 1.0, seed: 42, zipf: 0.99, offload: true, budget: 0 },
+        params: Params {
+            scale: 1.0,
+            seed: 42,
+            zipf: 0.99,
+            offload: true,
+            budget: 0,
+            threads: 1,
+            batch: 1,
+            bucket: 1024,
+        },
     };
     while let Some(a) = it.next() {
         let mut val = || it.next().with_context(|| format!("{a} needs a value\n{USAGE}"));
@@ -86,6 +101,24 @@ fn parse(args: &[String], sweep: bool) -> Result<Opts> {
                 }
             }
             "--seed" => o.params.seed = val()?.parse().context("--seed must be a whole number")?,
+            "--threads" => {
+                o.params.threads = val()?.parse().context("--threads must be a whole number")?;
+                if !(1..=256).contains(&o.params.threads) {
+                    bail!("--threads must be in 1..=256");
+                }
+            }
+            "--bucket" => {
+                o.params.bucket = val()?.parse().context("--bucket must be a whole number")?;
+                if ![256, 1024, 4096].contains(&o.params.bucket) {
+                    bail!("--bucket must be 256, 1024 or 4096");
+                }
+            }
+            "--batch" => {
+                o.params.batch = val()?.parse().context("--batch must be a whole number")?;
+                if !(1..=4096).contains(&o.params.batch) {
+                    bail!("--batch must be in 1..=4096");
+                }
+            }
             "--no-offload" => o.params.offload = false,
             other => bail!("unknown option {other:?}\n{USAGE}"),
         }

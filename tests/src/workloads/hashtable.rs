@@ -47,14 +47,63 @@ pub fn fold_value(acc: u64, v: &Value) -> u64 {
     fold(acc, u64::from_le_bytes(v[..8].try_into().expect("8 bytes")) ^ u64::from(v[VALUE - 1]))
 }
 
-/// The rank stream of the timed phase.
-pub fn ranks(p: &Params) -> impl Iterator<Item = u64> {
+/// The rank stream of thread `t` of the timed phase: `p.threads` threads share the `lookups(p)` lookups, each
+/// drawing its own zipf stream (thread 0 of one thread draws the whole stream).
+pub fn ranks(p: &Params, t: usize) -> impl Iterator<Item = u64> {
+    let threads = p.threads.max(1) as u64;
+    let t = t as u64;
+    let n = lookups(p) / threads + u64::from(t < lookups(p) % threads);
     let z = Zipf::new(keys(p), p.zipf);
-    let mut rng = Rng::new(p.seed ^ 0x100);
-    (0..lookups(p)).map(move |_| z.sample(&mut rng) - 1)
+    let mut rng = Rng::new(p.seed ^ 0x100 ^ (t << 32));
+    (0..n).map(move |_| z.sample(&mut rng) - 1)
 }
 
-/// std HashMap (local, paging, swap).
+/// Runs `per_thread(t)` for every thread `t` of the timed phase at once; returns the seconds they took and their
+/// checksums folded in thread order (so every mode's checksum is comparable, however the threads interleave).
+fn timed(p: &Params, per_thread: impl Fn(usize) -> anyhow::Result<u64> + Sync) -> anyhow::Result<(f64, u64)> {
+    let t = Instant::now();
+    let accs: Vec<anyhow::Result<u64>> = std::thread::scope(|s| {
+        let f = &per_thread;
+        let handles: Vec<_> = (0..p.threads.max(1)).map(|i| s.spawn(move || f(i))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a lookup thread panicked"))))
+            .collect()
+    });
+    let secs = t.elapsed().as_secs_f64();
+    let mut acc = FOLD_START;
+    for a in accs {
+        acc = fold(acc, a?);
+    }
+    Ok((secs, acc))
+}
+
+/// Thread `t`'s lookups in batches of `p.batch` keys: `get(keys)` returns their values in order, `each` is
+/// called on every value in rank order.
+fn batched<V>(
+    p: &Params,
+    t: usize,
+    mut get: impl FnMut(&[u64]) -> anyhow::Result<Vec<Option<V>>>,
+    mut each: impl FnMut(&V),
+) -> anyhow::Result<()> {
+    let mut ranks = ranks(p, t);
+    let (mut rs, mut keys) = (Vec::with_capacity(p.batch), Vec::with_capacity(p.batch));
+    loop {
+        rs.clear();
+        rs.extend(ranks.by_ref().take(p.batch.max(1)));
+        if rs.is_empty() {
+            return Ok(());
+        }
+        keys.clear();
+        keys.extend(rs.iter().map(|&r| key(p.seed, r)));
+        for (&r, v) in rs.iter().zip(get(&keys)?) {
+            each(&v.ok_or_else(|| anyhow::anyhow!("key of rank {r} lost"))?);
+        }
+    }
+}
+
+/// std HashMap (local, paging, swap), `p.threads` threads looking up at once (one key at a time: std has no
+/// batch API, and a thread that faults on a page waits for it).
 pub fn local(p: &Params) -> Outcome {
     let t = Instant::now();
     let n = keys(p);
@@ -63,29 +112,43 @@ pub fn local(p: &Params) -> Outcome {
         m.insert(key(p.seed, r), value(p.seed, r));
     }
     let setup_secs = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let mut acc = FOLD_START;
-    for r in ranks(p) {
-        acc = fold_value(acc, m.get(&key(p.seed, r)).expect("every key was inserted"));
-    }
-    Outcome { ops: lookups(p), secs: t.elapsed().as_secs_f64(), setup_secs, checksum: acc, extra: vec![] }
+    let (secs, checksum) = timed(p, |t| {
+        let mut acc = FOLD_START;
+        for r in ranks(p, t) {
+            acc = fold_value(acc, m.get(&key(p.seed, r)).expect("every key was inserted"));
+        }
+        Ok(acc)
+    })
+    .expect("local lookups cannot fail");
+    Outcome { ops: lookups(p), secs, setup_secs, checksum, extra: vec![] }
 }
 
-/// objrt's HashMap (objects mode).
+/// objrt's HashMap (objects mode): `p.threads` threads, each looking up `p.batch` keys per `get_many` call so
+/// that the misses of a batch are fetched in one request; buckets of `p.bucket` bytes.
 pub fn objects(p: &Params, rt: &Runtime) -> anyhow::Result<Outcome> {
+    use farmem_objrt::containers::{Bucket1K, Bucket256, Bucket4K};
+    match p.bucket {
+        256 => objects_in::<Bucket256>(p, rt),
+        1024 => objects_in::<Bucket1K>(p, rt),
+        4096 => objects_in::<Bucket4K>(p, rt),
+        b => anyhow::bail!("bucket size {b} is not 256, 1024 or 4096"),
+    }
+}
+
+fn objects_in<B: farmem_objrt::containers::BucketObj>(p: &Params, rt: &Runtime) -> anyhow::Result<Outcome> {
     let t = Instant::now();
-    let m: farmem_objrt::HashMap<u64, Value> = farmem_objrt::HashMap::new(rt)?;
+    let m: farmem_objrt::HashMap<u64, Value, B> = farmem_objrt::HashMap::new(rt)?;
     for r in 0..keys(p) {
         m.insert(key(p.seed, r), value(p.seed, r))?;
     }
     let setup_secs = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let mut acc = FOLD_START;
-    for r in ranks(p) {
-        let v = m.get_with(&key(p.seed, r), Offload::Local)?.ok_or_else(|| anyhow::anyhow!("key of rank {r} lost"))?;
-        acc = fold_value(acc, &v);
-    }
-    Ok(Outcome { ops: lookups(p), secs: t.elapsed().as_secs_f64(), setup_secs, checksum: acc, extra: vec![] })
+    let (secs, checksum) = timed(p, |t| {
+        let mut acc = FOLD_START;
+        batched(p, t, |keys| Ok(m.get_many(keys, Offload::Local)?), |v: &Value| acc = fold_value(acc, v))?;
+        Ok(acc)
+    })?;
+    let buckets = m.bucket_count() as f64;
+    Ok(Outcome { ops: lookups(p), secs, setup_secs, checksum, extra: vec![("buckets".into(), buckets)] })
 }
 
 /// Share of the budget the objrt part gets in hybrid mode: the index (key to row, about 16 B an entry) against
@@ -102,11 +165,17 @@ pub fn hybrid(p: &Params, rt: &Runtime) -> anyhow::Result<Outcome> {
         values.push(value(p.seed, r));
     }
     let setup_secs = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let mut acc = FOLD_START;
-    for r in ranks(p) {
-        let row = index.get_with(&key(p.seed, r), Offload::Local)?.ok_or_else(|| anyhow::anyhow!("key {r} lost"))?;
-        acc = fold_value(acc, &values[row as usize]);
-    }
-    Ok(Outcome { ops: lookups(p), secs: t.elapsed().as_secs_f64(), setup_secs, checksum: acc, extra: vec![] })
+    let (secs, checksum) = timed(p, |t| {
+        let mut acc = FOLD_START;
+        batched(
+            p,
+            t,
+            |keys| Ok(index.get_many(keys, Offload::Local)?),
+            |&row| {
+                acc = fold_value(acc, &values[row as usize]);
+            },
+        )?;
+        Ok(acc)
+    })?;
+    Ok(Outcome { ops: lookups(p), secs, setup_secs, checksum, extra: vec![] })
 }

@@ -25,6 +25,24 @@ pub struct Params {
     pub offload: bool,
     /// Local-memory budget in bytes (objects and hybrid modes size their runtimes with it).
     pub budget: u64,
+    /// Threads sharing the timed phase (hashtable; every mode runs with the same number).
+    #[serde(default = "one")]
+    pub threads: usize,
+    /// Keys per lookup batch in objrt's hash map (`get_many`, so that a batch's misses overlap); 1 looks keys
+    /// up one by one. Modes without a batch API (std collections) look up one by one whatever it says.
+    #[serde(default = "one")]
+    pub batch: usize,
+    /// Bytes of objrt's hash-map bucket objects (256, 1024 or 4096; hashtable's objects mode).
+    #[serde(default = "kib")]
+    pub bucket: usize,
+}
+
+fn kib() -> usize {
+    1024
+}
+
+fn one() -> usize {
+    1
 }
 
 /// What a workload run reports.
