@@ -232,7 +232,7 @@ impl<T: Pod> FarBox<T> {
     /// `COLD`, and only a second use before the evacuator's hand comes round keeps it, as in CLOCK.
     pub(crate) fn try_deref_unwarmed<'s>(&'s self, scope: &'s DerefScope) -> Result<Ref<'s, T>, ObjError> {
         let _ = scope;
-        self.rt.deref_slow(self.slot, false, false).map(|a| Ref(raw::obj_ref(a)))
+        self.rt.deref_slow(self.slot, false, false).map(|(a, _)| Ref(raw::obj_ref(a)))
     }
 
     /// A copy of the object (opens its own scope).
