@@ -3,6 +3,13 @@
 //! - `fault/*`: a demand fault on a page held in memd, against the floor = a bare userfaultfd round trip served
 //!   from local memory + one memd 4 KiB read round trip (both measured here, on the same loopback memd).
 //! - `scan/*`: a sequential scan of a region 4× its budget, against a raw TCP stream from the same memd.
+//! - Paired rounds (printed after the criterion runs; these are the figures for the goals): the fault floor's two
+//!   parts and the region fault measured in blocks of 200 back to back, 30 rounds, and the scan alternating with
+//!   the raw stream of the same 256 MiB, 9 rounds, each round giving one ratio, so a slow phase of the shared
+//!   machine hits both sides alike. The bare handler is measured blocking in `poll` and spinning like the
+//!   region's event thread (`RegionConfig::spin`): the goal compares with the spinning one, like with like.
+//!   `REGION_PAIRED=faults|scan` runs only one of them (e.g. `cargo bench --bench region -- paired` skips the
+//!   criterion runs); `SPIN_US` and `RA_MAX` override the region's spin and largest readahead window.
 //! - `random/*`: random 4 KiB reads and writes over a region 4× its budget (budget = 25%), and the same loop on
 //!   plain memory. Kernel swap under the same limit is measured by hand with the `randrw` example.
 //! - A summary table of ratios, then miss rates of the region's CLOCK, FIFO and exact LRU on access traces
@@ -343,6 +350,26 @@ fn random_benches(c: &mut Criterion) {
 
 static RANDOM_TRACE: Mutex<Option<(usize, u64)>> = Mutex::new(None);
 
+/// A region with the default configuration, except what `SPIN_US` (event-thread spin, µs) and `RA_MAX`
+/// (largest readahead window, pages) set, for trying settings without a rebuild.
+fn tuned_region(size: usize, budget: usize, readahead: bool) -> Option<Region> {
+    let var = |n: &str| std::env::var(n).ok().and_then(|v| v.parse::<u64>().ok());
+    let mut cfg = RegionConfig { size, local_mem: budget, readahead, ..RegionConfig::default() };
+    if let Some(us) = var("SPIN_US") {
+        cfg.spin = Duration::from_micros(us);
+    }
+    if let Some(w) = var("RA_MAX").and_then(|w| usize::try_from(w).ok()) {
+        cfg.max_readahead = w;
+    }
+    match Region::new(cfg, client()) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("skipping paired region benchmarks: {e}");
+            None
+        }
+    }
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -365,7 +392,7 @@ fn paired_faults(rounds: usize, per: usize) {
     let store = client();
     store.write_pages(1, &[0], &[3u8; PAGE_SIZE]).unwrap();
     let pages = 32 * 1024;
-    let Some(r) = region(pages * PAGE_SIZE, 4 * MIB, false, false) else { return };
+    let Some(r) = tuned_region(pages * PAGE_SIZE, 4 * MIB, false) else { return };
     for p in 0..pages {
         touch(&r, p, true);
     }
@@ -438,7 +465,7 @@ fn paired_faults(rounds: usize, per: usize) {
 /// bytes from a raw TCP stream of the same memd. The ratio of each round is region bytes/s / raw bytes/s.
 fn paired_scan(rounds: usize) {
     let (size, budget) = (256 * MIB, 64 * MIB);
-    let Some(r) = region(size, budget, true, false) else { return };
+    let Some(r) = tuned_region(size, budget, true) else { return };
     for p in 0..size / PAGE_SIZE {
         touch(&r, p, true);
     }
@@ -479,7 +506,7 @@ fn paired_scan(rounds: usize) {
 }
 
 fn summary() {
-    println!("\n== same-run ratios ==");
+    println!("\n== criterion phases (each figure from its own phase; the paired rounds below are the goal figures) ==");
     let f = |n| per_op_ns(n).map(|v| v / 1e3);
     if let (Some(u), Some(m), Some(r)) = (f("uffd_floor"), f("memd_floor"), f("region_fault")) {
         println!(
@@ -511,8 +538,14 @@ fn summary() {
         );
     }
     println!("\n== paired rounds (the figures for the goals) ==");
-    paired_faults(30, 200);
-    paired_scan(9);
+    // REGION_PAIRED=faults or =scan runs only one of them (for profiling).
+    let only = std::env::var("REGION_PAIRED").unwrap_or_default();
+    if only != "scan" {
+        paired_faults(30, 200);
+    }
+    if only != "faults" {
+        paired_scan(9);
+    }
     if let (Some(r), Some(p)) = (f("random_region"), f("random_plain")) {
         println!("random 4K r/w, budget 25%: region {r:.2} µs/op ({:.0} ops/s); plain memory {p:.3} µs/op", 1e6 / r);
     }

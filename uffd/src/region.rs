@@ -279,6 +279,9 @@ pub(crate) struct Shared {
     budget: usize,
     /// Eviction starts below this many free frames and readahead never takes them.
     reserve: usize,
+    /// Eviction starts below this many free frames (between `reserve` and `high`), so that a readahead window
+    /// finds frames above the reserve while eviction refills them, instead of stalling the stream at the reserve.
+    low: usize,
     /// Eviction stops at this many free frames.
     high: usize,
     uffd: Uffd,
@@ -714,7 +717,7 @@ impl EventLoop {
                 }
                 sh.c.ra_hits.store(self.det.hits, Relaxed);
             }
-            if core.free_len < sh.reserve {
+            if core.free_len < sh.low {
                 sh.evict_cv.notify_all();
             }
         }
@@ -858,14 +861,14 @@ impl EventLoop {
         let sh = Arc::clone(&self.sh);
         let mut i = 0;
         // A page released before its install starts (a held trigger page, say) must not be installed at all:
-        // no later zap would remove it.
-        let mut per_page = pages.iter().any(|&p| sh.st(p) & RELEASED != 0);
+        // no later zap would remove it. So each copy covers the longest run of pages not released, re-checked
+        // after every EAGAIN (whose pending event may have released some).
         while i < pages.len() {
-            if per_page && sh.st(pages[i]) & RELEASED != 0 {
+            if sh.st(pages[i]) & RELEASED != 0 {
                 i += 1;
                 continue;
             }
-            let n = if per_page { 1 } else { pages.len() - i };
+            let n = pages[i..].iter().position(|&p| sh.st(p) & RELEASED != 0).unwrap_or(pages.len() - i);
             let base = src(i);
             // Whole-run copies need a contiguous source; `src` gives one for zero and fetched runs.
             match sh.uffd.copy(sh.addr(pages[i]), base, as_u64(n) * PS, mode) {
@@ -876,7 +879,6 @@ impl EventLoop {
                         libc::EEXIST => i += 1,
                         libc::EAGAIN => {
                             self.pump();
-                            per_page = true;
                         }
                         _ => {
                             limited!(error, error = %e, page = pages[i], "UFFDIO_COPY failed; poisoning the page");
@@ -981,48 +983,47 @@ impl EventLoop {
                     return;
                 }
             };
+            let dptr = data.as_ptr();
+            if is_demand {
+                // `demand[i]` is the fault on `pages[i]` (both sorted, one fault per page). Write faults get the
+                // page writable at once (it is dirty from the start); reads get it write-protected so the first
+                // write is seen. Each run of contiguous pages with the same access kind is one copy.
+                debug_assert!(demand.iter().map(|f| f.page).eq(pages.iter().copied()));
+                let mut i = 0;
+                while i < demand.len() {
+                    let mut j = i + 1;
+                    while j < demand.len()
+                        && demand[j].page == demand[j - 1].page + 1
+                        && demand[j].write == demand[i].write
+                    {
+                        j += 1;
+                    }
+                    let (mode, flags) = if demand[i].write { (0, DIRTY) } else { (raw::COPY_MODE_WP, 0) };
+                    self.install(&pages[i..j], &|x| dptr.wrapping_add((i + x) * PAGE_SIZE), mode, flags);
+                    for f in &demand[i..j] {
+                        sh.record(f.t0);
+                    }
+                    i = j;
+                }
+                sh.c.fetched.fetch_add(as_u64(pages.len()), Relaxed);
+                return;
+            }
             let mut k = 0;
             for (s, n) in runs(&pages) {
                 let run: Vec<u64> = (s..s + as_u64(n)).collect();
                 let off = k * PAGE_SIZE;
-                let dptr = data.as_ptr();
-                if is_demand {
-                    // Write faults get the page writable at once (it is dirty from the start); reads get it
-                    // write-protected so the first write is seen.
-                    let by_page: std::collections::HashMap<u64, &Fault> =
-                        demand.iter().filter(|f| f.page >= s && f.page < s + as_u64(n)).map(|f| (f.page, f)).collect();
-                    for sub in split_by(&run, |p| by_page.get(p).is_some_and(|f| f.write)) {
-                        let write = by_page.get(&sub[0]).is_some_and(|f| f.write);
-                        let first = as_usize(sub[0] - s);
-                        let (mode, flags) = if write { (0, DIRTY) } else { (raw::COPY_MODE_WP, 0) };
-                        // SAFETY (closure): offsets stay inside `data`, which holds one page per requested page.
-                        self.install(&sub, &|i| dptr.wrapping_add(off + (first + i) * PAGE_SIZE), mode, flags);
-                        for p in &sub {
-                            if let Some(f) = by_page.get(p) {
-                                sh.record(f.t0);
-                            }
+                for sub in split_by(&run, |p| triggers.binary_search(p).is_ok()) {
+                    let first = as_usize(sub[0] - s);
+                    if triggers.binary_search(&sub[0]).is_ok() {
+                        for (j, &p) in sub.iter().enumerate() {
+                            let at = off + (first + j) * PAGE_SIZE;
+                            self.stage(p, &data[at..at + PAGE_SIZE]);
                         }
+                    } else {
+                        self.install(&sub, &|i| dptr.wrapping_add(off + (first + i) * PAGE_SIZE), raw::COPY_MODE_WP, 0);
                     }
-                    sh.c.fetched.fetch_add(as_u64(n), Relaxed);
-                } else {
-                    for sub in split_by(&run, |p| triggers.binary_search(p).is_ok()) {
-                        let first = as_usize(sub[0] - s);
-                        if triggers.binary_search(&sub[0]).is_ok() {
-                            for (j, &p) in sub.iter().enumerate() {
-                                let at = off + (first + j) * PAGE_SIZE;
-                                self.stage(p, &data[at..at + PAGE_SIZE]);
-                            }
-                        } else {
-                            self.install(
-                                &sub,
-                                &|i| dptr.wrapping_add(off + (first + i) * PAGE_SIZE),
-                                raw::COPY_MODE_WP,
-                                0,
-                            );
-                        }
-                    }
-                    sh.c.ra_pages.fetch_add(as_u64(n), Relaxed);
                 }
+                sh.c.ra_pages.fetch_add(as_u64(n), Relaxed);
                 k += n;
             }
         }
@@ -1073,7 +1074,7 @@ fn evictor(sh: &Shared, slot: usize) {
     loop {
         {
             let mut core = sh.core.lock();
-            while !sh.stop.load(Relaxed) && core.free_len >= sh.reserve {
+            while !sh.stop.load(Relaxed) && core.free_len >= sh.low {
                 sh.evict_cv.wait_for(&mut core, Duration::from_millis(200));
             }
         }
@@ -1449,6 +1450,7 @@ impl Region {
             budget,
             reserve,
             high: (2 * reserve).min(budget / 2),
+            low: (reserve + reserve / 2).min(budget / 2),
             uffd,
             efd: eventfd().map_err(RegionError::Thread)?,
             store,
