@@ -201,20 +201,20 @@ fn streams_with_releases_ahead_over_a_loopback_memd_match_shadow() {
     let mut shadow: Vec<u64> = (0..N).map(|p| value(p, 1)).collect();
     let half = N / 2;
     let check = |shadow: &[u64], what: &str| {
-        for p in half..N {
+        for (p, &want) in shadow.iter().enumerate().skip(half) {
             // SAFETY: inside the region.
             let v = unsafe { word(&r, p * PS).read_volatile() };
-            assert_eq!(v, shadow[p], "{what}: page {p}");
+            assert_eq!(v, want, "{what}: page {p}");
         }
     };
     for round in 0..3u64 {
         let mut pos = half;
         while pos < N {
             let end = (pos + 32).min(N);
-            for p in pos..end {
+            for (p, &want) in shadow.iter().enumerate().take(end).skip(pos) {
                 // SAFETY: inside the region.
                 let v = unsafe { word(&r, p * PS).read_volatile() };
-                assert_eq!(v, shadow[p], "round {round} page {p}");
+                assert_eq!(v, want, "round {round} page {p}");
             }
             // Release a stretch just ahead, which readahead is likely fetching or holding right now.
             let (a, b) = (end + 8, (end + 24).min(N));
@@ -225,11 +225,11 @@ fn streams_with_releases_ahead_over_a_loopback_memd_match_shadow() {
             pos = end;
         }
         check(&shadow, "after releases");
-        for p in half..N {
-            if shadow[p] == 0 {
-                shadow[p] = value(p, round + 2);
+        for (p, v) in shadow.iter_mut().enumerate().skip(half) {
+            if *v == 0 {
+                *v = value(p, round + 2);
                 // SAFETY: inside the region.
-                unsafe { word(&r, p * PS).write_volatile(shadow[p]) };
+                unsafe { word(&r, p * PS).write_volatile(*v) };
             }
         }
         check(&shadow, "after rewrites");
