@@ -78,7 +78,7 @@ const REF: u8 = 1 << 4;
 const RELEASED: u8 = 1 << 5;
 /// Being evicted in place (write-protect, copy, `MADV_DONTNEED`) rather than moved out.
 const INPLACE: u8 = 1 << 6;
-/// A readahead trigger: fetched, held by the event thread unmapped until the program touches it.
+/// A readahead trigger: held by the event thread unmapped (from its request on) until the program touches it.
 const STAGED: u8 = 1 << 7;
 /// Most trigger pages held at once (one per live stream, and then some).
 const MAX_STAGED: usize = 16;
@@ -947,85 +947,80 @@ impl EventLoop {
         let Batch { pages, demand, is_demand, triggers, reply } = b;
         let demand = &demand[..];
         let triggers = &triggers[..];
-        {
-            let reply = reply.and_then(Pending::wait).or_else(|e| {
-                if e.is_gone() {
-                    return Err(e);
-                }
-                sh.with_retry(|| {
-                    sh.store.read_pages(sh.region_id, &pages).map(|(pr, d)| Reply::Pages { present: pr, data: d })
-                })
-            });
-            let data = match reply {
-                Ok(Reply::Pages { present, .. }) if present.iter().any(|&p| !p) => {
-                    // memd lost pages it acknowledged: zeros here would be silent data loss.
-                    let lost = pages.iter().zip(&present).find(|(_, &p)| !p).map_or(0, |(&q, _)| q);
-                    let e = StoreError::Protocol {
-                        server: sh.store.describe(),
-                        msg: format!(
-                            "it no longer holds page {lost} of region {:#x}, which was written there (restarted \
-                             without its data?)",
-                            sh.region_id
-                        ),
-                    };
-                    self.fetch_failed(&pages, is_demand, &e);
-                    return;
-                }
-                Ok(Reply::Pages { data, .. }) if data.len() == pages.len() * PAGE_SIZE => data,
-                Ok(other) => {
-                    let e =
-                        StoreError::Protocol { server: sh.store.describe(), msg: format!("bad page reply {other:?}") };
-                    self.fetch_failed(&pages, is_demand, &e);
-                    return;
-                }
-                Err(e) => {
-                    self.fetch_failed(&pages, is_demand, &e);
-                    return;
-                }
-            };
-            let dptr = data.as_ptr();
-            if is_demand {
-                // `demand[i]` is the fault on `pages[i]` (both sorted, one fault per page). Write faults get the
-                // page writable at once (it is dirty from the start); reads get it write-protected so the first
-                // write is seen. Each run of contiguous pages with the same access kind is one copy.
-                debug_assert!(demand.iter().map(|f| f.page).eq(pages.iter().copied()));
-                let mut i = 0;
-                while i < demand.len() {
-                    let mut j = i + 1;
-                    while j < demand.len()
-                        && demand[j].page == demand[j - 1].page + 1
-                        && demand[j].write == demand[i].write
-                    {
-                        j += 1;
-                    }
-                    let (mode, flags) = if demand[i].write { (0, DIRTY) } else { (raw::COPY_MODE_WP, 0) };
-                    self.install(&pages[i..j], &|x| dptr.wrapping_add((i + x) * PAGE_SIZE), mode, flags);
-                    for f in &demand[i..j] {
-                        sh.record(f.t0);
-                    }
-                    i = j;
-                }
-                sh.c.fetched.fetch_add(as_u64(pages.len()), Relaxed);
+        let reply = reply.and_then(Pending::wait).or_else(|e| {
+            if e.is_gone() {
+                return Err(e);
+            }
+            sh.with_retry(|| {
+                sh.store.read_pages(sh.region_id, &pages).map(|(pr, d)| Reply::Pages { present: pr, data: d })
+            })
+        });
+        let data = match reply {
+            Ok(Reply::Pages { present, .. }) if present.iter().any(|&p| !p) => {
+                // memd lost pages it acknowledged: zeros here would be silent data loss.
+                let lost = pages.iter().zip(&present).find(|(_, &p)| !p).map_or(0, |(&q, _)| q);
+                let e = StoreError::Protocol {
+                    server: sh.store.describe(),
+                    msg: format!(
+                        "it no longer holds page {lost} of region {:#x}, which was written there (restarted \
+                         without its data?)",
+                        sh.region_id
+                    ),
+                };
+                self.fetch_failed(&pages, is_demand, &e);
                 return;
             }
-            let mut k = 0;
-            for (s, n) in runs(&pages) {
-                let run: Vec<u64> = (s..s + as_u64(n)).collect();
-                let off = k * PAGE_SIZE;
-                for sub in split_by(&run, |p| triggers.binary_search(p).is_ok()) {
-                    let first = as_usize(sub[0] - s);
-                    if triggers.binary_search(&sub[0]).is_ok() {
-                        for (j, &p) in sub.iter().enumerate() {
-                            let at = off + (first + j) * PAGE_SIZE;
-                            self.stage(p, &data[at..at + PAGE_SIZE]);
-                        }
-                    } else {
-                        self.install(&sub, &|i| dptr.wrapping_add(off + (first + i) * PAGE_SIZE), raw::COPY_MODE_WP, 0);
-                    }
-                }
-                sh.c.ra_pages.fetch_add(as_u64(n), Relaxed);
-                k += n;
+            Ok(Reply::Pages { data, .. }) if data.len() == pages.len() * PAGE_SIZE => data,
+            Ok(other) => {
+                let e = StoreError::Protocol { server: sh.store.describe(), msg: format!("bad page reply {other:?}") };
+                self.fetch_failed(&pages, is_demand, &e);
+                return;
             }
+            Err(e) => {
+                self.fetch_failed(&pages, is_demand, &e);
+                return;
+            }
+        };
+        let dptr = data.as_ptr();
+        if is_demand {
+            // `demand[i]` is the fault on `pages[i]` (both sorted, one fault per page). Write faults get the
+            // page writable at once (it is dirty from the start); reads get it write-protected so the first
+            // write is seen. Each run of contiguous pages with the same access kind is one copy.
+            debug_assert!(demand.iter().map(|f| f.page).eq(pages.iter().copied()));
+            let mut i = 0;
+            while i < demand.len() {
+                let mut j = i + 1;
+                while j < demand.len() && demand[j].page == demand[j - 1].page + 1 && demand[j].write == demand[i].write
+                {
+                    j += 1;
+                }
+                let (mode, flags) = if demand[i].write { (0, DIRTY) } else { (raw::COPY_MODE_WP, 0) };
+                self.install(&pages[i..j], &|x| dptr.wrapping_add((i + x) * PAGE_SIZE), mode, flags);
+                for f in &demand[i..j] {
+                    sh.record(f.t0);
+                }
+                i = j;
+            }
+            sh.c.fetched.fetch_add(as_u64(pages.len()), Relaxed);
+            return;
+        }
+        let mut k = 0;
+        for (s, n) in runs(&pages) {
+            let run: Vec<u64> = (s..s + as_u64(n)).collect();
+            let off = k * PAGE_SIZE;
+            for sub in split_by(&run, |p| triggers.binary_search(p).is_ok()) {
+                let first = as_usize(sub[0] - s);
+                if triggers.binary_search(&sub[0]).is_ok() {
+                    for (j, &p) in sub.iter().enumerate() {
+                        let at = off + (first + j) * PAGE_SIZE;
+                        self.stage(p, &data[at..at + PAGE_SIZE]);
+                    }
+                } else {
+                    self.install(&sub, &|i| dptr.wrapping_add(off + (first + i) * PAGE_SIZE), raw::COPY_MODE_WP, 0);
+                }
+            }
+            sh.c.ra_pages.fetch_add(as_u64(n), Relaxed);
+            k += n;
         }
     }
 
