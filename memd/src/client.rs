@@ -24,7 +24,7 @@ use crate::far::{reply_from_frame, FarStore, Pending, PendingInner, StoreError};
 use crate::proto::{self, Header, Op, OwnKind, Reply, Request, Status, HEADER_LEN, MAX_FRAME, NONCE_LEN, PAGE_SIZE};
 use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, HashSet};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -166,8 +166,32 @@ fn invalid(m: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, m)
 }
 
+/// A frame source that can read a long run of bytes without copying it through a buffer.
+pub(crate) trait FrameRead: Read {
+    /// Fills `buf` completely (like `read_exact`).
+    fn read_bulk(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.read_exact(buf)
+    }
+}
+
+impl FrameRead for Stream {}
+
+impl<R: Read> FrameRead for BufReader<R> {
+    /// Takes what is already buffered, then reads the rest straight from the socket into `buf`: page data is
+    /// copied once, from the kernel into the caller's buffer, instead of twice.
+    fn read_bulk(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        let have = self.buffer().len().min(buf.len());
+        buf[..have].copy_from_slice(&self.buffer()[..have]);
+        self.consume(have);
+        if have < buf.len() {
+            self.get_mut().read_exact(&mut buf[have..])?;
+        }
+        Ok(())
+    }
+}
+
 /// Reads one frame: returns the header and body.
-fn read_frame(r: &mut impl Read) -> io::Result<(Header, Body)> {
+fn read_frame(r: &mut impl FrameRead) -> io::Result<(Header, Body)> {
     let mut head = [0u8; 4 + HEADER_LEN];
     r.read_exact(&mut head)?;
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
@@ -191,8 +215,12 @@ fn read_frame(r: &mut impl Read) -> io::Result<(Header, Body)> {
             return Err(invalid(format!("page reply of {payload} bytes does not match its {k} present pages")));
         }
         let mut data = vec![0u8; n * PAGE_SIZE];
-        for (i, _) in present.iter().enumerate().filter(|(_, &p)| p) {
-            r.read_exact(&mut data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE])?;
+        if k == n {
+            r.read_bulk(&mut data)?;
+        } else {
+            for (i, _) in present.iter().enumerate().filter(|(_, &p)| p) {
+                r.read_exact(&mut data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE])?;
+            }
         }
         return Ok((h, Body::Pages { present, data }));
     }

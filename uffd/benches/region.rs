@@ -3,6 +3,13 @@
 //! - `fault/*`: a demand fault on a page held in memd, against the floor = a bare userfaultfd round trip served
 //!   from local memory + one memd 4 KiB read round trip (both measured here, on the same loopback memd).
 //! - `scan/*`: a sequential scan of a region 4× its budget, against a raw TCP stream from the same memd.
+//! - Paired rounds (printed after the criterion runs; these are the figures for the goals): the fault floor's two
+//!   parts and the region fault measured in blocks of 200 back to back, 30 rounds, and the scan alternating with
+//!   the raw stream of the same 256 MiB, 9 rounds, each round giving one ratio, so a slow phase of the shared
+//!   machine hits both sides alike. The bare handler is measured blocking in `poll` and spinning like the
+//!   region's event thread (`RegionConfig::spin`): the goal compares with the spinning one, like with like.
+//!   `REGION_PAIRED=faults|scan` runs only one of them (e.g. `cargo bench --bench region -- paired` skips the
+//!   criterion runs); `SPIN_US` and `RA_MAX` override the region's spin and largest readahead window.
 //! - `random/*`: random 4 KiB reads and writes over a region 4× its budget (budget = 25%), and the same loop on
 //!   plain memory. Kernel swap under the same limit is measured by hand with the `randrw` example.
 //! - A summary table of ratios, then miss rates of the region's CLOCK, FIFO and exact LRU on access traces
@@ -96,7 +103,9 @@ fn touch(r: &Region, page: usize, write: bool) -> u64 {
     }
 }
 
-/// A bare userfaultfd: one handler thread answering each missing fault with UFFDIO_COPY from a local page.
+/// A bare userfaultfd: one handler thread answering each missing fault with UFFDIO_COPY from a local page. With
+/// a non-zero `spin` it waits for events the way the region's event thread does: it keeps reading the
+/// descriptor for `spin` after the last event before it blocks in `poll`.
 struct Bare {
     map: farmem_uffd::mem::Mapping,
     uffd: Arc<Uffd>,
@@ -105,7 +114,7 @@ struct Bare {
 }
 
 impl Bare {
-    fn new(pages: usize) -> Option<Bare> {
+    fn new(pages: usize, spin: Duration) -> Option<Bare> {
         let map = farmem_uffd::mem::Mapping::new(pages * PAGE_SIZE).ok()?;
         let uffd = Arc::new(Uffd::open().ok()?);
         uffd.api(0).ok()?;
@@ -115,12 +124,18 @@ impl Bare {
         let handler = std::thread::spawn(move || {
             let src = vec![7u8; PAGE_SIZE];
             let mut msgs = Vec::new();
+            let mut busy = Instant::now();
             while !s.load(Ordering::Relaxed) {
                 msgs.clear();
-                let mut fds = [libc::pollfd { fd: u.raw_fd(), events: libc::POLLIN, revents: 0 }];
-                // SAFETY: one live pollfd for our own descriptor.
-                unsafe { libc::poll(fds.as_mut_ptr(), 1, 50) };
+                if busy.elapsed() >= spin {
+                    let mut fds = [libc::pollfd { fd: u.raw_fd(), events: libc::POLLIN, revents: 0 }];
+                    // SAFETY: one live pollfd for our own descriptor.
+                    unsafe { libc::poll(fds.as_mut_ptr(), 1, 50) };
+                }
                 let _ = u.read_msgs(&mut msgs, 64);
+                if !msgs.is_empty() {
+                    busy = Instant::now();
+                }
                 for m in &msgs {
                     if let Msg::PageFault { addr, .. } = *m {
                         let _ = u.copy(addr & !(PAGE_SIZE as u64 - 1), src.as_ptr(), PAGE_SIZE as u64, 0);
@@ -146,7 +161,7 @@ fn fault_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("fault");
     g.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
     // Floor part 1: a bare userfaultfd round trip served from local memory.
-    if let Some(bare) = Bare::new(64 * 1024) {
+    if let Some(bare) = Bare::new(64 * 1024, Duration::ZERO) {
         let pages = bare.map.len() / PAGE_SIZE;
         let mut next = 0usize;
         g.bench_function("uffd_round_trip_local", |b| {
@@ -335,8 +350,163 @@ fn random_benches(c: &mut Criterion) {
 
 static RANDOM_TRACE: Mutex<Option<(usize, u64)>> = Mutex::new(None);
 
+/// A region with the default configuration, except what `SPIN_US` (event-thread spin, µs) and `RA_MAX`
+/// (largest readahead window, pages) set, for trying settings without a rebuild.
+fn tuned_region(size: usize, budget: usize, readahead: bool) -> Option<Region> {
+    let var = |n: &str| std::env::var(n).ok().and_then(|v| v.parse::<u64>().ok());
+    let mut cfg = RegionConfig { size, local_mem: budget, readahead, ..RegionConfig::default() };
+    if let Some(us) = var("SPIN_US") {
+        cfg.spin = Duration::from_micros(us);
+    }
+    if let Some(w) = var("RA_MAX").and_then(|w| usize::try_from(w).ok()) {
+        cfg.max_readahead = w;
+    }
+    match Region::new(cfg, client()) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("skipping paired region benchmarks: {e}");
+            None
+        }
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn spread(v: &mut [f64]) -> String {
+    v.sort_by(f64::total_cmp);
+    format!("median {:.2}x, range {:.2}-{:.2}x over {} rounds", v[v.len() / 2], v[0], v[v.len() - 1], v.len())
+}
+
+/// The fault goal in paired rounds: each round takes `per` samples of a bare userfaultfd round trip (handler
+/// blocking in `poll`, and handler spinning like the region's event thread), of a memd 4 KiB read, and of a
+/// region fetch fault, one block after the other, so a slow phase of the shared machine hits all of them alike.
+/// The ratio of each round is region median / (uffd median + memd median).
+fn paired_faults(rounds: usize, per: usize) {
+    let spin = RegionConfig::default().spin;
+    let (Some(block), Some(spinning)) = (Bare::new(16 * 1024, Duration::ZERO), Bare::new(16 * 1024, spin)) else {
+        return;
+    };
+    let store = client();
+    store.write_pages(1, &[0], &[3u8; PAGE_SIZE]).unwrap();
+    let pages = 32 * 1024;
+    let Some(r) = tuned_region(pages * PAGE_SIZE, 4 * MIB, false) else { return };
+    for p in 0..pages {
+        touch(&r, p, true);
+    }
+    let order = permutation(pages, 7);
+    let (mut k, mut nb, mut ns) = (0usize, 0usize, 0usize);
+    let bare_fault = |b: &Bare, next: &mut usize| -> f64 {
+        let n = b.map.len() / PAGE_SIZE;
+        if *next == n {
+            raw::dontneed(b.map.ptr() as u64, b.map.len() as u64).unwrap();
+            *next = 0;
+        }
+        let p = b.map.ptr().wrapping_add(*next * PAGE_SIZE);
+        *next += 1;
+        let t = Instant::now();
+        // SAFETY: inside the bare mapping.
+        std::hint::black_box(unsafe { p.read_volatile() });
+        t.elapsed().as_nanos() as f64
+    };
+    let (mut rb, mut rs) = (Vec::new(), Vec::new());
+    let (mut mb, mut ms, mut mm, mut mr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let mut b: Vec<f64> = (0..per).map(|_| bare_fault(&block, &mut nb)).collect();
+        let mut sp: Vec<f64> = (0..per).map(|_| bare_fault(&spinning, &mut ns)).collect();
+        let mut m: Vec<f64> = (0..per)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(store.read_pages(1, &[0]).unwrap());
+                t.elapsed().as_nanos() as f64
+            })
+            .collect();
+        let mut f = Vec::with_capacity(per);
+        while f.len() < per {
+            let t = Instant::now();
+            std::hint::black_box(touch(&r, order[k % pages], false));
+            let d = t.elapsed();
+            k += 1;
+            // Accesses this fast hit a resident page; the rest are the faults compared with the floor.
+            if d > Duration::from_micros(2) {
+                f.push(d.as_nanos() as f64);
+            }
+        }
+        let (b, sp, m, f) = (median(&mut b), median(&mut sp), median(&mut m), median(&mut f));
+        rb.push(f / (b + m));
+        rs.push(f / (sp + m));
+        mb.push(b);
+        ms.push(sp);
+        mm.push(m);
+        mr.push(f);
+    }
+    let us = |v: &mut Vec<f64>| median(v) / 1e3;
+    println!(
+        "fault (paired rounds of {per}, medians): region {:.1} µs; memd 4K read {:.1} µs; bare uffd {:.1} µs \
+         spinning handler, {:.1} µs blocking handler",
+        us(&mut mr),
+        us(&mut mm),
+        us(&mut ms),
+        us(&mut mb)
+    );
+    println!("  ratio vs floor with a spinning bare handler (like the region's): {}", spread(&mut rs));
+    println!("  ratio vs floor with a blocking bare handler: {}", spread(&mut rb));
+    let s = r.stats();
+    println!(
+        "  region's own fault service latency (event read to install): p50 {:.1} µs, p90 {:.1} µs",
+        s.latency_p50_ns as f64 / 1e3,
+        s.latency_p90_ns as f64 / 1e3
+    );
+}
+
+/// The scan goal in paired rounds: each round scans a region 4× its budget once, then reads the same number of
+/// bytes from a raw TCP stream of the same memd. The ratio of each round is region bytes/s / raw bytes/s.
+fn paired_scan(rounds: usize) {
+    let (size, budget) = (256 * MIB, 64 * MIB);
+    let Some(r) = tuned_region(size, budget, true) else { return };
+    for p in 0..size / PAGE_SIZE {
+        touch(&r, p, true);
+    }
+    let c = env().server.client();
+    let Ok(mut raw) = c.raw_stream(2, 256 * 1024, 0) else { return };
+    let mut buf = vec![0u8; 256 * 1024];
+    let scan = || {
+        let mut sum = 0u64;
+        for off in (0..size).step_by(64) {
+            // SAFETY: inside the region.
+            sum = sum.wrapping_add(unsafe { r.base().add(off).cast::<u64>().read_volatile() });
+        }
+        std::hint::black_box(sum);
+    };
+    scan();
+    let (mut ratios, mut rr, mut tr) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let t = Instant::now();
+        scan();
+        let region_bps = size as f64 / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let mut got = 0;
+        while got < size {
+            std::io::Read::read_exact(&mut raw, &mut buf).unwrap();
+            got += buf.len();
+        }
+        let raw_bps = size as f64 / t.elapsed().as_secs_f64();
+        ratios.push(region_bps / raw_bps);
+        rr.push(region_bps / 1e6);
+        tr.push(raw_bps / 1e6);
+    }
+    println!(
+        "scan 4x budget (paired rounds of 256 MiB): region {:.0} MB/s; raw TCP stream {:.0} MB/s; ratio {}",
+        median(&mut rr),
+        median(&mut tr),
+        spread(&mut ratios)
+    );
+}
+
 fn summary() {
-    println!("\n== same-run ratios ==");
+    println!("\n== criterion phases (each figure from its own phase; the paired rounds below are the goal figures) ==");
     let f = |n| per_op_ns(n).map(|v| v / 1e3);
     if let (Some(u), Some(m), Some(r)) = (f("uffd_floor"), f("memd_floor"), f("region_fault")) {
         println!(
@@ -366,6 +536,15 @@ fn summary() {
             tcp.bytes_per_sec / 1e6,
             region_bps / tcp.bytes_per_sec
         );
+    }
+    println!("\n== paired rounds (the figures for the goals) ==");
+    // REGION_PAIRED=faults or =scan runs only one of them (for profiling).
+    let only = std::env::var("REGION_PAIRED").unwrap_or_default();
+    if only != "scan" {
+        paired_faults(30, 200);
+    }
+    if only != "faults" {
+        paired_scan(9);
     }
     if let (Some(r), Some(p)) = (f("random_region"), f("random_plain")) {
         println!("random 4K r/w, budget 25%: region {r:.2} µs/op ({:.0} ops/s); plain memory {p:.3} µs/op", 1e6 / r);

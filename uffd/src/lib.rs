@@ -37,8 +37,9 @@
 //!
 //! ## Budget and eviction
 //! Resident pages (mapped, being fetched, or being evicted) hold one of `local_mem / 4 KiB` frames, so they
-//! never exceed the budget. Eviction starts below a reserve of free frames (1/16 of the budget, 2–1024) and
-//! stops at twice that. Victims come from a **CLOCK** over the frames whose reference bits are set by the
+//! never exceed the budget. Readahead never takes the last *reserve* of free frames (1/16 of the budget,
+//! 2–1024); eviction starts below 1.5 times the reserve and stops at twice it, so a stream's next window finds
+//! frames while eviction refills them (starting only at the reserve stalled streams there). Victims come from a **CLOCK** over the frames whose reference bits are set by the
 //! signals userfaultfd gives: a page is installed referenced, and a write-protect fault references it again.
 //! When the hand passes a referenced dirty page it re-arms write protection, so a page that keeps being written
 //! keeps its second chance; FIFO would evict it every revolution ([`sim`] compares both with exact LRU on
@@ -59,11 +60,14 @@
 //! ## Readahead
 //! [`readahead::Detector`] tracks up to eight sequential or strided (±64 pages) streams of missing faults on
 //! pages memd holds. After a stride repeats, the fault's batch read also asks for a window of pages ahead
-//! (8 pages, doubling each time the stream continues, up to `max_readahead`), all submitted before the demand
-//! page is waited on and installed in runs of one `UFFDIO_COPY` each. One page in the middle of each window,
-//! the *trigger*, is fetched but held unmapped by the event thread: the program's fault on it is served from
-//! local memory and asks for the next window while the second half of the current one is still ahead, so
-//! fetching overlaps the program's progress. A window only uses frames above the eviction reserve, so it never
+//! (8 pages, doubling each time the stream continues, up to `max_readahead`), as batch reads of 64 pages sent
+//! in one burst (one `writev`) after the demand page's. Reads stay in flight while the event thread goes on
+//! reading events: it installs one arrived batch per turn (each run of contiguous pages with one `UFFDIO_COPY`
+//! straight from the receive buffer), so faults are served between batches. One page in the middle of each
+//! window, the *trigger*, is fetched but held unmapped by the event thread: the program's fault on it (even
+//! before its batch has arrived) asks for the next window while the rest of the current one is still arriving
+//! or ahead of the program, so the server always has a window to send and fetching overlaps the program's
+//! progress. A window only uses frames above the eviction reserve, so it never
 //! pushes pages out, and prefetched pages are installed referenced so the CLOCK does not take them before the
 //! program reaches them.
 //!

@@ -78,7 +78,7 @@ const REF: u8 = 1 << 4;
 const RELEASED: u8 = 1 << 5;
 /// Being evicted in place (write-protect, copy, `MADV_DONTNEED`) rather than moved out.
 const INPLACE: u8 = 1 << 6;
-/// A readahead trigger: fetched, held by the event thread unmapped until the program touches it.
+/// A readahead trigger: held by the event thread unmapped (from its request on) until the program touches it.
 const STAGED: u8 = 1 << 7;
 /// Most trigger pages held at once (one per live stream, and then some).
 const MAX_STAGED: usize = 16;
@@ -282,6 +282,9 @@ pub(crate) struct Shared {
     budget: usize,
     /// Eviction starts below this many free frames and readahead never takes them.
     reserve: usize,
+    /// Eviction starts below this many free frames (between `reserve` and `high`), so that a readahead window
+    /// finds frames above the reserve while eviction refills them, instead of stalling the stream at the reserve.
+    low: usize,
     /// Eviction stops at this many free frames.
     high: usize,
     uffd: Uffd,
@@ -481,12 +484,27 @@ struct Fault {
     t0: Instant,
 }
 
+/// One read request in flight: its pages (state FETCHING, each holding a frame) and what to do on arrival.
+struct Batch {
+    pages: Vec<u64>,
+    /// The demand faults among `pages` (empty for a readahead batch).
+    demand: Vec<Fault>,
+    is_demand: bool,
+    /// Readahead trigger pages among `pages` (sorted): held unmapped on arrival.
+    triggers: Vec<u64>,
+    reply: Result<Pending, StoreError>,
+}
+
 /// The event thread's private state.
 struct EventLoop {
     sh: Arc<Shared>,
     deferred: Vec<Fault>,
     /// Readahead trigger pages: contents fetched, page left unmapped (state FETCHING | STAGED), oldest first.
     staged: std::collections::VecDeque<(u64, Box<[u8]>)>,
+    /// Faults on trigger pages whose contents are still in flight: served as soon as they arrive.
+    early: Vec<Fault>,
+    /// Read requests in flight, oldest first (replies arrive in this order).
+    inflight: std::collections::VecDeque<Batch>,
     det: Detector,
     msgs: Vec<Msg>,
 }
@@ -502,30 +520,43 @@ impl EventLoop {
                 limited!(error, error = %e, "reading userfaultfd events failed");
                 std::thread::sleep(Duration::from_millis(1));
             }
-            if msgs.is_empty() {
-                self.msgs = msgs;
-                let has_room = sh.core.lock().free_len > 0;
-                if !self.deferred.is_empty() && (has_room || sh.dead.load(Relaxed)) {
-                    let faults = std::mem::take(&mut self.deferred);
-                    self.serve(faults);
-                    continue;
-                }
-                // Faults come in bursts: poll the descriptor for a short while before sleeping, which saves
-                // the wake-up of a blocked thread on the next fault.
-                if busy.elapsed() < sh.cfg.spin {
-                    std::hint::spin_loop();
-                    continue;
-                }
-                let timeout = if self.deferred.is_empty() { 500 } else { 2 };
-                self.poll(timeout);
+            let mut had_events = !msgs.is_empty();
+            if had_events {
+                let mut faults = std::mem::take(&mut self.deferred);
+                self.absorb(&msgs, &mut faults);
+                self.serve(faults);
+            } else if !self.deferred.is_empty() && (sh.core.lock().free_len > 0 || sh.dead.load(Relaxed)) {
+                // Eviction freed frames (or memd is gone and the faults get poisoned).
+                let faults = std::mem::take(&mut self.deferred);
+                self.serve(faults);
+                had_events = true;
+            }
+            self.msgs = msgs;
+            // Fetches stay in flight while events are served: the next readahead window is requested as soon as
+            // the program reaches its trigger, while the current one is still arriving. One batch is installed
+            // per turn, so events are read between batches.
+            if let Some(b) = self.inflight.pop_front() {
+                self.complete(b);
                 busy = Instant::now();
                 continue;
             }
-            let mut faults = std::mem::take(&mut self.deferred);
-            self.absorb(&msgs, &mut faults);
-            self.msgs = msgs;
-            self.serve(faults);
+            if had_events {
+                busy = Instant::now();
+                continue;
+            }
+            // Faults come in bursts: poll the descriptor for a short while before sleeping, which saves the
+            // wake-up of a blocked thread on the next fault.
+            if busy.elapsed() < sh.cfg.spin {
+                std::hint::spin_loop();
+                continue;
+            }
+            let timeout = if self.deferred.is_empty() { 500 } else { 2 };
+            self.poll(timeout);
             busy = Instant::now();
+        }
+        // Finish what is in flight: pages being fetched hold frames, and their faulting threads wait.
+        while let Some(b) = self.inflight.pop_front() {
+            self.complete(b);
         }
     }
 
@@ -674,10 +705,14 @@ impl EventLoop {
                         for q in pf.pages(sh.npages) {
                             let st = sh.st(q);
                             if st == (ABSENT | REMOTE) && core.free_len > sh.reserve && sh.alloc_frame(&mut core, q) {
-                                sh.set(q, FETCHING | REMOTE);
                                 ra.push(q);
+                                // A trigger is staged from the start: a fault on it before its contents
+                                // arrive asks for the next window at once.
                                 if pf.trigger == Some(q) {
                                     triggers.push(q);
+                                    sh.set(q, FETCHING | REMOTE | STAGED);
+                                } else {
+                                    sh.set(q, FETCHING | REMOTE);
                                 }
                             }
                         }
@@ -685,7 +720,7 @@ impl EventLoop {
                 }
                 sh.c.ra_hits.store(self.det.hits, Relaxed);
             }
-            if core.free_len < sh.reserve {
+            if core.free_len < sh.low {
                 sh.evict_cv.notify_all();
             }
         }
@@ -716,7 +751,7 @@ impl EventLoop {
         if !fetch.is_empty() || !ra.is_empty() {
             ra.sort_unstable();
             triggers.sort_unstable();
-            self.fetch(&fetch, &ra, &triggers);
+            self.submit_fetch(&fetch, &ra, &triggers);
         }
     }
 
@@ -735,17 +770,13 @@ impl EventLoop {
         }
     }
 
-    /// Serves faults on readahead trigger pages from their held contents (no network round trip).
+    /// Serves faults on readahead trigger pages from their held contents (no network round trip), or as soon as
+    /// their contents arrive.
     fn install_staged(&mut self, faults: &[Fault]) {
         for f in faults {
             let Some(i) = self.staged.iter().position(|(p, _)| *p == f.page) else {
-                limited!(error, page = f.page, "a staged page has no contents; fetching it again");
-                let sh = Arc::clone(&self.sh);
-                let mut core = sh.core.lock();
-                sh.free_frame(&mut core, f.page);
-                sh.set(f.page, ABSENT | REMOTE);
-                drop(core);
-                let _ = sh.uffd.wake(sh.addr(f.page), PS);
+                // Still in flight: `stage` serves it on arrival.
+                self.early.push(*f);
                 continue;
             };
             let Some((p, buf)) = self.staged.remove(i) else { continue };
@@ -755,18 +786,37 @@ impl EventLoop {
         }
     }
 
-    /// Holds a fetched trigger page unmapped; the oldest held page is installed when too many are held.
+    /// Holds a fetched trigger page unmapped (or installs it at once when the program already faulted on it); the
+    /// oldest held page is installed when too many are held.
     fn stage(&mut self, page: u64, data: &[u8]) {
         let sh = Arc::clone(&self.sh);
+        let waiting: Vec<Fault> = if self.early.iter().any(|f| f.page == page) {
+            let (w, rest) = std::mem::take(&mut self.early).into_iter().partition(|f| f.page == page);
+            self.early = rest;
+            w
+        } else {
+            Vec::new()
+        };
         {
             let mut core = sh.core.lock();
             let st = sh.st(page);
             if st & RELEASED != 0 {
                 sh.free_frame(&mut core, page);
                 sh.set(page, ABSENT);
+                drop(core);
+                let _ = sh.uffd.wake(sh.addr(page), PS);
                 return;
             }
             sh.set(page, st | STAGED);
+        }
+        if !waiting.is_empty() {
+            let write = waiting.iter().any(|f| f.write);
+            let (mode, flags) = if write { (0, DIRTY) } else { (raw::COPY_MODE_WP, 0) };
+            self.install(&[page], &|_| data.as_ptr(), mode, flags);
+            for f in &waiting {
+                sh.record(f.t0);
+            }
+            return;
         }
         self.staged.push_back((page, data.to_vec().into_boxed_slice()));
         if self.staged.len() > MAX_STAGED {
@@ -814,14 +864,14 @@ impl EventLoop {
         let sh = Arc::clone(&self.sh);
         let mut i = 0;
         // A page released before its install starts (a held trigger page, say) must not be installed at all:
-        // no later zap would remove it.
-        let mut per_page = pages.iter().any(|&p| sh.st(p) & RELEASED != 0);
+        // no later zap would remove it. So each copy covers the longest run of pages not released, re-checked
+        // after every EAGAIN (whose pending event may have released some).
         while i < pages.len() {
-            if per_page && sh.st(pages[i]) & RELEASED != 0 {
+            if sh.st(pages[i]) & RELEASED != 0 {
                 i += 1;
                 continue;
             }
-            let n = if per_page { 1 } else { pages.len() - i };
+            let n = pages[i..].iter().position(|&p| sh.st(p) & RELEASED != 0).unwrap_or(pages.len() - i);
             let base = src(i);
             // Whole-run copies need a contiguous source; `src` gives one for zero and fetched runs.
             match sh.uffd.copy(sh.addr(pages[i]), base, as_u64(n) * PS, mode) {
@@ -832,7 +882,6 @@ impl EventLoop {
                         libc::EEXIST => i += 1,
                         libc::EAGAIN => {
                             self.pump();
-                            per_page = true;
                         }
                         _ => {
                             limited!(error, error = %e, page = pages[i], "UFFDIO_COPY failed; poisoning the page");
@@ -856,102 +905,125 @@ impl EventLoop {
         }
     }
 
-    /// Fetches demand pages and readahead pages with pipelined batch reads (everything submitted before the
-    /// first wait, demand pages first), and installs each batch as it arrives.
-    fn fetch(&mut self, demand: &[Fault], ra: &[u64], triggers: &[u64]) {
+    /// Requests demand pages and readahead pages with pipelined batch reads (demand pages first), all in one
+    /// burst; [`EventLoop::complete`] installs each batch as it arrives.
+    fn submit_fetch(&mut self, demand: &[Fault], ra: &[u64], triggers: &[u64]) {
         let sh = Arc::clone(&self.sh);
         let dpages: Vec<u64> = demand.iter().map(|f| f.page).collect();
-        let mut batches: Vec<(Vec<u64>, bool)> = Vec::new();
+        let mut batches: Vec<Batch> = Vec::new();
+        let new = |pages: &[u64], demand: Vec<Fault>, triggers: Vec<u64>| Batch {
+            pages: pages.to_vec(),
+            is_demand: !demand.is_empty(),
+            demand,
+            triggers,
+            reply: Err(StoreError::Invalid(String::new())),
+        };
         for c in dpages.chunks(IO_CHUNK) {
-            batches.push((c.to_vec(), true));
+            let (lo, hi) = (c[0], c[c.len() - 1]);
+            let d: Vec<Fault> = demand.iter().filter(|f| f.page >= lo && f.page <= hi).copied().collect();
+            batches.push(new(c, d, Vec::new()));
         }
         for c in ra.chunks(IO_CHUNK) {
-            batches.push((c.to_vec(), false));
+            let t: Vec<u64> = triggers.iter().copied().filter(|t| c.binary_search(t).is_ok()).collect();
+            batches.push(new(c, Vec::new(), t));
         }
-        let submitted: Vec<Result<Pending, StoreError>> = batches
-            .iter()
-            .map(|(pages, _)| sh.store.submit(Request::ReadPages { region: sh.region_id, pages: pages.clone() }))
-            .collect();
-        for ((pages, is_demand), sub) in batches.into_iter().zip(submitted) {
-            let reply = sub.and_then(Pending::wait).or_else(|e| {
-                if e.is_gone() {
-                    return Err(e);
+        let reqs: Vec<Request> =
+            batches.iter().map(|b| Request::ReadPages { region: sh.region_id, pages: b.pages.clone() }).collect();
+        match sh.store.submit_many(reqs) {
+            Ok(pendings) => {
+                for (b, p) in batches.iter_mut().zip(pendings) {
+                    b.reply = Ok(p);
                 }
-                sh.with_retry(|| {
-                    sh.store.read_pages(sh.region_id, &pages).map(|(pr, d)| Reply::Pages { present: pr, data: d })
-                })
-            });
-            let data = match reply {
-                Ok(Reply::Pages { present, .. }) if present.iter().any(|&p| !p) => {
-                    // memd lost pages it acknowledged: zeros here would be silent data loss.
-                    let lost = pages.iter().zip(&present).find(|(_, &p)| !p).map_or(0, |(&q, _)| q);
-                    let e = StoreError::Protocol {
-                        server: sh.store.describe(),
-                        msg: format!(
-                            "it no longer holds page {lost} of region {:#x}, which was written there (restarted \
-                             without its data?)",
-                            sh.region_id
-                        ),
-                    };
-                    self.fetch_failed(&pages, is_demand, &e);
-                    continue;
-                }
-                Ok(Reply::Pages { data, .. }) if data.len() == pages.len() * PAGE_SIZE => data,
-                Ok(other) => {
-                    let e =
-                        StoreError::Protocol { server: sh.store.describe(), msg: format!("bad page reply {other:?}") };
-                    self.fetch_failed(&pages, is_demand, &e);
-                    continue;
-                }
-                Err(e) => {
-                    self.fetch_failed(&pages, is_demand, &e);
-                    continue;
-                }
-            };
-            let mut k = 0;
-            for (s, n) in runs(&pages) {
-                let run: Vec<u64> = (s..s + as_u64(n)).collect();
-                let off = k * PAGE_SIZE;
-                let dptr = data.as_ptr();
-                if is_demand {
-                    // Write faults get the page writable at once (it is dirty from the start); reads get it
-                    // write-protected so the first write is seen.
-                    let by_page: std::collections::HashMap<u64, &Fault> =
-                        demand.iter().filter(|f| f.page >= s && f.page < s + as_u64(n)).map(|f| (f.page, f)).collect();
-                    for sub in split_by(&run, |p| by_page.get(p).is_some_and(|f| f.write)) {
-                        let write = by_page.get(&sub[0]).is_some_and(|f| f.write);
-                        let first = as_usize(sub[0] - s);
-                        let (mode, flags) = if write { (0, DIRTY) } else { (raw::COPY_MODE_WP, 0) };
-                        // SAFETY (closure): offsets stay inside `data`, which holds one page per requested page.
-                        self.install(&sub, &|i| dptr.wrapping_add(off + (first + i) * PAGE_SIZE), mode, flags);
-                        for p in &sub {
-                            if let Some(f) = by_page.get(p) {
-                                sh.record(f.t0);
-                            }
-                        }
-                    }
-                    sh.c.fetched.fetch_add(as_u64(n), Relaxed);
-                } else {
-                    for sub in split_by(&run, |p| triggers.binary_search(p).is_ok()) {
-                        let first = as_usize(sub[0] - s);
-                        if triggers.binary_search(&sub[0]).is_ok() {
-                            for (j, &p) in sub.iter().enumerate() {
-                                let at = off + (first + j) * PAGE_SIZE;
-                                self.stage(p, &data[at..at + PAGE_SIZE]);
-                            }
-                        } else {
-                            self.install(
-                                &sub,
-                                &|i| dptr.wrapping_add(off + (first + i) * PAGE_SIZE),
-                                raw::COPY_MODE_WP,
-                                0,
-                            );
-                        }
-                    }
-                    sh.c.ra_pages.fetch_add(as_u64(n), Relaxed);
-                }
-                k += n;
             }
+            Err(e) => {
+                for b in &mut batches {
+                    b.reply = Err(e.clone());
+                }
+            }
+        }
+        self.inflight.extend(batches);
+    }
+
+    /// Waits for the reply of one batch and installs its pages.
+    fn complete(&mut self, b: Batch) {
+        let sh = Arc::clone(&self.sh);
+        let Batch { pages, demand, is_demand, triggers, reply } = b;
+        let demand = &demand[..];
+        let triggers = &triggers[..];
+        let reply = reply.and_then(Pending::wait).or_else(|e| {
+            if e.is_gone() {
+                return Err(e);
+            }
+            sh.with_retry(|| {
+                sh.store.read_pages(sh.region_id, &pages).map(|(pr, d)| Reply::Pages { present: pr, data: d })
+            })
+        });
+        let data = match reply {
+            Ok(Reply::Pages { present, .. }) if present.iter().any(|&p| !p) => {
+                // memd lost pages it acknowledged: zeros here would be silent data loss.
+                let lost = pages.iter().zip(&present).find(|(_, &p)| !p).map_or(0, |(&q, _)| q);
+                let e = StoreError::Protocol {
+                    server: sh.store.describe(),
+                    msg: format!(
+                        "it no longer holds page {lost} of region {:#x}, which was written there (restarted \
+                         without its data?)",
+                        sh.region_id
+                    ),
+                };
+                self.fetch_failed(&pages, is_demand, &e);
+                return;
+            }
+            Ok(Reply::Pages { data, .. }) if data.len() == pages.len() * PAGE_SIZE => data,
+            Ok(other) => {
+                let e = StoreError::Protocol { server: sh.store.describe(), msg: format!("bad page reply {other:?}") };
+                self.fetch_failed(&pages, is_demand, &e);
+                return;
+            }
+            Err(e) => {
+                self.fetch_failed(&pages, is_demand, &e);
+                return;
+            }
+        };
+        let dptr = data.as_ptr();
+        if is_demand {
+            // `demand[i]` is the fault on `pages[i]` (both sorted, one fault per page). Write faults get the
+            // page writable at once (it is dirty from the start); reads get it write-protected so the first
+            // write is seen. Each run of contiguous pages with the same access kind is one copy.
+            debug_assert!(demand.iter().map(|f| f.page).eq(pages.iter().copied()));
+            let mut i = 0;
+            while i < demand.len() {
+                let mut j = i + 1;
+                while j < demand.len() && demand[j].page == demand[j - 1].page + 1 && demand[j].write == demand[i].write
+                {
+                    j += 1;
+                }
+                let (mode, flags) = if demand[i].write { (0, DIRTY) } else { (raw::COPY_MODE_WP, 0) };
+                self.install(&pages[i..j], &|x| dptr.wrapping_add((i + x) * PAGE_SIZE), mode, flags);
+                for f in &demand[i..j] {
+                    sh.record(f.t0);
+                }
+                i = j;
+            }
+            sh.c.fetched.fetch_add(as_u64(pages.len()), Relaxed);
+            return;
+        }
+        let mut k = 0;
+        for (s, n) in runs(&pages) {
+            let run: Vec<u64> = (s..s + as_u64(n)).collect();
+            let off = k * PAGE_SIZE;
+            for sub in split_by(&run, |p| triggers.binary_search(p).is_ok()) {
+                let first = as_usize(sub[0] - s);
+                if triggers.binary_search(&sub[0]).is_ok() {
+                    for (j, &p) in sub.iter().enumerate() {
+                        let at = off + (first + j) * PAGE_SIZE;
+                        self.stage(p, &data[at..at + PAGE_SIZE]);
+                    }
+                } else {
+                    self.install(&sub, &|i| dptr.wrapping_add(off + (first + i) * PAGE_SIZE), raw::COPY_MODE_WP, 0);
+                }
+            }
+            sh.c.ra_pages.fetch_add(as_u64(n), Relaxed);
+            k += n;
         }
     }
 
@@ -969,6 +1041,13 @@ impl EventLoop {
         }
         if is_demand {
             self.poison(pages);
+        } else {
+            // Threads that touched these pages while they were in flight wait for them: they fault again and
+            // are answered then (with SIGBUS if memd is gone).
+            self.early.retain(|f| !pages.contains(&f.page));
+            for (s, n) in runs(pages) {
+                let _ = sh.uffd.wake(sh.addr(s), as_u64(n) * PS);
+            }
         }
     }
 }
@@ -993,7 +1072,7 @@ fn evictor(sh: &Shared, slot: usize) {
     loop {
         {
             let mut core = sh.core.lock();
-            while !sh.stop.load(Relaxed) && core.free_len >= sh.reserve {
+            while !sh.stop.load(Relaxed) && core.free_len >= sh.low {
                 sh.evict_cv.wait_for(&mut core, Duration::from_millis(200));
             }
         }
@@ -1369,6 +1448,7 @@ impl Region {
             budget,
             reserve,
             high: (2 * reserve).min(budget / 2),
+            low: (reserve + reserve / 2).min(budget / 2),
             uffd,
             efd: eventfd().map_err(RegionError::Thread)?,
             store,
@@ -1406,6 +1486,8 @@ impl Region {
                 sh: s,
                 deferred: Vec::new(),
                 staged: std::collections::VecDeque::new(),
+                early: Vec::new(),
+                inflight: std::collections::VecDeque::new(),
                 det: Detector::new(max_ra),
                 msgs: Vec::with_capacity(64),
             };

@@ -164,3 +164,78 @@ fn random_ops_over_a_loopback_memd_match_shadow() {
     assert!(s.pages_fetched > 0 && s.pages_written > 0, "{s:?}");
     check_budget(&r);
 }
+
+/// Sequential streams over a loopback memd, so readahead batches are really in flight while faults arrive:
+/// one thread reads its half of the region again and again, the other reads its half and releases pages just
+/// ahead of itself (pages being fetched ahead, or held as triggers), which must read zeros, then rewrites them.
+#[test]
+fn streams_with_releases_ahead_over_a_loopback_memd_match_shadow() {
+    const N: usize = 2048;
+    let server = farmem_memd::testing::TestServer::start(1 << 30);
+    let client: Arc<dyn farmem_memd::FarStore> = Arc::new(server.client());
+    let cfg = farmem_uffd::RegionConfig {
+        size: N * PS,
+        local_mem: 192 * PS,
+        max_readahead: 64,
+        ..farmem_uffd::RegionConfig::default()
+    };
+    let Some(r) = region_with(cfg, client) else { return };
+    let value = |p: usize, gen: u64| (p as u64) << 8 | gen;
+    for p in 0..N {
+        // SAFETY: inside the region.
+        unsafe { word(&r, p * PS).write_volatile(value(p, 1)) };
+    }
+    let r = Arc::new(r);
+    let reader = {
+        let r = Arc::clone(&r);
+        std::thread::spawn(move || {
+            for pass in 0..4 {
+                for p in 0..N / 2 {
+                    // SAFETY: inside the region.
+                    let v = unsafe { word(&r, p * PS).read_volatile() };
+                    assert_eq!(v, value(p, 1), "reader pass {pass} page {p}");
+                }
+            }
+        })
+    };
+    let mut shadow: Vec<u64> = (0..N).map(|p| value(p, 1)).collect();
+    let half = N / 2;
+    let check = |shadow: &[u64], what: &str| {
+        for (p, &want) in shadow.iter().enumerate().skip(half) {
+            // SAFETY: inside the region.
+            let v = unsafe { word(&r, p * PS).read_volatile() };
+            assert_eq!(v, want, "{what}: page {p}");
+        }
+    };
+    for round in 0..3u64 {
+        let mut pos = half;
+        while pos < N {
+            let end = (pos + 32).min(N);
+            for (p, &want) in shadow.iter().enumerate().take(end).skip(pos) {
+                // SAFETY: inside the region.
+                let v = unsafe { word(&r, p * PS).read_volatile() };
+                assert_eq!(v, want, "round {round} page {p}");
+            }
+            // Release a stretch just ahead, which readahead is likely fetching or holding right now.
+            let (a, b) = (end + 8, (end + 24).min(N));
+            if a < b {
+                r.release(a * PS, (b - a) * PS).unwrap();
+                shadow[a..b].fill(0);
+            }
+            pos = end;
+        }
+        check(&shadow, "after releases");
+        for (p, v) in shadow.iter_mut().enumerate().skip(half) {
+            if *v == 0 {
+                *v = value(p, round + 2);
+                // SAFETY: inside the region.
+                unsafe { word(&r, p * PS).write_volatile(*v) };
+            }
+        }
+        check(&shadow, "after rewrites");
+    }
+    reader.join().unwrap();
+    let s = r.stats();
+    assert!(s.readahead_pages > 0 && s.released_pages > 0, "{s:?}");
+    assert!(s.peak_resident_pages <= s.budget_pages && s.poisoned_pages == 0, "{s:?}");
+}
