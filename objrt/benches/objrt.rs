@@ -32,32 +32,9 @@ pub fn deref_one(b: &FarBox<u64>, s: &DerefScope) -> u64 {
 // dereference). `sum_far_in`, given a scope by reference by a caller that is not inlined, is the other shape: its
 // hit count must live in memory, so it pays a memory increment per dereference; it is reported beside.
 
-/// Sums the objects in a scope of its own (the goal's figure).
-#[inline(never)]
-pub fn sum_far(v: &[FarBox<u64>]) -> u64 {
-    let s = DerefScope::new();
-    v.iter().map(|b| *b.deref(&s)).sum()
-}
-
-/// Sums the objects in a scope its caller opened.
-#[inline(never)]
-pub fn sum_far_in(v: &[FarBox<u64>], s: &DerefScope) -> u64 {
-    v.iter().map(|b| *b.deref(s)).sum()
-}
-
-/// The baseline.
-#[inline(never)]
-pub fn sum_box(v: &[Box<u64>]) -> u64 {
-    v.iter().map(|b| **b).sum()
-}
-
-/// A reference, not a goal: a `Box` of a `Box` is three dependent loads with no test at all — the slot
-/// indirection's share of the gap, for any design in which the word lives outside the movable pointer.
-#[allow(clippy::redundant_allocation, reason = "the extra indirection is what this measures")]
-#[inline(never)]
-pub fn sum_box_box(v: &[Box<Box<u64>>]) -> u64 {
-    v.iter().map(|b| ***b).sum()
-}
+#[path = "common/deref_loops.rs"]
+mod deref_loops;
+use deref_loops::{sum_box, sum_box_box, sum_far, sum_far_in};
 
 fn local_runtime() -> Runtime {
     let mut cfg = RuntimeConfig::new(64 << 20);

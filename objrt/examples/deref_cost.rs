@@ -18,31 +18,9 @@ use std::sync::Arc;
 const N: u64 = 4096;
 const PASSES: usize = 100;
 
-/// Sums the objects in a scope of its own.
-#[inline(never)]
-pub fn sum_far(v: &[FarBox<u64>]) -> u64 {
-    let s = DerefScope::new();
-    v.iter().map(|b| *b.deref(&s)).sum()
-}
-
-/// Sums the objects in a scope its caller opened (the scope's count lives in memory).
-#[inline(never)]
-pub fn sum_far_in(v: &[FarBox<u64>], s: &DerefScope) -> u64 {
-    v.iter().map(|b| *b.deref(s)).sum()
-}
-
-/// The baseline.
-#[inline(never)]
-pub fn sum_box(v: &[Box<u64>]) -> u64 {
-    v.iter().map(|b| **b).sum()
-}
-
-/// A reference: three dependent loads (`Box` of a `Box`) and nothing else.
-#[allow(clippy::redundant_allocation, reason = "the extra indirection is what this measures")]
-#[inline(never)]
-pub fn sum_box_box(v: &[Box<Box<u64>>]) -> u64 {
-    v.iter().map(|b| ***b).sum()
-}
+#[path = "../benches/common/deref_loops.rs"]
+mod deref_loops;
+use deref_loops::{sum_box, sum_box_box, sum_far, sum_far_in};
 
 pub fn main() {
     let mut cfg = RuntimeConfig::new(64 << 20);

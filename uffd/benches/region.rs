@@ -507,23 +507,17 @@ fn paired_scan(rounds: usize) {
 
 fn summary() {
     println!("\n== criterion phases (each figure from its own phase; the paired rounds below are the goal figures) ==");
-    let f = |n| per_op_ns(n).map(|v| v / 1e3);
-    if let (Some(u), Some(m), Some(r)) = (f("uffd_floor"), f("memd_floor"), f("region_fault")) {
-        println!(
-            "fault (means): region {r:.1} µs/fault; floor = uffd {u:.1} µs + memd 4K read {m:.1} µs = {:.1} µs; \
-             ratio {:.2}x",
-            u + m,
-            r / (u + m)
-        );
-    }
-    let g = |n| median_ns(n).map(|v| v / 1e3);
-    if let (Some(u), Some(m), Some(r)) = (g("uffd_floor"), g("memd_floor"), g("region_fault")) {
-        println!(
-            "fault (medians): region {r:.1} µs/fault; floor = uffd {u:.1} µs + memd 4K read {m:.1} µs = {:.1} µs; \
-             ratio {:.2}x",
-            u + m,
-            r / (u + m)
-        );
+    type Stat = fn(&str) -> Option<f64>;
+    for (what, ns) in [("means", per_op_ns as Stat), ("medians", median_ns)] {
+        let f = |n| ns(n).map(|v| v / 1e3);
+        if let (Some(u), Some(m), Some(r)) = (f("uffd_floor"), f("memd_floor"), f("region_fault")) {
+            println!(
+                "fault ({what}): region {r:.1} µs/fault; floor = uffd {u:.1} µs + memd 4K read {m:.1} µs = {:.1} µs; \
+                 ratio {:.2}x",
+                u + m,
+                r / (u + m)
+            );
+        }
     }
     let store = env().server.client();
     if let (Some(ns), Ok(tcp)) =
@@ -546,6 +540,7 @@ fn summary() {
     if only != "faults" {
         paired_scan(9);
     }
+    let f = |n| per_op_ns(n).map(|v| v / 1e3);
     if let (Some(r), Some(p)) = (f("random_region"), f("random_plain")) {
         println!("random 4K r/w, budget 25%: region {r:.2} µs/op ({:.0} ops/s); plain memory {p:.3} µs/op", 1e6 / r);
     }
