@@ -32,7 +32,7 @@ pub enum ObjError {
         /// The limit.
         max: usize,
     },
-    /// All 2^30 object slots are in use.
+    /// All 2^28 object slots are in use.
     #[error("too many live far objects")]
     OutOfSlots,
     /// A runtime may have at most 65536 spaces.

@@ -4,8 +4,11 @@
 //! default). Threads allocate by bumping a pointer in the region of their *lane* (a thread picks a lane once,
 //! round robin; with a few lanes per core that is per-thread bump allocation without thread-exit hooks). A full
 //! region is *sealed*: only sealed regions are evacuated, so the evacuator never races an allocation in the
-//! region it walks. Every object starts with a 16-byte header — slot id, size and space — which is what lets the
-//! evacuator walk a region and find each object's pointer word.
+//! region it walks. Every object starts with an 8-byte header — slot id, size and space — which is what lets the
+//! evacuator walk a region and find each object's pointer word. Payloads are 16-byte aligned and the header
+//! takes the 8 bytes just before one, so an object of up to 8 bytes takes 16 bytes of the heap (as many as a
+//! `malloc` chunk's payload), one of 16 takes 32, and the first header of a region sits 8 bytes into it. Small
+//! objects packed twice as densely is what a dereference touches less of: see [`crate::ptr::FarBox::deref`].
 //!
 //! The budget is a number of regions. The evacuator is woken when free regions fall to the low watermark (4% of
 //! the budget by default) and runs until they reach the high one (6%); at the hard watermark (2%) threads
@@ -25,7 +28,13 @@ use std::sync::atomic::{
 use std::time::{Duration, Instant};
 
 /// Bytes of the header before each object.
-pub(crate) const HEADER: usize = 16;
+pub(crate) const HEADER: usize = 8;
+/// Offset of the first header in a region: payloads (right after their headers) are 16-aligned.
+const FIRST: usize = 8;
+/// Bits of the slot id in a header (ids are below [`crate::slots::MAX_SLOTS`]).
+const SLOT_BITS: u32 = 28;
+/// Bits of `size - 1` (sizes are 1 ..= [`word::MAX_SIZE`]).
+const SIZE_BITS: u32 = 20;
 
 /// What the evacuator learns from an object's header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,9 +44,30 @@ pub(crate) struct Header {
     pub space: u16,
 }
 
-/// Bytes an object of `size` occupies with its header, rounded to 16.
+/// Bytes an object of `size` occupies with its header: from its header to the next object's header, a multiple
+/// of 16 so that the next payload is 16-aligned too.
 pub(crate) fn footprint(size: usize) -> usize {
-    HEADER + size.div_ceil(16) * 16
+    (HEADER + size).div_ceil(16) * 16
+}
+
+impl Header {
+    /// The header as one little-endian word: slot id in bits 0..28, `size - 1` in bits 28..48, space above.
+    fn encode(self) -> u64 {
+        debug_assert!(self.slot < crate::slots::MAX_SLOTS);
+        debug_assert!((1..=word::MAX_SIZE).contains(&self.size));
+        let size = (self.size as u64).wrapping_sub(1) & ((1 << SIZE_BITS) - 1);
+        self.slot | size << SLOT_BITS | u64::from(self.space) << (SLOT_BITS + SIZE_BITS)
+    }
+
+    fn decode(w: u64) -> Header {
+        let size = (w >> SLOT_BITS) & ((1 << SIZE_BITS) - 1);
+        Header {
+            slot: w & ((1 << SLOT_BITS) - 1),
+            // Twenty bits: lossless on every target with a 32-bit or wider usize.
+            size: usize::try_from(size).map_or(word::MAX_SIZE, |s| s + 1),
+            space: u16::try_from(w >> (SLOT_BITS + SIZE_BITS)).unwrap_or(u16::MAX),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -159,7 +189,7 @@ impl Heap {
 
     /// Largest object the heap holds.
     pub(crate) fn max_object(&self) -> usize {
-        (self.region_size - HEADER).min(word::MAX_SIZE)
+        (self.region_size - FIRST - HEADER).min(word::MAX_SIZE)
     }
 
     fn region_of(&self, addr: u64) -> usize {
@@ -205,7 +235,7 @@ impl Heap {
             }
             self.seal_lane(&mut l);
             l.region = Some(r);
-            l.off = 0;
+            l.off = FIRST;
         }
     }
 
@@ -223,7 +253,7 @@ impl Heap {
         let r = self.pop_free()?;
         self.seal_lane(&mut l);
         l.region = Some(r);
-        l.off = 0;
+        l.off = FIRST;
         self.bump(&mut l, need).map(|at| self.place(at, h))
     }
 
@@ -238,12 +268,10 @@ impl Heap {
         Some(at)
     }
 
+    /// Writes the header at `at` and returns the payload address (16-aligned: `at` is 8 past a multiple of 16).
     fn place(&self, at: u64, h: Header) -> u64 {
-        let mut hdr = [0u8; HEADER];
-        hdr[..8].copy_from_slice(&h.slot.to_le_bytes());
-        hdr[8..12].copy_from_slice(&u32::try_from(h.size).unwrap_or(u32::MAX).to_le_bytes());
-        hdr[12..14].copy_from_slice(&h.space.to_le_bytes());
-        self.mem.write_bytes(at, &hdr);
+        debug_assert!(at % 16 == 8);
+        self.mem.write_bytes(at, &h.encode().to_le_bytes());
         at + HEADER as u64
     }
 
@@ -251,12 +279,7 @@ impl Heap {
     pub(crate) fn header(&self, addr: u64) -> Header {
         let mut hdr = [0u8; HEADER];
         self.mem.read_bytes(addr - HEADER as u64, &mut hdr);
-        let le8 = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
-        Header {
-            slot: le8(&hdr[..8]),
-            size: u32::from_le_bytes(hdr[8..12].try_into().unwrap_or([0; 4])) as usize,
-            space: u16::from_le_bytes([hdr[12], hdr[13]]),
-        }
+        Header::decode(u64::from_le_bytes(hdr))
     }
 
     fn seal_lane(&self, l: &mut Lane) {
@@ -421,15 +444,17 @@ impl Heap {
         let end = self.regions[r as usize].end.load(Relaxed);
         let base = self.region_base(r);
         let mut out = Vec::new();
-        let mut off = 0usize;
+        let mut off = FIRST;
         while off + HEADER <= end {
             let payload = base + (off + HEADER) as u64;
             let h = self.header(payload);
-            if h.size == 0 {
+            let next = off + footprint(h.size);
+            if next > end {
+                debug_assert!(false, "an object runs past its region's end");
                 break;
             }
             out.push((payload, h));
-            off += footprint(h.size);
+            off = next;
         }
         out
     }
@@ -461,6 +486,7 @@ mod tests {
         assert_eq!(b - a, footprint(24) as u64, "objects are laid out back to back");
         assert_eq!(h.header(a), Header { slot: 7, size: 24, space: 1 });
         assert_eq!(h.header(b), Header { slot: 8, size: 1, space: 2 });
+        assert_eq!((a % 16, footprint(1), footprint(8), footprint(9), footprint(24)), (0, 16, 16, 32, 32));
         assert_eq!(h.in_use(), 1);
         h.seal_all();
         let v = h.take_victims(8);
@@ -472,11 +498,23 @@ mod tests {
     }
 
     #[test]
+    fn headers_roundtrip_at_their_limits() {
+        for h in [
+            Header { slot: 0, size: 1, space: 0 },
+            Header { slot: (1 << SLOT_BITS) - 1, size: word::MAX_SIZE, space: u16::MAX },
+            Header { slot: 12345, size: 4096, space: 7 },
+        ] {
+            assert_eq!(Header::decode(h.encode()), h);
+        }
+        assert_eq!(crate::slots::MAX_SLOTS, 1 << SLOT_BITS, "every slot id fits a header");
+    }
+
+    #[test]
     fn budget_and_reserve_are_enforced() {
         let h = small();
-        // Fill: each region holds 4096 / footprint(2032) = 2 objects.
+        // Fill: each region holds (4096 - 8) / footprint(2024) = 2 objects.
         let mut n = 0;
-        while h.alloc(2032, n, 0, false).is_ok() {
+        while h.alloc(2024, n, 0, false).is_ok() {
             n += 1;
             assert!(n < 1000);
         }
@@ -490,16 +528,16 @@ mod tests {
     #[test]
     fn victims_are_nearly_empty_regions_then_the_oldest() {
         let h = small();
-        let addrs: Vec<u64> = (0..8).map(|i| h.alloc(2032, i, 0, true).unwrap()).collect();
+        let addrs: Vec<u64> = (0..8).map(|i| h.alloc(2024, i, 0, true).unwrap()).collect();
         h.seal_all();
         let first = |v: &[u32]| h.objects(v[0])[0].0;
         // Half of the third region is gone: still not cheap, so the oldest region goes first.
-        h.sub_live(addrs[5], 2032);
+        h.sub_live(addrs[5], 2024);
         let v = h.take_victims(1);
         assert_eq!(first(&v), addrs[0], "the oldest region is the CLOCK hand's next");
         h.return_victim(v[0]);
         // All of the third region is gone: it is taken first, whatever its age.
-        h.sub_live(addrs[4], 2032);
+        h.sub_live(addrs[4], 2024);
         let v = h.take_victims(2);
         assert_eq!(first(&v), addrs[4]);
         assert_eq!(first(&v[1..]), addrs[0]);
@@ -516,12 +554,12 @@ mod tests {
         let h = small();
         let mut addrs = Vec::new();
         for i in 0..6 {
-            addrs.push(h.alloc(2032, i, 0, true).unwrap());
+            addrs.push(h.alloc(2024, i, 0, true).unwrap());
         }
         h.seal_all();
         // Free both objects of the second region.
-        h.sub_live(addrs[2], 2032);
-        h.sub_live(addrs[3], 2032);
+        h.sub_live(addrs[2], 2024);
+        h.sub_live(addrs[3], 2024);
         let v = h.take_victims(1);
         assert_eq!(h.objects(v[0]).iter().map(|o| o.0).collect::<Vec<_>>(), vec![addrs[2], addrs[3]]);
     }

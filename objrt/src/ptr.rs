@@ -21,7 +21,7 @@ const fn check_type<T>() {
 pub(crate) mod sealed {
     pub trait Sealed {
         fn far_slot(&self) -> &'static crate::slots::Slot;
-        fn far_runtime(&self) -> &std::sync::Arc<crate::runtime::RtInner>;
+        fn far_runtime(&self) -> &crate::runtime::RtInner;
     }
 }
 
@@ -69,9 +69,11 @@ impl<T> std::ops::DerefMut for RefMut<'_, T> {
 ///
 /// Dereference it through a [`DerefScope`]; the references cannot outlive the scope, and while it lives the
 /// object is not moved. Dropping the box frees the object, locally and in memd.
+///
+/// A `FarBox` is 8 bytes, as a `Box` is: the address of its slot (`slots.rs`), which holds the pointer word. Its
+/// runtime is kept beside the slot and read only by slow paths (see `raw.rs`, P5).
 pub struct FarBox<T: Pod> {
     slot: &'static Slot,
-    rt: Arc<RtInner>,
     _t: PhantomData<T>,
 }
 
@@ -79,8 +81,8 @@ impl<T: Pod> sealed::Sealed for FarBox<T> {
     fn far_slot(&self) -> &'static Slot {
         self.slot
     }
-    fn far_runtime(&self) -> &Arc<RtInner> {
-        &self.rt
+    fn far_runtime(&self) -> &RtInner {
+        self.rt()
     }
 }
 impl<T: Pod> FarHandle for FarBox<T> {}
@@ -93,7 +95,7 @@ impl<T: Pod> std::fmt::Debug for FarBox<T> {
 }
 
 /// Counts a dereference in the scope; the thread's count is added to [`crate::Stats::hits`] when the scope ends,
-/// less the dereferences that the slow path found remote (it notes them itself, see [`FarBox::try_deref_slow`]).
+/// less the dereferences that the slow path found remote (it notes them itself, see [`try_deref_slow`]).
 ///
 /// The count lives in the scope and is bumped on every dereference, fast or slow, and no slow path ever receives
 /// the scope. So when a scope is opened in the function that dereferences through it (or in one that inlines it)
@@ -115,6 +117,34 @@ fn deref_failed(e: ObjError) -> ! {
     panic!("farmem: dereferencing a far object failed: {e}")
 }
 
+/// The slow path of [`FarBox::deref`] and [`FarBox::deref_mut`]: [`try_deref_slow`], panicking on failure.
+/// Returning only the address (no `Result` in memory) keeps the inlined fast path free of a stack frame; taking
+/// the slot (already in a register: the fast path loaded its word) rather than the `FarBox` lets a loop over a
+/// slice of boxes keep one induction variable, the index, which is also the scope's count.
+#[cold]
+#[inline(never)]
+fn deref_slow(slot: &'static Slot, write: bool) -> u64 {
+    match try_deref_slow(slot, write) {
+        Ok(a) => a,
+        Err(e) => deref_failed(e),
+    }
+}
+
+/// The slow path: returns the object's address once the fast path would let it through. A dereference that
+/// was not served from local memory (it fetched the object, or waited for another thread's fetch) is noted
+/// as a miss of the thread, so that the hits count only local ones. It does not take the scope, so the
+/// scope's count can stay in a register across it. `slot` belongs to the caller's far pointer (which is
+/// borrowed across the call), so the slot's runtime is alive (`raw.rs`, P5).
+#[cold]
+#[inline(never)]
+fn try_deref_slow(slot: &'static Slot, write: bool) -> Result<u64, ObjError> {
+    let (a, local) = crate::slots::owner(slot).get().deref_slow(slot, write, true)?;
+    if cfg!(feature = "hit-stats") && !local {
+        crate::epoch::deref_missed();
+    }
+    Ok(a)
+}
+
 impl<T: Pod> FarBox<T> {
     /// A new object in the default runtime ([`Runtime::global`]). Panics if it cannot be allocated.
     pub fn new(value: T) -> FarBox<T> {
@@ -132,8 +162,19 @@ impl<T: Pod> FarBox<T> {
     /// A new object in space `space` of `rt`.
     pub fn try_new_in(rt: &Runtime, space: Space, value: T) -> Result<FarBox<T>, ObjError> {
         const { check_type::<T>() };
-        let slot = rt.inner.alloc_obj(space.0, bytemuck::bytes_of(&value), false)?;
-        Ok(FarBox { slot, rt: Arc::clone(&rt.inner), _t: PhantomData })
+        Ok(FarBox::own(rt, rt.inner.alloc_obj(space.0, bytemuck::bytes_of(&value), false)?))
+    }
+
+    /// The pointer for a freshly allocated `slot` of `rt`: gives the slot its count of the runtime (P5).
+    fn own(rt: &Runtime, slot: &'static Slot) -> FarBox<T> {
+        crate::slots::owner(slot).set(Arc::clone(&rt.inner));
+        FarBox { slot, _t: PhantomData }
+    }
+
+    /// The runtime the object belongs to (borrowed from the slot's count, for as long as this pointer).
+    #[inline]
+    fn rt(&self) -> &RtInner {
+        crate::slots::owner(self.slot).get()
     }
 
     /// Borrows the object for the life of `scope`.
@@ -142,33 +183,35 @@ impl<T: Pod> FarBox<T> {
     /// `test` of its four low bits and one branch; then an `and` strips the flag bits above the address. It never
     /// writes shared memory: the CLOCK bit (`COLD`) is cleared by the slow path, which only the first dereference
     /// after an evacuator pass takes, and the hit count is the scope's (see `count_deref`). Checked in the
-    /// optimised x86-64 code (`objdump -d -C` of the bench binary, functions `deref_one`, `sum_far` and
+    /// optimised x86-64 code (`objdump -d -C -M intel` of the bench binary, functions `deref_one`, `sum_far` and
     /// `sum_far_in` in `benches/objrt.rs`). `sum_far` opens a scope and sums 4096 objects; its loop is
     /// ```text
     /// loop:
-    ///   mov  rax, [r14]          ; the FarBox's slot pointer
-    ///   mov  rax, [rax]          ; the pointer word (acquire load: a plain mov on x86)
+    ///   mov  rdi, [r14+r15*8]    ; the FarBox: its slot's address (a FarBox is 8 bytes, as a Box is)
+    ///   mov  rax, [rdi]          ; the pointer word (acquire load: a plain mov on x86)
     ///   test al, 0xf             ; ABSENT | BUSY | MARKED | COLD
-    ///   jne  slow                ; out of line: `call deref_slow` (cold, never inlined), then back to `next`
+    ///   jne  slow                ; out of line: `call deref_slow(rdi, false)` (cold), then back to `next`
     ///   and  rax, r13            ; strip CLEAN | HAS_REMOTE | SHARED (the mask is hoisted out of the loop)
     /// next:
     ///   add  r12, [rax]          ; the object itself (the sum)
-    ///   inc  r15                 ; the scope's dereference count (feature `hit-stats`), here also the loop index;
-    ///   add  r14, 0x10           ;   it is passed to the scope's `leave` once, when the scope ends
-    ///   cmp  rbx, r15
+    ///   inc  r15                 ; the loop index, which is also the scope's dereference count (feature
+    ///   cmp  rbx, r15            ;   `hit-stats`): it is passed to the scope's `leave` once, when the scope ends
     ///   jne  loop
     /// ```
-    /// A non-inlined `deref_one(b, s)` is `mov rax,[rdi]; mov rax,[rax]; test al,0xf; jne slow;
+    /// A non-inlined `deref_one(b, s)` is `mov rdi,[rdi]; mov rax,[rdi]; test al,0xf; jne slow;
     /// movabs rcx,0xfffffffffff0; and rax,rcx; inc qword [rsi]; mov rax,[rax]; ret` (its scope is behind a
     /// pointer, so the count is a memory increment there; so it is in `sum_far_in`, whose scope comes by
     /// reference). Compared with `Box`, which loads the pointer and the object, the extra cost is the slot
     /// indirection: a third dependent load, because the word cannot live inside the `FarBox`, which Rust moves
-    /// freely. The bench measures the loop above as fast as summing through a `Box<Box<u64>>` (three dependent
-    /// loads and no test): the test, the mask and the count cost nothing measurable there.
+    /// freely. What makes that third load cheap is layout, not instructions (a prototype with the `and` removed
+    /// measured the same): the `FarBox` is 8 bytes, so a loop over a slice of them needs one induction variable,
+    /// which is also the count (the slow path takes the slot, already in a register, not the `FarBox`); slots
+    /// are 16 bytes and hold nothing else the fast path reads; and an object of up to 8 bytes takes 16 bytes of
+    /// the heap (8-byte header, `heap.rs`), so consecutive objects share cache lines as `malloc`'s do.
     #[inline(always)]
     pub fn deref<'s>(&'s self, scope: &'s DerefScope) -> Ref<'s, T> {
         let w = crate::primitive::load_word(&self.slot.word);
-        let a = if w & word::READ_SLOW == 0 { w & word::ADDR_MASK } else { self.deref_slow(false) };
+        let a = if w & word::READ_SLOW == 0 { w & word::ADDR_MASK } else { deref_slow(self.slot, false) };
         count_deref(scope);
         Ref(raw::obj_ref(a))
     }
@@ -177,7 +220,7 @@ impl<T: Pod> FarBox<T> {
     #[inline]
     pub fn try_deref<'s>(&'s self, scope: &'s DerefScope) -> Result<Ref<'s, T>, ObjError> {
         let w = crate::primitive::load_word(&self.slot.word);
-        let a = if w & word::READ_SLOW == 0 { w & word::ADDR_MASK } else { self.try_deref_slow(false)? };
+        let a = if w & word::READ_SLOW == 0 { w & word::ADDR_MASK } else { try_deref_slow(self.slot, false)? };
         count_deref(scope);
         Ok(Ref(raw::obj_ref(a)))
     }
@@ -187,7 +230,7 @@ impl<T: Pod> FarBox<T> {
     #[inline(always)]
     pub fn deref_mut<'s>(&'s mut self, scope: &'s DerefScope) -> RefMut<'s, T> {
         let w = crate::primitive::load_word(&self.slot.word);
-        let a = if w & word::WRITE_SLOW == 0 { w & word::ADDR_MASK } else { self.deref_slow(true) };
+        let a = if w & word::WRITE_SLOW == 0 { w & word::ADDR_MASK } else { deref_slow(self.slot, true) };
         count_deref(scope);
         RefMut(raw::obj_mut(a))
     }
@@ -196,35 +239,9 @@ impl<T: Pod> FarBox<T> {
     #[inline]
     pub fn try_deref_mut<'s>(&'s mut self, scope: &'s DerefScope) -> Result<RefMut<'s, T>, ObjError> {
         let w = crate::primitive::load_word(&self.slot.word);
-        let a = if w & word::WRITE_SLOW == 0 { w & word::ADDR_MASK } else { self.try_deref_slow(true)? };
+        let a = if w & word::WRITE_SLOW == 0 { w & word::ADDR_MASK } else { try_deref_slow(self.slot, true)? };
         count_deref(scope);
         Ok(RefMut(raw::obj_mut(a)))
-    }
-
-    /// The slow path of [`FarBox::deref`] and [`FarBox::deref_mut`]: [`FarBox::try_deref_slow`], panicking on
-    /// failure. Returning only the address (no `Result` in memory) keeps the inlined fast path free of a stack
-    /// frame.
-    #[cold]
-    #[inline(never)]
-    fn deref_slow(&self, write: bool) -> u64 {
-        match self.try_deref_slow(write) {
-            Ok(a) => a,
-            Err(e) => deref_failed(e),
-        }
-    }
-
-    /// The slow path: returns the object's address once the fast path would let it through. A dereference that
-    /// was not served from local memory (it fetched the object, or waited for another thread's fetch) is noted
-    /// as a miss of the thread, so that the hits count only local ones. It does not take the scope, so the
-    /// scope's count can stay in a register across it.
-    #[cold]
-    #[inline(never)]
-    fn try_deref_slow(&self, write: bool) -> Result<u64, ObjError> {
-        let (a, local) = self.rt.deref_slow(self.slot, write, true)?;
-        if cfg!(feature = "hit-stats") && !local {
-            crate::epoch::deref_missed();
-        }
-        Ok(a)
     }
 
     /// Like [`FarBox::try_deref`], but the access does not count as a use for eviction (the object's CLOCK bit
@@ -232,7 +249,7 @@ impl<T: Pod> FarBox<T> {
     /// `COLD`, and only a second use before the evacuator's hand comes round keeps it, as in CLOCK.
     pub(crate) fn try_deref_unwarmed<'s>(&'s self, scope: &'s DerefScope) -> Result<Ref<'s, T>, ObjError> {
         let _ = scope;
-        self.rt.deref_slow(self.slot, false, false).map(|(a, _)| Ref(raw::obj_ref(a)))
+        self.rt().deref_slow(self.slot, false, false).map(|(a, _)| Ref(raw::obj_ref(a)))
     }
 
     /// A copy of the object (opens its own scope).
@@ -251,24 +268,24 @@ impl<T: Pod> FarBox<T> {
     /// read straight from memd, a local one is copied without warming its CLOCK bit.
     pub fn read_nt(&self) -> Result<T, ObjError> {
         let mut v = T::zeroed();
-        self.rt.read_nt(self.slot, bytemuck::bytes_of_mut(&mut v))?;
+        self.rt().read_nt(self.slot, bytemuck::bytes_of_mut(&mut v))?;
         Ok(v)
     }
 
     /// Overwrites the object without bringing it into local memory: a remote object is written straight to
     /// memd; a local one is written in place without warming it.
     pub fn write_nt(&mut self, value: T) -> Result<(), ObjError> {
-        self.rt.write_nt(self.slot, bytemuck::bytes_of(&value))
+        self.rt().write_nt(self.slot, bytemuck::bytes_of(&value))
     }
 
     /// Starts fetching the object if it is remote; see [`FetchHandle`].
     pub fn prefetch(&self) -> Result<FetchHandle, ObjError> {
-        Runtime::fetch_in(&self.rt, &[self.slot])
+        Runtime::fetch_in(&crate::slots::owner(self.slot).arc(), &[self.slot])
     }
 
     /// Moves the object to memd now (writing it first if dirty).
     pub fn evict(&mut self) -> Result<(), ObjError> {
-        self.rt.evict(self.slot)
+        self.rt().evict(self.slot)
     }
 
     /// Whether the object is in local memory right now.
@@ -289,7 +306,9 @@ impl<T: Pod> FarBox<T> {
 
 impl<T: Pod> Drop for FarBox<T> {
     fn drop(&mut self) {
-        self.rt.free(self.slot);
+        // The count comes back before the object is freed: freeing may hand the slot to another pointer (P5).
+        let rt = crate::slots::owner(self.slot).take();
+        rt.free(self.slot);
     }
 }
 
@@ -314,8 +333,8 @@ impl<T: Pod> sealed::Sealed for FarArc<T> {
     fn far_slot(&self) -> &'static Slot {
         self.inner.slot
     }
-    fn far_runtime(&self) -> &Arc<RtInner> {
-        &self.inner.rt
+    fn far_runtime(&self) -> &RtInner {
+        self.inner.rt()
     }
 }
 impl<T: Pod> FarHandle for FarArc<T> {}
@@ -338,7 +357,7 @@ impl<T: Pod> FarArc<T> {
     pub fn try_new_in(rt: &Runtime, space: Space, value: T) -> Result<FarArc<T>, ObjError> {
         const { check_type::<T>() };
         let slot = rt.inner.alloc_obj(space.0, bytemuck::bytes_of(&value), true)?;
-        Ok(FarArc { inner: Arc::new(FarBox { slot, rt: Arc::clone(&rt.inner), _t: PhantomData }) })
+        Ok(FarArc { inner: Arc::new(FarBox::own(rt, slot)) })
     }
 
     /// Borrows the object for the life of `scope` (fast path as [`FarBox::deref`]).

@@ -24,8 +24,17 @@
 //!   `BUSY` ([`crate::word::claim`]), by its owner holding `&mut`, or (for headers) on headers that are written
 //!   once before the object is published and never again until the region is reused.
 //!
-//! Callers: `ptr.rs` (dereferences: P1–P3), `runtime.rs` (allocation, fetch install, write-back, free:
-//! P1, P2, P4), `evac.rs` (copying marked-then-busy objects: P1, P4), `heap.rs` (headers: P4).
+//! - **P5 (a slot's runtime).** A far pointer is only the address of its slot; its runtime is kept beside the
+//!   slot, in an [`RtCell`] of the slot table, as one strong count of the runtime's `Arc<RtInner>` (this is how
+//!   every far pointer keeps its runtime alive, P1). The count is put there by the pointer's constructor
+//!   (`FarBox::try_new_in`, after the object is allocated and before the pointer exists, while the slot is
+//!   owned by nobody else) and taken back by the pointer's `drop`, before it frees the object (so before the
+//!   slot can be handed out again). In between, [`RtCell::get`] and [`RtCell::arc`] are called only through the
+//!   live pointer (`FarBox::rt` and friends), whose borrow bounds the reference `get` returns.
+//!
+//! Callers: `ptr.rs` (dereferences: P1–P3; the runtime of a pointer: P5), `runtime.rs` (allocation, fetch
+//! install, write-back, free: P1, P2, P4), `evac.rs` (copying marked-then-busy objects: P1, P4), `heap.rs`
+//! (headers: P4), `slots.rs` (the cells: P5).
 //!
 //! Addresses are plain `u64`s because the pointer word stores them; they are turned back into pointers with the
 //! exposed provenance of the heap allocation (`with_exposed_provenance`), which Miri accepts.
@@ -35,8 +44,11 @@
     reason = "addresses are usize values kept in u64 pointer words; 64-bit targets only"
 )]
 
+use crate::runtime::RtInner;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::Arc;
 
 /// One zeroed, aligned allocation holding every region of a runtime's local heap.
 #[derive(Debug)]
@@ -120,6 +132,55 @@ impl Drop for HeapMem {
     fn drop(&mut self) {
         // SAFETY: ptr was returned by alloc_zeroed with this very layout and is freed once.
         unsafe { dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+/// The runtime of the far pointer that owns a slot: one strong count of its `Arc<RtInner>`, or nothing while the
+/// slot is free (P5).
+#[derive(Debug)]
+pub(crate) struct RtCell(AtomicPtr<RtInner>);
+
+impl RtCell {
+    /// An empty cell.
+    pub(crate) const fn new() -> RtCell {
+        RtCell(AtomicPtr::new(std::ptr::null_mut()))
+    }
+
+    /// Hands the cell a count of `rt`, for the far pointer about to be made for this slot. Panics if the cell
+    /// is not empty (the slot already has an owner).
+    pub(crate) fn set(&self, rt: Arc<RtInner>) {
+        let old = self.0.swap(Arc::into_raw(rt).cast_mut(), Ordering::Release);
+        assert!(old.is_null(), "a slot's runtime was set twice");
+    }
+
+    /// The runtime, borrowed for as long as the caller's far pointer (P5).
+    pub(crate) fn get(&self) -> &RtInner {
+        let p = self.0.load(Ordering::Acquire);
+        assert!(!p.is_null(), "a far pointer's slot has no runtime");
+        // SAFETY: `p` came from `Arc::into_raw` in `set`, and the count it stands for is held until the owning
+        // far pointer's `drop` takes it; the caller borrows that pointer, so the `RtInner` lives (P5).
+        unsafe { &*p }
+    }
+
+    /// A new strong count of the runtime (for a fetch handle that may outlive the pointer).
+    pub(crate) fn arc(&self) -> Arc<RtInner> {
+        let p = self.0.load(Ordering::Acquire);
+        assert!(!p.is_null(), "a far pointer's slot has no runtime");
+        // SAFETY: `p` came from `Arc::into_raw` and the cell's count is alive (P5), so the allocation is live and
+        // adding a count to it is allowed; `from_raw` then owns exactly that added count.
+        unsafe {
+            Arc::increment_strong_count(p);
+            Arc::from_raw(p)
+        }
+    }
+
+    /// Takes the count back, emptying the cell (the owning far pointer is being dropped). Panics if empty.
+    pub(crate) fn take(&self) -> Arc<RtInner> {
+        let p = self.0.swap(std::ptr::null_mut(), Ordering::Acquire);
+        assert!(!p.is_null(), "a far pointer's slot has no runtime");
+        // SAFETY: `p` came from `Arc::into_raw` in `set`, and the swap made this call the only holder of that
+        // count: turning it back into an `Arc` gives the count back exactly once.
+        unsafe { Arc::from_raw(p) }
     }
 }
 

@@ -368,7 +368,7 @@ impl Runtime {
     }
 
     fn check_owner<P: crate::ptr::FarHandle>(&self, p: &P) -> Result<(), ObjError> {
-        if Arc::ptr_eq(p.far_runtime(), &self.inner) {
+        if std::ptr::eq(p.far_runtime(), &*self.inner) {
             Ok(())
         } else {
             Err(ObjError::Config("object belongs to another runtime".into()))

@@ -1,9 +1,11 @@
 //! The slot table: where pointer words live.
 //!
 //! A far pointer is moved around freely by Rust, so the word the evacuator must update cannot live inside it (as
-//! it does in AIFM's C++). It lives in a slot of a process-wide table instead; the pointer holds a `&'static`
-//! reference to its slot and the object's header in the local heap holds the slot's index, which doubles as the
-//! object's id in memd. Slot memory is allocated in chunks that are never freed ("type-stable"), so a stale
+//! it does in AIFM's C++). It lives in a slot of a process-wide table instead; the pointer is nothing but a
+//! `&'static` reference to its slot (8 bytes, like a `Box`), and the object's header in the local heap holds the
+//! slot's index, which doubles as the object's id in memd. The pointer's runtime is kept beside the slot, in a
+//! parallel array of [`RtCell`]s that only slow paths read, so that slots stay 16 bytes apart: the fast path
+//! reads nothing of a slot but its word. Slot memory is allocated in chunks that are never freed ("type-stable"), so a stale
 //! index read by the evacuator from a dead object's header still names a valid word; the word's address check
 //! ([`crate::word::mark`]) tells the evacuator the object is gone.
 //!
@@ -11,6 +13,7 @@
 //! copy first), so a delete still queued for a dead object can never remove a newer one.
 
 use crate::primitive::AtomicU64;
+use crate::raw::RtCell;
 use parking_lot::Mutex;
 use std::sync::OnceLock;
 
@@ -23,10 +26,18 @@ pub struct Slot {
 
 const CHUNK_BITS: u32 = 14;
 const CHUNK: usize = 1 << CHUNK_BITS;
-const CHUNKS: usize = 1 << 16;
+const CHUNKS: usize = 1 << 14;
+/// Number of slots (object ids) the table can hand out: 2^28, the ids an 8-byte object header holds.
+pub(crate) const MAX_SLOTS: u64 = (CHUNKS as u64) << CHUNK_BITS;
+
+/// `CHUNK` slots and their runtimes, allocated together and never freed.
+struct Chunk {
+    slots: Box<[Slot]>,
+    owners: Box<[RtCell]>,
+}
 
 struct Table {
-    chunks: Box<[OnceLock<&'static [Slot]>]>,
+    chunks: Box<[OnceLock<&'static Chunk>]>,
     free: Mutex<Vec<u64>>,
     next_chunk: Mutex<usize>,
 }
@@ -40,7 +51,7 @@ fn table() -> &'static Table {
     })
 }
 
-/// A free slot (its word is [`crate::word::FREE`]), or `None` when all 2^30 slots are in use.
+/// A free slot (its word is [`crate::word::FREE`]), or `None` when all [`MAX_SLOTS`] slots are in use.
 pub fn alloc() -> Option<&'static Slot> {
     let t = table();
     loop {
@@ -56,24 +67,36 @@ pub fn alloc() -> Option<&'static Slot> {
         }
         let c = *next;
         let base = (c as u64) << CHUNK_BITS;
-        let chunk: Vec<Slot> =
-            (0..CHUNK as u64).map(|i| Slot { word: AtomicU64::new(crate::word::FREE), id: base + i }).collect();
-        let leaked: &'static [Slot] = Box::leak(chunk.into_boxed_slice());
+        let slots = (0..CHUNK as u64).map(|i| Slot { word: AtomicU64::new(crate::word::FREE), id: base + i }).collect();
+        let owners = (0..CHUNK).map(|_| RtCell::new()).collect();
+        let leaked: &'static Chunk = Box::leak(Box::new(Chunk { slots, owners }));
         if t.chunks[c].set(leaked).is_err() {
             unreachable!("chunk {c} filled twice under the chunk lock");
         }
         *next = c + 1;
         // Hand out slots from the low end first: push in reverse.
         t.free.lock().extend((1..CHUNK as u64).rev().map(|i| base + i));
-        return Some(&leaked[0]);
+        return Some(&leaked.slots[0]);
     }
+}
+
+fn chunk_of(id: u64) -> Option<(&'static Chunk, usize)> {
+    let c = usize::try_from(id >> CHUNK_BITS).ok()?;
+    let i = usize::try_from(id & (CHUNK as u64 - 1)).ok()?;
+    table().chunks.get(c)?.get().map(|ch| (*ch, i))
 }
 
 /// The slot with index `id`, if it was ever allocated.
 pub fn get(id: u64) -> Option<&'static Slot> {
-    let c = usize::try_from(id >> CHUNK_BITS).ok()?;
-    let i = usize::try_from(id & (CHUNK as u64 - 1)).ok()?;
-    table().chunks.get(c)?.get().map(|ch| &ch[i])
+    chunk_of(id).map(|(ch, i)| &ch.slots[i])
+}
+
+/// The cell that holds the runtime of `slot`'s far pointer (see [`crate::raw`], P5).
+pub(crate) fn owner(slot: &'static Slot) -> &'static RtCell {
+    match chunk_of(slot.id) {
+        Some((ch, i)) => &ch.owners[i],
+        None => unreachable!("slot {} is not in the table", slot.id),
+    }
 }
 
 /// Returns slots to the free list. Their words must be [`crate::word::FREE`] and memd must hold no object
