@@ -22,7 +22,8 @@
 //! so an object can be copied to memd and back as bytes). A [`FarBox`] owns one; a [`FarArc`] shares an
 //! immutable one. Each has a *pointer word* in a process-wide slot table ([`word`] documents its bits): local
 //! form = address + hot/present/dirty/shared/evacuating bits; remote form = space (memd `ds` id), size, and the
-//! slot index as object id.
+//! slot index as object id. A `FarBox` is 8 bytes, as a `Box` is: the address of its slot (its runtime is kept
+//! beside the slot), so a local dereference is three dependent loads — the slot's address, the word, the object.
 //!
 //! **Scopes.** [`DerefScope`] is an epoch pin. Dereferencing borrows both the pointer and the scope, so a
 //! [`Ref`]/[`RefMut`] never outlives either (compile-fail doc tests on `DerefScope` prove it). Scopes nest.

@@ -9,7 +9,8 @@
 //!
 //! - **P1 (liveness).** An address passed in is the payload address of an object allocated by
 //!   [`crate::heap::Heap::alloc`] from a `HeapMem` that is still alive: every far pointer keeps its runtime
-//!   (and so its heap) alive through an `Arc`, and the evacuator and fetchers only run while the runtime lives.
+//!   (and so its heap) alive through a count of its `Arc` (kept beside its slot, P5), and the evacuator and
+//!   fetchers only run while the runtime lives.
 //! - **P2 (size and alignment).** The object is at least `size_of::<T>()` bytes and its payload is 16-aligned;
 //!   `T: Pod` with `align_of::<T>() <= 16` (checked at compile time in [`crate::ptr`]), so any bytes form a
 //!   valid `T` and no padding is ever read.
