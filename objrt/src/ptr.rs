@@ -401,8 +401,39 @@ impl<T: Pod> FarArc<T> {
 #[cfg(all(test, not(farmem_loom)))]
 mod tests {
     use crate::epoch::thread_hits;
-    use crate::{DerefScope, FarBox, Runtime, RuntimeConfig};
+    use crate::{DerefScope, FarArc, FarBox, Runtime, RuntimeConfig};
     use std::sync::Arc;
+
+    /// A `FarBox` is one word (the address of its slot); its runtime's count lives beside the slot (`raw.rs`,
+    /// P5): taken by each pointer, given back when the pointer is dropped, and enough to keep the runtime's heap
+    /// alive after the `Runtime` itself is gone.
+    #[test]
+    fn miri_far_pointers_are_one_word_and_hold_their_runtime() {
+        assert_eq!(size_of::<FarBox<[u8; 100]>>(), size_of::<Box<u8>>());
+        let mut cfg = RuntimeConfig::new(1 << 20);
+        cfg.evacuator_threads = 0;
+        let rt = Runtime::new(cfg, Arc::new(farmem_memd::MemStore::new(1 << 30))).unwrap();
+        let inner = Arc::clone(&rt.inner);
+        let n0 = Arc::strong_count(&inner);
+        let a = FarBox::new_in(&rt, 1u64);
+        let b = FarArc::new_in(&rt, 2u64);
+        let b2 = b.clone();
+        assert_eq!(Arc::strong_count(&inner), n0 + 2, "one count per object, not per clone of a FarArc");
+        let h = a.prefetch().unwrap();
+        assert!(h.is_empty(), "local: nothing to fetch");
+        drop(h);
+        assert_eq!(Arc::strong_count(&inner), n0 + 2);
+        assert!(rt.fetch([&b]).unwrap().is_empty());
+        drop(rt);
+        // Left: `inner` and the two objects' counts.
+        assert_eq!(Arc::strong_count(&inner), 3);
+        assert_eq!((a.read(), b2.read()), (1, 2), "the objects outlive the Runtime handle");
+        drop(a);
+        drop(b);
+        assert_eq!(Arc::strong_count(&inner), 2, "the FarArc's object lives while a clone does");
+        drop(b2);
+        assert_eq!(Arc::strong_count(&inner), 1, "every count given back");
+    }
 
     /// Hits are the dereferences served locally: fast-path ones, and slow-path ones that did not fetch; they are
     /// published when the scope ends (for misses, when the thread's outermost scope ends).
