@@ -172,7 +172,64 @@ pub(crate) struct Inflight {
 struct Group {
     space: u16,
     pending: Pending,
-    entries: Vec<(&'static Slot, u64)>,
+    entries: Claimed,
+}
+
+/// Hashes object ids (already spread by the slot allocator) with one multiply: the in-flight table is on every
+/// miss's path, and SipHash's cost there showed up in profiles.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = (id ^ (id >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// Shards of the in-flight table (a power of two): threads fetching different objects rarely share a lock.
+const INFLIGHT_SHARDS: usize = 64;
+
+/// Object id → the fetch that is bringing it in, sharded by id so that the many threads of a miss-heavy load
+/// do not serialise on one lock (each fetch registers and unregisters every object it carries).
+#[derive(Debug)]
+struct InflightTable {
+    shards: Box<[Mutex<IdMap<Arc<Inflight>>>]>,
+}
+
+impl InflightTable {
+    fn new() -> InflightTable {
+        InflightTable { shards: (0..INFLIGHT_SHARDS).map(|_| Mutex::new(IdMap::default())).collect() }
+    }
+
+    fn shard(&self, id: u64) -> &Mutex<IdMap<Arc<Inflight>>> {
+        // Low bits: consecutive ids (a container's chunks) land on different shards.
+        let i = usize::try_from(id % INFLIGHT_SHARDS as u64).unwrap_or(0);
+        &self.shards[i]
+    }
+
+    fn get(&self, id: u64) -> Option<Arc<Inflight>> {
+        self.shard(id).lock().get(&id).cloned()
+    }
+
+    fn insert(&self, id: u64, inf: &Arc<Inflight>) {
+        self.shard(id).lock().insert(id, Arc::clone(inf));
+    }
+
+    fn remove(&self, id: u64) {
+        self.shard(id).lock().remove(&id);
+    }
 }
 
 #[derive(Debug)]
@@ -183,7 +240,7 @@ pub struct RtInner {
     pub(crate) store: Arc<dyn FarStore>,
     spaces: RwLock<Vec<u64>>,
     pub(crate) ctr: Counters,
-    inflight: Mutex<HashMap<u64, Arc<Inflight>>>,
+    inflight: InflightTable,
     deletes: Mutex<Vec<(u16, u64)>>,
     pub(crate) evac_lock: Mutex<()>,
     pub(crate) cfg: RuntimeConfig,
@@ -218,7 +275,7 @@ impl Runtime {
             store,
             spaces: RwLock::new(vec![fresh_space_id()]),
             ctr: Counters::default(),
-            inflight: Mutex::new(HashMap::new()),
+            inflight: InflightTable::new(),
             deletes: Mutex::new(Vec::new()),
             evac_lock: Mutex::new(()),
             cfg: cfg.clone(),
@@ -539,7 +596,7 @@ impl RtInner {
                 Found::Busy(w) => {
                     if w & word::ABSENT != 0 {
                         local = false;
-                        let found = self.inflight.lock().get(&slot.id).cloned();
+                        let found = self.inflight.get(slot.id);
                         if let Some(inf) = found {
                             Counters::add(&self.ctr.shared_misses, 1);
                             self.complete(&inf)?;
@@ -566,7 +623,7 @@ impl RtInner {
                 return Ok(w);
             }
             if w & word::ABSENT != 0 {
-                let found = self.inflight.lock().get(&slot.id).cloned();
+                let found = self.inflight.get(slot.id);
                 if let Some(inf) = found {
                     self.complete(&inf)?;
                     continue;
@@ -578,14 +635,23 @@ impl RtInner {
 
     /// Claims every remote, unclaimed object of `slots` and sends one read per space.
     pub(crate) fn start_fetch(&self, slots: &[&'static Slot]) -> Result<Option<Arc<Inflight>>, ObjError> {
-        let mut by_space: HashMap<u16, Vec<(&'static Slot, u64)>> = HashMap::new();
+        // Nearly always one space (a container's objects): a short list, not a hash map.
+        let mut by_space: Vec<(u16, Claimed)> = Vec::new();
         for &s in slots {
             let w = s.word.load(Ordering::Acquire);
             if w & word::ABSENT == 0 || w & word::BUSY != 0 || w == word::FREE {
                 continue;
             }
             if let Ok(seen) = word::claim(&s.word, w) {
-                by_space.entry(word::remote_space(seen)).or_default().push((s, seen));
+                let space = word::remote_space(seen);
+                match by_space.iter_mut().find(|(sp, _)| *sp == space) {
+                    Some((_, v)) => v.push((s, seen)),
+                    None => {
+                        let mut v = Vec::with_capacity(slots.len());
+                        v.push((s, seen));
+                        by_space.push((space, v));
+                    }
+                }
             }
         }
         if by_space.is_empty() {
@@ -608,12 +674,9 @@ impl RtInner {
             }
         }
         let inf = Arc::new(Inflight { groups: Mutex::new(Some(groups)) });
-        {
-            let mut map = self.inflight.lock();
-            for g in inf.groups.lock().iter().flatten() {
-                for (s, _) in &g.entries {
-                    map.insert(s.id, Arc::clone(&inf));
-                }
+        for g in inf.groups.lock().iter().flatten() {
+            for (s, _) in &g.entries {
+                self.inflight.insert(s.id, &inf);
             }
         }
         if let Some(e) = failed {
@@ -630,52 +693,54 @@ impl RtInner {
         let mut guard = inf.groups.lock();
         let Some(groups) = guard.take() else { return Ok(()) };
         let mut first_err = None;
-        let mut done = Vec::new();
-        for g in groups {
-            done.extend(g.entries.iter().map(|(s, _)| s.id));
-            let ds = self.ds(g.space);
-            let res = g.pending.wait();
-            let batch = match res {
-                Ok(Reply::Objects(b)) => b,
-                Ok(r) => {
-                    let e = ObjError::Store(farmem_memd::StoreError::Protocol {
-                        server: self.store.describe(),
-                        msg: format!("expected objects, got {r:?}"),
-                    });
-                    g.entries.iter().for_each(|&(s, seen)| word::publish(&s.word, seen));
-                    first_err.get_or_insert(e);
-                    continue;
-                }
-                Err(e) => {
-                    g.entries.iter().for_each(|&(s, seen)| word::publish(&s.word, seen));
-                    first_err.get_or_insert(e.into());
-                    continue;
-                }
-            };
-            let mut vals = batch.iter();
-            for &(s, seen) in &g.entries {
-                let size = word::remote_size(seen);
-                match vals.next() {
-                    Some((id, Some(v))) if id == s.id && v.len() == size => {
-                        if let Err(e) = self.install(s, seen, v) {
-                            word::publish(&s.word, seen);
-                            first_err.get_or_insert(e);
-                        }
-                    }
-                    _ => {
-                        word::publish(&s.word, seen);
-                        first_err.get_or_insert(ObjError::Missing { ds, id: s.id });
-                    }
-                }
+        for Group { space, pending, entries } in groups {
+            if let Err(e) = self.install_group(space, pending, &entries) {
+                first_err.get_or_insert(e);
             }
-        }
-        {
-            let mut map = self.inflight.lock();
-            for id in done {
-                map.remove(&id);
+            // Only once its objects are published: a thread that finds them busy looks the fetch up here.
+            for (s, _) in &entries {
+                self.inflight.remove(s.id);
             }
         }
         drop(guard);
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Waits for one group's reply and installs its objects (publishing the old word of any it cannot);
+    /// returns the first error.
+    fn install_group(&self, space: u16, pending: Pending, entries: &Claimed) -> Result<(), ObjError> {
+        let ds = self.ds(space);
+        let batch = match pending.wait() {
+            Ok(Reply::Objects(b)) => b,
+            Ok(r) => {
+                entries.iter().for_each(|&(s, seen)| word::publish(&s.word, seen));
+                return Err(ObjError::Store(farmem_memd::StoreError::Protocol {
+                    server: self.store.describe(),
+                    msg: format!("expected objects, got {r:?}"),
+                }));
+            }
+            Err(e) => {
+                entries.iter().for_each(|&(s, seen)| word::publish(&s.word, seen));
+                return Err(e.into());
+            }
+        };
+        let mut first_err = None;
+        let mut vals = batch.iter();
+        for &(s, seen) in entries {
+            let size = word::remote_size(seen);
+            match vals.next() {
+                Some((id, Some(v))) if id == s.id && v.len() == size => {
+                    if let Err(e) = self.install(s, seen, v) {
+                        word::publish(&s.word, seen);
+                        first_err.get_or_insert(e);
+                    }
+                }
+                _ => {
+                    word::publish(&s.word, seen);
+                    first_err.get_or_insert(ObjError::Missing { ds, id: s.id });
+                }
+            }
+        }
         first_err.map_or(Ok(()), Err)
     }
 
@@ -833,7 +898,7 @@ impl RtInner {
                 Ok(w) => break w,
                 Err(w) => {
                     if w & word::ABSENT != 0 {
-                        let found = self.inflight.lock().get(&slot.id).cloned();
+                        let found = self.inflight.get(slot.id);
                         if let Some(inf) = found {
                             let _ = self.complete(&inf);
                             continue;

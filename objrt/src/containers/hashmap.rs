@@ -214,9 +214,8 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
         let l = self.layout;
         let dir = self.dir.read();
         let hashes: Vec<u64> = keys.iter().map(Self::key_hash).collect();
-        let cells: Vec<&Cell<B>> = hashes.iter().map(|&h| &dir.table[slot(dir.depth, h)]).collect();
         // Readers only take bucket locks recursively here; writers hold one bucket at a time, so no cycle.
-        let guards: Vec<_> = cells.iter().map(|c| c.read_recursive()).collect();
+        let guards: Vec<_> = hashes.iter().map(|&h| dir.table[slot(dir.depth, h)].read_recursive()).collect();
         let mut remote: Vec<bool> = guards
             .iter()
             .map(|g| match mode {
@@ -258,22 +257,32 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
                 Err(e) => return Err(e.into()),
             }
         }
-        let local: Vec<usize> = (0..keys.len()).filter(|&i| !remote[i]).collect();
         // Overlap the misses: one batched fetch for every remote bucket needed. The buckets it brings in are
         // read unwarmed the first time (that lookup is their first use).
-        let mut fetched = std::collections::HashSet::new();
-        let missing: Vec<&FarBox<B>> = local.iter().map(|&i| &guards[i].obj).filter(|o| !o.is_local()).collect();
-        if let Some(first) = missing.first() {
-            super::room_for_fetch(*first);
-            let h = self.sp.rt.fetch(missing.iter().copied())?;
+        let mut missing: Vec<(u64, usize)> = (0..keys.len())
+            .filter(|&i| !remote[i] && !guards[i].obj.is_local())
+            .map(|i| (guards[i].obj.id(), i))
+            .collect();
+        // `unwarmed[i]`: lookup `i` is the first of this batch on a bucket this call fetched.
+        let mut unwarmed = vec![false; keys.len()];
+        if let Some(&(_, first)) = missing.first() {
+            super::room_for_fetch(&guards[first].obj);
+            let h = self.sp.rt.fetch(missing.iter().map(|&(_, i)| &guards[i].obj))?;
             if !h.is_empty() {
-                fetched.extend(missing.iter().map(|o| o.id()));
+                missing.sort_unstable();
+                let mut last = None;
+                for &(id, i) in &missing {
+                    if last != Some(id) {
+                        unwarmed[i] = true;
+                        last = Some(id);
+                    }
+                }
             }
             h.wait()?;
         }
         let s = DerefScope::new();
-        for i in local {
-            let r = deref_lookup(&guards[i].obj, &s, fetched.remove(&guards[i].obj.id()));
+        for i in (0..keys.len()).filter(|&i| !remote[i]) {
+            let r = deref_lookup(&guards[i].obj, &s, unwarmed[i]);
             let bytes = bytemuck::bytes_of(&*r);
             let kb = bytemuck::bytes_of(&keys[i]);
             out[i] = l.find(bytes, hashes[i], kb).map(|k| bytemuck::pod_read_unaligned(l.val(bytes, k)));
