@@ -1176,17 +1176,13 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
         return 0;
     }
     victims.sort_unstable();
-    // 1. Take the dirty pages out of the region. UFFDIO_MOVE does it atomically (a racing access takes a missing
-    //    fault and waits for the wake below) into this thread's staging slots; a page it refuses (shared with a
-    //    forked child) is evicted in place instead. Clean pages need no write-back, so they are dropped in place
-    //    (one `MADV_DONTNEED` per contiguous run in step 4) rather than moved and then dropped from staging: they
-    //    are mapped write-protected and stay so while EVICTING (a write faults and waits for the wake), and a
-    //    read racing the drop reads either the page or, after it, memd's identical copy.
+    // 1. Take the pages out of the region. UFFDIO_MOVE does it atomically (a racing access takes a missing fault
+    //    and waits for the wake below) into this thread's staging slots; a page it refuses (shared with a
+    //    forked child) is evicted in place instead.
     let stage = sh.staging.as_ref().map(|m| as_u64(m.ptr() as usize) + as_u64(slot * EVICT_BATCH * PAGE_SIZE));
     let mut moved: Vec<(u64, u64)> = Vec::new();
     let mut inplace: Vec<u64> = Vec::new();
     let mut unmapped: Vec<u64> = Vec::new();
-    let is_dirty = |p: u64| sh.st(p) & DIRTY != 0;
     let mut i = 0;
     while i < victims.len() {
         let p = victims[i];
@@ -1195,14 +1191,9 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
             i += 1;
             continue;
         };
-        if !is_dirty(p) {
-            inplace.push(p);
-            i += 1;
-            continue;
-        }
-        // A run of contiguous dirty victims moves in one call into consecutive slots.
+        // A run of contiguous victims moves in one call into consecutive slots.
         let mut n = 1;
-        while i + n < victims.len() && victims[i + n] == p + as_u64(n) && is_dirty(victims[i + n]) {
+        while i + n < victims.len() && victims[i + n] == p + as_u64(n) {
             n += 1;
         }
         let dst = st0 + as_u64(i) * PS;
