@@ -379,6 +379,38 @@ struct Shared {
     closed: bool,
     /// The last reconnect of this generation failed: waiters report this instead of trying again.
     failed: Option<(u64, StoreError)>,
+    /// Threads asleep in [`Ticket::wait`], by request id, each on its own condition variable: a reply wakes only
+    /// its waiter, and a reader that leaves wakes one waiter to take the role over (one shared condition variable
+    /// woke every waiter of the connection for every frame).
+    waiters: HashMap<u64, Arc<Condvar>>,
+}
+
+impl Shared {
+    /// Wakes every waiting thread (the connection changed: reconnected, failed, or a frame of an old generation).
+    fn wake_all(&self) {
+        for cv in self.waiters.values() {
+            cv.notify_one();
+        }
+    }
+
+    /// Wakes the waiter of request `id`, if it sleeps.
+    fn wake(&self, id: u64) {
+        if let Some(cv) = self.waiters.get(&id) {
+            cv.notify_one();
+        }
+    }
+
+    /// Wakes one waiter other than `except` to take the reader role over, if replies are still due.
+    fn hand_over(&self, except: Option<u64>) {
+        if self.outstanding == 0 || self.reading {
+            return;
+        }
+        // A waiter whose reply is already filed would only collect it.
+        let next = self.waiters.iter().find(|(id, _)| Some(**id) != except && !self.done.contains_key(*id));
+        if let Some((_, cv)) = next {
+            cv.notify_one();
+        }
+    }
 }
 
 /// Writer-side state.
@@ -396,7 +428,6 @@ struct Conn {
     server: String,
     writer: Mutex<Writer>,
     shared: Mutex<Shared>,
-    cv: Condvar,
     next_id: AtomicU64,
 }
 
@@ -416,8 +447,8 @@ impl Conn {
                 received: 0,
                 closed: false,
                 failed: None,
+                waiters: HashMap::new(),
             }),
-            cv: Condvar::new(),
             next_id: AtomicU64::new(1),
             cfg,
             lease,
@@ -449,8 +480,7 @@ impl Conn {
             let mut sh = self.shared.lock();
             sh.reader = None;
             sh.failed = Some((failed, e.clone()));
-            drop(sh);
-            self.cv.notify_all();
+            sh.wake_all();
             Err(e)
         };
         let stream = loop {
@@ -482,8 +512,7 @@ impl Conn {
         sh.reading = false;
         sh.outstanding = 0;
         sh.failed = None;
-        drop(sh);
-        self.cv.notify_all();
+        sh.wake_all();
         Ok(())
     }
 
@@ -564,15 +593,17 @@ fn drain_loop(conn: Weak<Conn>) {
                 }
                 break;
             }
+            sh.hand_over(None);
         }
         last = (sh.received, sh.gen);
     }
 }
 
-/// Holds the reader role for one frame. Returns `true` if a frame was read; the frame is filed in `done` unless
-/// it is `mine`, in which case it is left in `done` too (the caller removes it). On a read error the connection
-/// is re-established (by this thread) and `false` returned.
-fn read_one(c: &Conn, sh: &mut parking_lot::MutexGuard<'_, Shared>, gen: u64, _mine: Option<u64>) -> bool {
+/// Holds the reader role for one frame. Returns `true` if a frame was read; the frame is filed in `done` (the
+/// caller removes it if it is `mine`) and its waiter, if asleep, is woken. A reader whose own reply this was is
+/// about to leave, so another waiter is woken to take the role over. On a read error the connection is
+/// re-established (by this thread) and `false` returned.
+fn read_one(c: &Conn, sh: &mut parking_lot::MutexGuard<'_, Shared>, gen: u64, mine: Option<u64>) -> bool {
     let Some(mut rd) = sh.reader.take() else {
         return false;
     };
@@ -582,16 +613,25 @@ fn read_one(c: &Conn, sh: &mut parking_lot::MutexGuard<'_, Shared>, gen: u64, _m
         sh.reading = false;
         sh.reader = Some(rd);
     }
-    let ok = match res {
+    match res {
         Ok((h, payload)) if sh.gen == gen => {
             sh.outstanding = sh.outstanding.saturating_sub(1);
             sh.received += 1;
-            if !sh.abandoned.remove(&h.id) {
-                sh.done.insert(h.id, (h, payload));
+            let id = h.id;
+            if !sh.abandoned.remove(&id) {
+                sh.done.insert(id, (h, payload));
+            }
+            if Some(id) == mine {
+                sh.hand_over(mine);
+            } else {
+                sh.wake(id);
             }
             true
         }
-        Ok(_) => false,
+        Ok(_) => {
+            sh.wake_all();
+            false
+        }
         Err(e) => {
             if sh.gen == gen {
                 sh.reader = None;
@@ -601,11 +641,10 @@ fn read_one(c: &Conn, sh: &mut parking_lot::MutexGuard<'_, Shared>, gen: u64, _m
                     let _ = c.reconnect(gen, &why);
                 });
             }
+            sh.wake_all();
             false
         }
-    };
-    c.cv.notify_all();
-    ok
+    }
 }
 
 /// A request in flight on a [`Client`] connection.
@@ -632,6 +671,8 @@ impl Ticket {
         let mut sh = c.shared.lock();
         loop {
             if let Some((h, payload)) = sh.done.remove(&self.id) {
+                // Woken by a reader that may have left since: keep the role taken.
+                sh.hand_over(Some(self.id));
                 drop(sh);
                 return finish(self.op, &h, payload, &c.server);
             }
@@ -667,7 +708,10 @@ impl Ticket {
                 read_one(&c, &mut sh, g, Some(self.id));
                 continue;
             }
-            c.cv.wait(&mut sh);
+            let cv = Arc::new(Condvar::new());
+            sh.waiters.insert(self.id, Arc::clone(&cv));
+            cv.wait(&mut sh);
+            sh.waiters.remove(&self.id);
         }
     }
 
