@@ -946,6 +946,8 @@ pub fn decode_reply(op: Op, payload: &[u8]) -> Result<Reply, ProtoError> {
             let mut b = ObjBatch::new();
             b.ids.reserve(n);
             b.lens.reserve(n);
+            // The values are the payload less the count and 12 bytes of id and length per object: one allocation.
+            b.data.reserve(payload.len().saturating_sub(4 + 12 * n));
             for _ in 0..n {
                 let id = r.u64()?;
                 let len = r.u32()?;

@@ -302,7 +302,9 @@ fn summary() {
     let mut buf = vec![0u64; 32 * 1024];
     scan_far(&a);
     scan_raw(&mut raw, &mut buf);
+    let st0 = rt.stats();
     let far = median((0..5).map(|_| time(|| scan_far(&a))).collect());
+    let st = rt.stats();
     let rawt = median((0..5).map(|_| time(|| scan_raw(&mut raw, &mut buf))).collect());
     let gbs = |d: Duration| SCAN_BYTES as f64 / d.as_secs_f64() / 1e9;
     println!("\ncontainers summary (medians, this run):");
@@ -312,6 +314,21 @@ fn summary() {
         gbs(rawt),
         rawt.as_secs_f64() / far.as_secs_f64()
     );
+    println!(
+        "    (runtime over 5 scans: misses {}, evac cycles {}, compacted {}, clean drops {}, written back {}, \
+         waits: alloc {} ms, scope {} ms, busy {} ms)",
+        st.misses - st0.misses,
+        st.evac_cycles - st0.evac_cycles,
+        st.compacted - st0.compacted,
+        st.clean_drops - st0.clean_drops,
+        st.written_back - st0.written_back,
+        (st.alloc_wait_ns - st0.alloc_wait_ns) / 1_000_000,
+        (st.scope_wait_ns - st0.scope_wait_ns) / 1_000_000,
+        (st.busy_wait_ns - st0.busy_wait_ns) / 1_000_000,
+    );
+    if std::env::var_os("CONTAINERS_SUMMARY").is_some_and(|v| v == "scan") {
+        return;
+    }
     drop(a);
     drop(rt);
     let tr = trace();
@@ -358,7 +375,10 @@ fn time<R>(f: impl FnOnce() -> R) -> Duration {
 criterion_group!(benches, bench_scan, bench_map);
 
 fn main() {
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    // `CONTAINERS_SUMMARY=scan`: only the scan's summary line (for profiling).
+    if std::env::var_os("CONTAINERS_SUMMARY").is_none_or(|v| v != "scan") {
+        benches();
+        Criterion::default().configure_from_args().final_summary();
+    }
     summary();
 }

@@ -244,14 +244,6 @@ impl<T: Pod> FarBox<T> {
         Ok(RefMut(raw::obj_mut(a)))
     }
 
-    /// Like [`FarBox::try_deref`], but the access does not count as a use for eviction (the object's CLOCK bit
-    /// is left as it is). For the access that follows the fetch a container made for it: an object arrives
-    /// `COLD`, and only a second use before the evacuator's hand comes round keeps it, as in CLOCK.
-    pub(crate) fn try_deref_unwarmed<'s>(&'s self, scope: &'s DerefScope) -> Result<Ref<'s, T>, ObjError> {
-        let _ = scope;
-        self.rt().deref_slow(self.slot, false, false).map(|(a, _)| Ref(raw::obj_ref(a)))
-    }
-
     /// A copy of the object (opens its own scope).
     pub fn read(&self) -> T {
         let s = DerefScope::new();

@@ -358,6 +358,11 @@ impl Runtime {
         self.inner.stats()
     }
 
+    /// The local-memory budget in bytes (whole regions of it).
+    pub fn budget(&self) -> usize {
+        self.inner.heap.budget_regions * self.inner.heap.region_size
+    }
+
     /// Largest object this runtime holds.
     pub fn max_object(&self) -> usize {
         self.inner.heap.max_object()
@@ -749,8 +754,8 @@ impl RtInner {
         // Never wait here: a fetch is completed while others (possibly inside scopes) wait for it.
         let addr = self.heap.alloc(bytes.len(), s.id, space, false).map_err(|_| self.exhausted())?;
         self.heap.mem.write_bytes(addr, bytes);
-        // Arrives cold: the access that asked for it clears the bit (a use), unless it reads unwarmed.
-        let flags = word::CLEAN | word::HAS_REMOTE | word::COLD | (seen & word::SHARED);
+        // Arrives cold and fresh: the access it was fetched for is its first use, a second one makes it hot.
+        let flags = word::CLEAN | word::HAS_REMOTE | word::COLD | word::FRESH | (seen & word::SHARED);
         word::publish(&s.word, word::local(addr, flags));
         Counters::add(&self.ctr.misses, 1);
         Counters::add_usize(&self.ctr.bytes_in, bytes.len());

@@ -1,7 +1,7 @@
 //! The pointer word: one `u64` per far object that says where the object is and what may be done to it.
 //!
 //! ```text
-//! local : | 63..51 0 | 50 SHARED | 49 HAS_REMOTE | 48 CLEAN | 47..4 address (16-aligned) | COLD | MARKED | BUSY | ABSENT=0 |
+//! local : | 63..52 0 | 51 FRESH | 50 SHARED | 49 HAS_REMOTE | 48 CLEAN | 47..4 address (16-aligned) | COLD | MARKED | BUSY | ABSENT=0 |
 //! remote: | 63..51 0 | 50 SHARED | 49..32 space  | 31..28 0 | 27..8 size - 1             |  0   |   0    | BUSY | ABSENT=1 |
 //! ```
 //! The four low bits are the ones a dereference must find clear: the object is local (`ABSENT`), nobody is
@@ -11,14 +11,21 @@
 //! address (see [`crate::ptr::FarBox::deref`]). A write additionally needs `CLEAN` clear, so the first write
 //! after a write-back takes the slow path once to mark the object dirty.
 //!
+//! A fetched object arrives `COLD | FRESH`: its first use clears only `FRESH`, and only a second use before the
+//! evacuator's hand comes round clears `COLD` and keeps it. The access a fetch was made for (a miss, or a
+//! prefetch a scan runs ahead of itself) is the object's first use, not evidence that it is hot: a scan
+//! passes through its objects once, and counting that pass would make the evacuator copy every scanned object
+//! to keep it (two-touch admission, as in CLOCK-Pro or Linux's active list). `FRESH` implies `COLD`.
+//!
 //! The object id is not in the word: it is the index of the slot that holds the word (`slots.rs`), which
 //! never changes while the object lives. The remote form carries the space (a data-structure index of the
 //! runtime, which maps to memd's `ds` id) and the size, enough to fetch the object without touching local memory.
 //!
 //! # State machine
 //! Every transition is a compare-and-swap on the whole word, so a stale view always fails:
-//! - mutator deref: local with `COLD`/`MARKED` → clear them (a mark is *cancelled*: the evacuator will skip the
-//!   object); remote → `BUSY` (fetch claimed) → local.
+//! - mutator deref: local with `COLD`/`MARKED` → clear them, or only `FRESH` and `MARKED` on the first use of
+//!   a fetched object (a mark is *cancelled*: the evacuator will skip the object); remote → `BUSY` (fetch
+//!   claimed) → local, `COLD | FRESH`.
 //! - evacuator: local → `MARKED` → (grace period) → `BUSY` → new local address, or remote.
 //! - free: any non-`BUSY` state → [`FREE`].
 //! - write-back / non-temporal write: local or remote → `BUSY` → same place, clean.
@@ -41,6 +48,8 @@ pub const CLEAN: u64 = 1 << 48;
 pub const HAS_REMOTE: u64 = 1 << 49;
 /// The object is owned by a [`crate::ptr::FarArc`].
 pub const SHARED: u64 = 1 << 50;
+/// Fetched and not used yet: its first use clears this bit instead of `COLD` (set only together with `COLD`).
+pub const FRESH: u64 = 1 << 51;
 /// A write finds all of these clear on its fast path.
 pub const WRITE_SLOW: u64 = READ_SLOW | CLEAN;
 /// Bits of a local word that hold the address.
@@ -112,8 +121,9 @@ pub enum Found {
     Busy(u64),
 }
 
-/// Slow path of a dereference: clears `COLD` and `MARKED` (cancelling an evacuation the evacuator has not
-/// begun), and `CLEAN` too when `write`; leaves `COLD` alone when `warm` is false (non-temporal access).
+/// Slow path of a dereference: clears `MARKED` (cancelling an evacuation the evacuator has not begun) and
+/// `COLD` — or, on a fetched object's first use, `FRESH` instead of `COLD` — and `CLEAN` too when `write`;
+/// leaves `COLD` and `FRESH` alone when `warm` is false (non-temporal access).
 pub fn touch(word: &AtomicU64, write: bool, warm: bool) -> Found {
     let mut w = crate::primitive::load_word(word);
     loop {
@@ -125,7 +135,7 @@ pub fn touch(word: &AtomicU64, write: bool, warm: bool) -> Found {
         }
         let mut clear = MARKED;
         if warm {
-            clear |= COLD;
+            clear |= if w & FRESH != 0 { FRESH } else { COLD };
         }
         if write {
             clear |= CLEAN;
@@ -224,6 +234,15 @@ mod tests {
         assert_eq!(word.load(Ordering::Relaxed), local(a, CLEAN));
         assert_eq!(touch(&word, true, true), Found::Local(a));
         assert_eq!(word.load(Ordering::Relaxed), local(a, 0));
+        // A fetched object: the first use clears FRESH only, the second COLD.
+        word.store(local(a, COLD | FRESH | CLEAN), Ordering::Relaxed);
+        assert_eq!(touch(&word, false, false), Found::Local(a));
+        assert_eq!(word.load(Ordering::Relaxed), local(a, COLD | FRESH | CLEAN), "non-temporal: not a use");
+        assert_eq!(touch(&word, false, true), Found::Local(a));
+        assert_eq!(word.load(Ordering::Relaxed), local(a, COLD | CLEAN), "first use");
+        assert_ne!(word.load(Ordering::Relaxed) & READ_SLOW, 0);
+        assert_eq!(touch(&word, false, true), Found::Local(a));
+        assert_eq!(word.load(Ordering::Relaxed), local(a, CLEAN), "second use: hot");
         let r = remote(1, 8, false);
         word.store(r, Ordering::Relaxed);
         assert_eq!(touch(&word, false, true), Found::Remote(r));

@@ -16,9 +16,9 @@
 //! **Offload.** [`HashMap::get_with`] / [`HashMap::get_many`] with [`Offload::Remote`] (or `Auto` when the
 //! bucket is remote) send `[bucket id][hash][key]` to memd's [`HASHMAP_TYPE`] and receive only the value.
 
-use super::{warm, warm_fetched, ContainerError, Offload, SpaceHandle};
+use super::{warm, ContainerError, Offload, SpaceHandle};
 use crate::epoch::DerefScope;
-use crate::ptr::{FarBox, Ref};
+use crate::ptr::FarBox;
 use crate::runtime::Runtime;
 use bytemuck::Pod;
 use farmem_memd::offload::layout::{hash_key, map_op, BucketLayout, HASHMAP_TYPE};
@@ -186,9 +186,9 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
         let h = hash_key(kb);
         let dir = self.dir.read();
         let b = dir.table[slot(dir.depth, h)].read();
-        let fetched = warm_fetched(&b.obj);
+        warm(&b.obj);
         let s = DerefScope::new();
-        let r = deref_lookup(&b.obj, &s, fetched);
+        let r = b.obj.deref(&s);
         let bytes = bytemuck::bytes_of(&*r);
         self.layout.find(bytes, h, kb).map(|i| bytemuck::pod_read_unaligned(self.layout.val(bytes, i)))
     }
@@ -257,32 +257,16 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
                 Err(e) => return Err(e.into()),
             }
         }
-        // Overlap the misses: one batched fetch for every remote bucket needed. The buckets it brings in are
-        // read unwarmed the first time (that lookup is their first use).
-        let mut missing: Vec<(u64, usize)> = (0..keys.len())
-            .filter(|&i| !remote[i] && !guards[i].obj.is_local())
-            .map(|i| (guards[i].obj.id(), i))
-            .collect();
-        // `unwarmed[i]`: lookup `i` is the first of this batch on a bucket this call fetched.
-        let mut unwarmed = vec![false; keys.len()];
-        if let Some(&(_, first)) = missing.first() {
+        // Overlap the misses: one batched fetch for every remote bucket needed. The buckets it brings in arrive
+        // fresh, so the first lookup on each is their first use, not a second one (see `word::FRESH`).
+        let mut missing = (0..keys.len()).filter(|&i| !remote[i] && !guards[i].obj.is_local()).peekable();
+        if let Some(&first) = missing.peek() {
             super::room_for_fetch(&guards[first].obj);
-            let h = self.sp.rt.fetch(missing.iter().map(|&(_, i)| &guards[i].obj))?;
-            if !h.is_empty() {
-                missing.sort_unstable();
-                let mut last = None;
-                for &(id, i) in &missing {
-                    if last != Some(id) {
-                        unwarmed[i] = true;
-                        last = Some(id);
-                    }
-                }
-            }
-            h.wait()?;
+            self.sp.rt.fetch(missing.map(|i| &guards[i].obj))?.wait()?;
         }
         let s = DerefScope::new();
         for i in (0..keys.len()).filter(|&i| !remote[i]) {
-            let r = deref_lookup(&guards[i].obj, &s, unwarmed[i]);
+            let r = guards[i].obj.deref(&s);
             let bytes = bytemuck::bytes_of(&*r);
             let kb = bytemuck::bytes_of(&keys[i]);
             out[i] = l.find(bytes, hashes[i], kb).map(|k| bytemuck::pod_read_unaligned(l.val(bytes, k)));
@@ -462,13 +446,6 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
 
 /// A lookup's read of its bucket: unwarmed when the lookup itself just fetched it (see
 /// [`warm_fetched`]).
-fn deref_lookup<'s, B: BucketObj>(obj: &'s FarBox<B>, s: &'s DerefScope, fetched: bool) -> Ref<'s, B> {
-    if !fetched {
-        return obj.deref(s);
-    }
-    obj.try_deref_unwarmed(s).unwrap_or_else(|e| panic!("farmem: dereferencing a far object failed: {e}"))
-}
-
 fn remove_at(l: &BucketLayout, bytes: &mut [u8], i: usize) {
     let n = l.count(bytes);
     if i + 1 != n {

@@ -169,20 +169,6 @@ pub(crate) fn room_for_fetch<P: crate::ptr::FarHandle>(obj: &P) {
     }
 }
 
-/// Like [`warm`], and says whether this call brought the object in: its next access is then read
-/// [unwarmed](FarBox::try_deref_unwarmed) — the lookup that missed is the object's first use, not a second one.
-#[inline]
-pub(crate) fn warm_fetched<T: Pod>(obj: &FarBox<T>) -> bool {
-    if obj.is_local() {
-        return false;
-    }
-    room_for_fetch(obj);
-    match obj.prefetch() {
-        Ok(h) => !h.is_empty() && h.wait().is_ok(),
-        Err(_) => false,
-    }
-}
-
 /// A fresh zeroed chunk in `space`.
 pub(crate) fn new_chunk(rt: &Runtime, space: Space) -> Result<FarBox<Chunk>, ObjError> {
     FarBox::try_new_in(rt, space, [0u128; CHUNK_BYTES / 16])
