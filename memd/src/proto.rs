@@ -941,34 +941,53 @@ pub fn decode_reply(op: Op, payload: &[u8]) -> Result<Reply, ProtoError> {
             }
             Reply::Pages { present, data }
         }
-        Op::ReadObjects => {
-            let n = r.count(12)?;
-            let mut b = ObjBatch::new();
-            b.ids.reserve(n);
-            b.lens.reserve(n);
-            // The values are the payload less the count and 12 bytes of id and length per object: one allocation.
-            b.data.reserve(payload.len().saturating_sub(4 + 12 * n));
-            for _ in 0..n {
-                let id = r.u64()?;
-                let len = r.u32()?;
-                if len == ABSENT {
-                    b.push_absent(id);
-                } else if len as usize > MAX_OBJECT {
-                    return Err(ProtoError::bad(format!("object of {len} bytes in reply")));
-                } else {
-                    b.ids.push(id);
-                    b.lens.push(len);
-                    b.data.extend_from_slice(r.bytes(len as usize)?);
-                }
-            }
-            Reply::Objects(b)
-        }
+        Op::ReadObjects => return decode_objects(payload.to_vec()).map(Reply::Objects),
         Op::Compute => Reply::Output(r.rest().to_vec()),
         Op::Raw => Reply::Done,
         _ => Reply::Done,
     };
     r.finish()?;
     Ok(reply)
+}
+
+/// Decodes an `Ok` reply payload to READ_OBJECTS into a batch that keeps the payload's allocation: the values
+/// are moved down over the ids and lengths between them, so a reply costs one buffer, not two.
+pub fn decode_objects(mut payload: Vec<u8>) -> Result<ObjBatch, ProtoError> {
+    let mut b = ObjBatch::new();
+    // (source offset, length) of each present value.
+    let mut values = Vec::new();
+    {
+        let mut r = Reader::new(&payload);
+        let n = r.count(12)?;
+        b.ids.reserve(n);
+        b.lens.reserve(n);
+        values.reserve(n);
+        for _ in 0..n {
+            let id = r.u64()?;
+            let len = r.u32()?;
+            if len == ABSENT {
+                b.push_absent(id);
+            } else if len as usize > MAX_OBJECT {
+                return Err(ProtoError::bad(format!("object of {len} bytes in reply")));
+            } else {
+                values.push((payload.len() - r.remaining(), len as usize));
+                r.bytes(len as usize)?;
+                b.ids.push(id);
+                b.lens.push(len);
+            }
+        }
+        r.finish()?;
+    }
+    // Each value moves left (past at least the 4-byte count and its own 12-byte entry), never over one not
+    // moved yet.
+    let mut at = 0;
+    for (from, len) in values {
+        payload.copy_within(from..from + len, at);
+        at += len;
+    }
+    payload.truncate(at);
+    b.data = payload;
+    Ok(b)
 }
 
 /// Encodes a STATS reply payload.
@@ -1045,6 +1064,33 @@ mod tests {
             }
             r => panic!("{r:?}"),
         }
+    }
+
+    #[test]
+    fn objects_reply_keeps_values_in_order_and_absent_ones_marked() {
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&4u32.to_le_bytes());
+        for (id, v) in [(7u64, &b"first"[..]), (8, &[]), (9, &[3u8; 4096][..]), (10, &b"z"[..])] {
+            buf.extend_from_slice(&id.to_le_bytes());
+            if id == 8 {
+                buf.extend_from_slice(&ABSENT.to_le_bytes());
+            } else {
+                buf.extend_from_slice(&u32::try_from(v.len()).unwrap().to_le_bytes());
+                buf.extend_from_slice(v);
+            }
+        }
+        let Reply::Objects(b) = decode_reply(Op::ReadObjects, &buf).unwrap() else { panic!() };
+        let got: Vec<(u64, Option<Vec<u8>>)> = b.iter().map(|(id, v)| (id, v.map(<[u8]>::to_vec))).collect();
+        assert_eq!(
+            got,
+            vec![(7, Some(b"first".to_vec())), (8, None), (9, Some(vec![3u8; 4096])), (10, Some(b"z".to_vec()))]
+        );
+        assert_eq!(b.data.len(), 5 + 4096 + 1, "the values only");
+        // A value running past the end, or trailing bytes, are errors.
+        assert!(decode_objects(buf[..buf.len() - 1].to_vec()).is_err());
+        let mut long = buf.clone();
+        long.push(0);
+        assert!(decode_objects(long).is_err());
     }
 
     proptest! {
