@@ -55,7 +55,7 @@ fn deref(o: &Obj) -> u64 {
         let a = if w & word::READ_SLOW == 0 {
             word::addr(w)
         } else {
-            match word::touch(&o.word, false, true) {
+            match word::touch(&o.word, true) {
                 Found::Local(a) => a,
                 Found::Busy(_) => {
                     backoff(&mut spins);
@@ -153,7 +153,7 @@ fn loom_concurrent_swap_in_fetches_once() {
     // bytes (release/acquire through the word), never the memory's old contents.
     loom::model(|| {
         let o = Arc::new(Obj::new());
-        o.word.store(word::remote(0, 8, false), Ordering::Relaxed);
+        o.word.store(word::remote(0, 8), Ordering::Relaxed);
         o.cells[0].store(REUSED, Ordering::Relaxed);
         let fetches = Arc::new(AtomicU64::new(0));
         let threads: Vec<_> = (0..2)
@@ -162,14 +162,14 @@ fn loom_concurrent_swap_in_fetches_once() {
                 loom::thread::spawn(move || {
                     let mut spins = 0;
                     loop {
-                        match word::touch(&o.word, false, true) {
+                        match word::touch(&o.word, true) {
                             Found::Local(a) => return o.cell(a).load(Ordering::Relaxed),
                             Found::Busy(_) => backoff(&mut spins),
                             Found::Remote(w) => {
                                 if word::claim(&o.word, w).is_ok() {
                                     fetches.fetch_add(1, Ordering::Relaxed);
                                     o.cell(A1).store(VALUE, Ordering::Relaxed);
-                                    word::publish(&o.word, word::local(A1, word::CLEAN | word::HAS_REMOTE));
+                                    word::publish(&o.word, word::local(A1, 0));
                                 }
                             }
                         }
