@@ -72,6 +72,14 @@ const CHUNKS: usize = 1 << 14;
 /// Number of slots (object ids) the table can hand out: 2^28, the ids an 8-byte object header holds.
 pub(crate) const MAX_SLOTS: u64 = (CHUNKS as u64) << CHUNK_BITS;
 
+/// A slot outside the table, for the loom models (which run the crate's transitions on one object).
+#[cfg(farmem_loom)]
+impl Slot {
+    pub(crate) fn for_model(word: u64, flags: u32) -> Slot {
+        Slot { word: AtomicU64::new(word), id: 0, flags: AtomicU32::new(flags) }
+    }
+}
+
 /// `CHUNK` slots and their runtimes, allocated together and never freed.
 struct Chunk {
     slots: Box<[Slot]>,
