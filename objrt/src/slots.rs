@@ -73,7 +73,7 @@ const CHUNKS: usize = 1 << 14;
 pub(crate) const MAX_SLOTS: u64 = (CHUNKS as u64) << CHUNK_BITS;
 
 /// A slot outside the table, for the loom models (which run the crate's transitions on one object).
-#[cfg(farmem_loom)]
+#[cfg(all(test, farmem_loom))]
 impl Slot {
     pub(crate) fn for_model(word: u64, flags: u32) -> Slot {
         Slot { word: AtomicU64::new(word), id: 0, flags: AtomicU32::new(flags) }
