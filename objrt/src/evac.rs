@@ -187,20 +187,20 @@ pub(crate) fn cycle(rt: &RtInner, want: usize, keep_hot: bool) -> usize {
             }
             continue;
         };
-        let keep_flags = w & (word::CLEAN | word::HAS_REMOTE | word::SHARED);
         let fp = crate::heap::footprint(m.h.size);
         if w & word::COLD == 0 && fp <= keep_budget {
             if let Some(new) = heap.evac_alloc(m.h) {
                 heap.mem.copy_within(m.addr, new, m.h.size);
-                word::publish(&m.slot.word, word::local(new, keep_flags | word::COLD));
+                // The slot's flags (clean, in memd, shared) stay as they are: only the place changes.
+                word::publish(&m.slot.word, word::local(new, word::COLD));
                 heap.sub_live(m.addr, m.h.size);
                 keep_budget -= fp;
                 Counters::add(&rt.ctr.compacted, 1);
                 continue;
             }
         }
-        if w & word::CLEAN != 0 {
-            word::publish(&m.slot.word, word::remote(m.h.space, m.h.size, w & word::SHARED != 0));
+        if m.slot.is_clean() {
+            word::publish(&m.slot.word, word::remote(m.h.space, m.h.size));
             heap.sub_live(m.addr, m.h.size);
             Counters::add(&rt.ctr.clean_drops, 1);
             continue;
@@ -268,7 +268,7 @@ impl<'a> Writer<'a> {
             b.data.reserve(limit + h.size);
             (b, Vec::new())
         });
-        push_object(&self.rt.heap, batch, slot.id, addr, h.size);
+        push_object(&self.rt.heap, batch, slot.id(), addr, h.size);
         entries.push(o);
         if batch.data.len() >= limit || batch.len() >= farmem_memd::proto::MAX_BATCH {
             if let Some((batch, entries)) = self.open.remove(&h.space) {
@@ -298,8 +298,8 @@ impl<'a> Writer<'a> {
         match p.and_then(Pending::wait) {
             Ok(_) => {
                 Counters::add_usize(&rt.ctr.written_back, entries.len());
-                for (slot, w, addr, h) in entries {
-                    word::publish(&slot.word, word::remote(h.space, h.size, w & word::SHARED != 0));
+                for (slot, _, addr, h) in entries {
+                    word::publish(&slot.word, word::remote(h.space, h.size));
                     rt.heap.sub_live(addr, h.size);
                 }
                 Counters::add_usize(&rt.ctr.bytes_out, bytes);

@@ -21,9 +21,11 @@
 //! **Objects** are `bytemuck::Pod` values of 1 B – 1 MiB (any bytes are a valid value and there is no padding,
 //! so an object can be copied to memd and back as bytes). A [`FarBox`] owns one; a [`FarArc`] shares an
 //! immutable one. Each has a *pointer word* in a process-wide slot table ([`word`] documents its bits): local
-//! form = address + hot/present/dirty/shared/evacuating bits; remote form = space (memd `ds` id), size, and the
-//! slot index as object id. A `FarBox` is 8 bytes, as a `Box` is: the address of its slot (its runtime is kept
-//! beside the slot), so a local dereference is three dependent loads — the slot's address, the word, the object.
+//! form = address + present/busy/evacuating/CLOCK bits, all four below the 16-aligned address, so that the word
+//! of a hot object is its bare address (its dirty/in-memd/shared flags sit beside the word in the slot); remote
+//! form = space (memd `ds` id) and size, with the slot index as object id. A `FarBox` is 8 bytes, as a `Box`
+//! is: the address of its slot (its runtime is kept beside the slot), so a local dereference is three dependent
+//! loads — the slot's address, the word, the object — with one test and one branch.
 //!
 //! **Scopes.** [`DerefScope`] is an epoch pin. Dereferencing borrows both the pointer and the scope, so a
 //! [`Ref`]/[`RefMut`] never outlives either (compile-fail doc tests on `DerefScope` prove it). Scopes nest.

@@ -6,7 +6,10 @@
 //! single object whose bytes are an atomic cell at one of two "addresses". The evacuator moves the object from
 //! address 1 to address 2 and then *reuses* address 1 (writes [`REUSED`] there), as a reclaimed region would be.
 //! A mutator that reads [`REUSED`] through a reference it obtained legitimately is the bug the protocol exists
-//! to prevent; a freer and an evacuator both believing they own the object is the other.
+//! to prevent; a freer and an evacuator both believing they own the object is the other. A write that the
+//! evacuator loses — it drops the object as clean after a mutator wrote it — is the third: the object's
+//! `CLEAN` flag lives beside its word (`word.rs`), and [`loom_write_vs_evacuate_loses_nothing`] checks that
+//! splitting them loses no write.
 
 use crate::epoch::{backoff, Domain};
 use crate::primitive::{AtomicU64, Ordering};
@@ -55,7 +58,7 @@ fn deref(o: &Obj) -> u64 {
         let a = if w & word::READ_SLOW == 0 {
             word::addr(w)
         } else {
-            match word::touch(&o.word, false, true) {
+            match word::touch(&o.word, true) {
                 Found::Local(a) => a,
                 Found::Busy(_) => {
                     backoff(&mut spins);
@@ -153,7 +156,7 @@ fn loom_concurrent_swap_in_fetches_once() {
     // bytes (release/acquire through the word), never the memory's old contents.
     loom::model(|| {
         let o = Arc::new(Obj::new());
-        o.word.store(word::remote(0, 8, false), Ordering::Relaxed);
+        o.word.store(word::remote(0, 8), Ordering::Relaxed);
         o.cells[0].store(REUSED, Ordering::Relaxed);
         let fetches = Arc::new(AtomicU64::new(0));
         let threads: Vec<_> = (0..2)
@@ -162,14 +165,14 @@ fn loom_concurrent_swap_in_fetches_once() {
                 loom::thread::spawn(move || {
                     let mut spins = 0;
                     loop {
-                        match word::touch(&o.word, false, true) {
+                        match word::touch(&o.word, true) {
                             Found::Local(a) => return o.cell(a).load(Ordering::Relaxed),
                             Found::Busy(_) => backoff(&mut spins),
                             Found::Remote(w) => {
                                 if word::claim(&o.word, w).is_ok() {
                                     fetches.fetch_add(1, Ordering::Relaxed);
                                     o.cell(A1).store(VALUE, Ordering::Relaxed);
-                                    word::publish(&o.word, word::local(A1, word::CLEAN | word::HAS_REMOTE));
+                                    word::publish(&o.word, word::local(A1, 0));
                                 }
                             }
                         }
@@ -181,5 +184,89 @@ fn loom_concurrent_swap_in_fetches_once() {
             assert_eq!(t.join().unwrap(), VALUE);
         }
         assert_eq!(fetches.load(Ordering::Relaxed), 1, "one fetch for two dereferences");
+    });
+}
+
+/// A mutator's `deref_mut` inside a pinned scope (the fast path, or `touch` and `mark_dirty`), fetching the
+/// object first if the evacuator has sent it away; writes `v` through the reference.
+fn write(o: &WObj, v: u64) {
+    let mut spins = 0;
+    loop {
+        let w = crate::primitive::load_word(&o.slot.word);
+        let a = if w & word::READ_SLOW == 0 && !o.slot.is_clean() {
+            w
+        } else {
+            match word::touch(&o.slot.word, true) {
+                Found::Local(a) => {
+                    o.slot.mark_dirty();
+                    a
+                }
+                Found::Busy(_) => {
+                    backoff(&mut spins);
+                    continue;
+                }
+                Found::Remote(w) => {
+                    // The runtime's fetch: claim, copy memd's bytes in, set the flags, publish (cold, clean).
+                    if word::claim(&o.slot.word, w).is_ok() {
+                        o.cells[1].store(o.remote.load(Ordering::Relaxed), Ordering::Relaxed);
+                        o.slot.set_flags(word::CLEAN | word::HAS_REMOTE);
+                        word::publish(&o.slot.word, word::local(A2, word::COLD));
+                    }
+                    continue;
+                }
+            }
+        };
+        o.cells[usize::from(a == A2)].store(v, Ordering::Relaxed);
+        return;
+    }
+}
+
+/// An object whose memd copy is a cell too, with a real slot (word and flags).
+struct WObj {
+    slot: crate::slots::Slot,
+    cells: [AtomicU64; 2],
+    remote: AtomicU64,
+}
+
+#[test]
+fn loom_write_vs_evacuate_loses_nothing() {
+    // The object is local, hot and clean (memd holds VALUE). A mutator writes NEW in a scope while the
+    // evacuator takes the object: it must write it back (not drop it as clean) if the write came first, and the
+    // mutator must fetch it back and dirty it if the move came first. Either way the object ends up NEW.
+    // (Without `mark_dirty` in the write's slow path, or with the fast path not checking `CLEAN`, this fails.)
+    const NEW: u64 = 7;
+    let b = loom::model::Builder::new();
+    b.check(|| {
+        let d = Arc::new(Domain::default());
+        let o = Arc::new(WObj {
+            slot: crate::slots::Slot::for_model(word::local(A1, 0), word::CLEAN | word::HAS_REMOTE),
+            cells: [AtomicU64::new(VALUE), AtomicU64::new(0)],
+            remote: AtomicU64::new(VALUE),
+        });
+        let rec = d.register();
+        let o2 = Arc::clone(&o);
+        let m = loom::thread::spawn(move || {
+            rec.pin();
+            write(&o2, NEW);
+            rec.unpin();
+        });
+        if let Some(mk) = word::mark(&o.slot.word, A1) {
+            d.synchronize();
+            if word::begin_move(&o.slot.word, mk).is_ok() {
+                if !o.slot.is_clean() {
+                    o.remote.store(o.cells[0].load(Ordering::Relaxed), Ordering::Relaxed);
+                }
+                word::publish(&o.slot.word, word::remote(0, 8));
+                o.cells[0].store(REUSED, Ordering::Relaxed);
+            }
+        }
+        m.join().unwrap();
+        let w = o.slot.word.load(Ordering::Acquire);
+        let now = if word::is_local(w) {
+            o.cells[usize::from(word::addr(w) == A2)].load(Ordering::Relaxed)
+        } else {
+            o.remote.load(Ordering::Relaxed)
+        };
+        assert_eq!(now, NEW, "a write was lost (word {w:#x}, flags {})", o.slot.flags());
     });
 }

@@ -4,10 +4,10 @@
 //! their atomics from here; the heap and slot tables use `std` directly because they are not modelled.
 
 #[cfg(not(farmem_loom))]
-pub(crate) use std::sync::atomic::{fence, AtomicU64, Ordering};
+pub(crate) use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 #[cfg(farmem_loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicU64, Ordering};
+pub(crate) use loom::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 /// Loads a pointer word for a dereference. A plain acquire load (one `mov` on x86-64) normally; under loom a
 /// read-modify-write, because loom models `SeqCst` fences only as acquire-release and so would invent a

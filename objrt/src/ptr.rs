@@ -29,7 +29,7 @@ pub(crate) mod sealed {
 pub trait FarHandle: sealed::Sealed {
     /// The object's id in memd (unique among live objects of the process).
     fn object_id(&self) -> u64 {
-        self.far_slot().id
+        self.far_slot().id()
     }
 }
 
@@ -90,7 +90,11 @@ impl<T: Pod> FarHandle for FarBox<T> {}
 impl<T: Pod> std::fmt::Debug for FarBox<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let w = self.slot.word.load(crate::primitive::Ordering::Relaxed);
-        f.debug_struct("FarBox").field("id", &self.slot.id).field("word", &format_args!("{w:#x}")).finish()
+        f.debug_struct("FarBox")
+            .field("id", &self.slot.id())
+            .field("word", &format_args!("{w:#x}"))
+            .field("flags", &self.slot.flags())
+            .finish()
     }
 }
 
@@ -180,38 +184,41 @@ impl<T: Pod> FarBox<T> {
     /// Borrows the object for the life of `scope`.
     ///
     /// The fast path — the object is local, hot and nobody is moving it — is one load of the pointer word, one
-    /// `test` of its four low bits and one branch; then an `and` strips the flag bits above the address. It never
-    /// writes shared memory: the CLOCK bit (`COLD`) is cleared by the slow path, which only the first dereference
-    /// after an evacuator pass takes, and the hit count is the scope's (see `count_deref`). Checked in the
-    /// optimised x86-64 code (`objdump -d -C -M intel` of the bench binary, functions `deref_one`, `sum_far` and
-    /// `sum_far_in` in `benches/objrt.rs`). `sum_far` opens a scope and sums 4096 objects; its loop is
+    /// `test` of its four low bits and one branch, and then the load of the object through the word as it is:
+    /// the word of a hot local object *is* the object's address (its other flags live beside it in the slot,
+    /// see `word.rs`), so nothing is masked. It never writes shared memory: the CLOCK bit (`COLD`) is cleared by
+    /// the slow path, which only the first dereference after an evacuator pass takes, and the hit count is the
+    /// scope's (see `count_deref`). Checked in the optimised x86-64 code (rustc 1.95; `objdump -d -C -M intel`
+    /// of the bench binary, functions `deref_one`, `sum_far` and `sum_far_in` in `benches/objrt.rs`). `sum_far`
+    /// opens a scope and sums 4096 objects; its loop is 8 instructions a dereference (callgrind: 8.0 with the
+    /// scope's entry and exit; `Box`'s loop, unrolled 4×, is 2.75):
     /// ```text
     /// loop:
-    ///   mov  rdi, [r14+r15*8]    ; the FarBox: its slot's address (a FarBox is 8 bytes, as a Box is)
+    ///   mov  rdi, [r14+r12*8]    ; the FarBox: its slot's address (a FarBox is 8 bytes, as a Box is)
     ///   mov  rax, [rdi]          ; the pointer word (acquire load: a plain mov on x86)
     ///   test al, 0xf             ; ABSENT | BUSY | MARKED | COLD
     ///   jne  slow                ; out of line: `call deref_slow(rdi, false)` (cold), then back to `next`
-    ///   and  rax, r13            ; strip CLEAN | HAS_REMOTE | SHARED (the mask is hoisted out of the loop)
     /// next:
-    ///   add  r12, [rax]          ; the object itself (the sum)
-    ///   inc  r15                 ; the loop index, which is also the scope's dereference count (feature
-    ///   cmp  rbx, r15            ;   `hit-stats`): it is passed to the scope's `leave` once, when the scope ends
+    ///   add  r15, [rax]          ; the object itself, through the word (the sum)
+    ///   inc  r12                 ; the loop index, which is also the scope's dereference count (feature
+    ///   cmp  rbx, r12            ;   `hit-stats`): it is passed to the scope's `leave` once, when the scope ends
     ///   jne  loop
     /// ```
     /// A non-inlined `deref_one(b, s)` is `mov rdi,[rdi]; mov rax,[rdi]; test al,0xf; jne slow;
-    /// movabs rcx,0xfffffffffff0; and rax,rcx; inc qword [rsi]; mov rax,[rax]; ret` (its scope is behind a
-    /// pointer, so the count is a memory increment there; so it is in `sum_far_in`, whose scope comes by
-    /// reference). Compared with `Box`, which loads the pointer and the object, the extra cost is the slot
-    /// indirection: a third dependent load, because the word cannot live inside the `FarBox`, which Rust moves
-    /// freely. What makes that third load cheap is layout, not instructions (a prototype with the `and` removed
-    /// measured the same): the `FarBox` is 8 bytes, so a loop over a slice of them needs one induction variable,
-    /// which is also the count (the slow path takes the slot, already in a register, not the `FarBox`); slots
-    /// are 16 bytes and hold nothing else the fast path reads; and an object of up to 8 bytes takes 16 bytes of
-    /// the heap (8-byte header, `heap.rs`), so consecutive objects share cache lines as `malloc`'s do.
+    /// inc qword [rsi]; mov rax,[rax]; ret` (its scope is behind a pointer, so the count is a memory increment
+    /// there; so it is in `sum_far_in`, whose scope comes by reference). Compared with `Box`, which loads the
+    /// pointer and the object, the extra cost is the slot indirection — a third dependent load, because the word
+    /// cannot live inside the `FarBox`, which Rust moves freely — plus the test and branch. LLVM does not unroll
+    /// the loop, as it unrolls `Box`'s 4×, because the loop contains a call (the slow path's; LLVM's unroller
+    /// refuses any loop with a call in it, however cold). The rest is layout: the `FarBox` is 8 bytes, so a loop
+    /// over a slice of them needs one induction variable, which is also the count (the slow path takes the slot,
+    /// already in a register, not the `FarBox`); the fast path reads nothing of the 16-byte slot but its word;
+    /// and an object of up to 8 bytes takes 16 bytes of the heap (8-byte header, `heap.rs`), so consecutive
+    /// objects share cache lines as `malloc`'s do.
     #[inline(always)]
     pub fn deref<'s>(&'s self, scope: &'s DerefScope) -> Ref<'s, T> {
         let w = crate::primitive::load_word(&self.slot.word);
-        let a = if w & word::READ_SLOW == 0 { w & word::ADDR_MASK } else { deref_slow(self.slot, false) };
+        let a = if w & word::READ_SLOW == 0 { w } else { deref_slow(self.slot, false) };
         count_deref(scope);
         Ref(raw::obj_ref(a))
     }
@@ -220,17 +227,18 @@ impl<T: Pod> FarBox<T> {
     #[inline]
     pub fn try_deref<'s>(&'s self, scope: &'s DerefScope) -> Result<Ref<'s, T>, ObjError> {
         let w = crate::primitive::load_word(&self.slot.word);
-        let a = if w & word::READ_SLOW == 0 { w & word::ADDR_MASK } else { try_deref_slow(self.slot, false)? };
+        let a = if w & word::READ_SLOW == 0 { w } else { try_deref_slow(self.slot, false)? };
         count_deref(scope);
         Ok(Ref(raw::obj_ref(a)))
     }
 
-    /// Borrows the object mutably for the life of `scope`, marking it dirty. Fast path as [`FarBox::deref`],
-    /// with the `CLEAN` bit in the tested mask.
+    /// Borrows the object mutably for the life of `scope`, marking it dirty. Fast path as [`FarBox::deref`], then
+    /// a load and a test of the slot's flags, which sit beside the word (`mov ecx,[rdi+0xc]; test cl,1;
+    /// jne slow`): a `CLEAN` object takes the slow path once, which clears the flag (`Slot::mark_dirty`).
     #[inline(always)]
     pub fn deref_mut<'s>(&'s mut self, scope: &'s DerefScope) -> RefMut<'s, T> {
         let w = crate::primitive::load_word(&self.slot.word);
-        let a = if w & word::WRITE_SLOW == 0 { w & word::ADDR_MASK } else { deref_slow(self.slot, true) };
+        let a = if w & word::READ_SLOW == 0 && !self.slot.is_clean() { w } else { deref_slow(self.slot, true) };
         count_deref(scope);
         RefMut(raw::obj_mut(a))
     }
@@ -239,7 +247,7 @@ impl<T: Pod> FarBox<T> {
     #[inline]
     pub fn try_deref_mut<'s>(&'s mut self, scope: &'s DerefScope) -> Result<RefMut<'s, T>, ObjError> {
         let w = crate::primitive::load_word(&self.slot.word);
-        let a = if w & word::WRITE_SLOW == 0 { w & word::ADDR_MASK } else { try_deref_slow(self.slot, true)? };
+        let a = if w & word::READ_SLOW == 0 && !self.slot.is_clean() { w } else { try_deref_slow(self.slot, true)? };
         count_deref(scope);
         Ok(RefMut(raw::obj_mut(a)))
     }
@@ -287,7 +295,7 @@ impl<T: Pod> FarBox<T> {
 
     /// The object's id in memd.
     pub fn id(&self) -> u64 {
-        self.slot.id
+        self.slot.id()
     }
 
     /// Frees the object (local copy now, remote copy by a batched delete). Same as dropping the box.

@@ -564,21 +564,22 @@ impl RtInner {
         }
         let slot = slots::alloc().ok_or(ObjError::OutOfSlots)?;
         let may_wait = self.background.load(Relaxed) && !epoch::pinned();
-        let mut res = self.heap.alloc(bytes.len(), slot.id, space, may_wait);
+        let mut res = self.heap.alloc(bytes.len(), slot.id(), space, may_wait);
         if res.is_err() && !self.background.load(Relaxed) && !epoch::pinned() {
             // No evacuator thread: an allocation outside any scope evacuates for itself.
             crate::evac::evacuate_until(self, self.heap.marks.high, true);
-            res = self.heap.alloc(bytes.len(), slot.id, space, false);
+            res = self.heap.alloc(bytes.len(), slot.id(), space, false);
         }
         let addr = match res {
             Ok(a) => a,
             Err(HeapFull::Exhausted) => {
-                slots::release([slot.id]);
+                slots::release([slot.id()]);
                 return Err(self.exhausted());
             }
         };
         self.heap.mem.write_bytes(addr, bytes);
-        word::publish(&slot.word, word::local(addr, if shared { word::SHARED } else { 0 }));
+        slot.set_flags(if shared { word::SHARED } else { 0 });
+        word::publish(&slot.word, word::local(addr, 0));
         Ok(slot)
     }
 
@@ -590,8 +591,13 @@ impl RtInner {
         let mut wait_start: Option<Instant> = None;
         let mut local = true;
         let r = loop {
-            match word::touch(&slot.word, write, warm) {
-                Found::Local(a) => break Ok((a, local)),
+            match word::touch(&slot.word, warm) {
+                Found::Local(a) => {
+                    if write {
+                        slot.mark_dirty();
+                    }
+                    break Ok((a, local));
+                }
                 Found::Remote(_) => {
                     local = false;
                     if let Some(inf) = self.start_fetch(&[slot])? {
@@ -601,7 +607,7 @@ impl RtInner {
                 Found::Busy(w) => {
                     if w & word::ABSENT != 0 {
                         local = false;
-                        let found = self.inflight.get(slot.id);
+                        let found = self.inflight.get(slot.id());
                         if let Some(inf) = found {
                             Counters::add(&self.ctr.shared_misses, 1);
                             self.complete(&inf)?;
@@ -628,7 +634,7 @@ impl RtInner {
                 return Ok(w);
             }
             if w & word::ABSENT != 0 {
-                let found = self.inflight.get(slot.id);
+                let found = self.inflight.get(slot.id());
                 if let Some(inf) = found {
                     self.complete(&inf)?;
                     continue;
@@ -669,7 +675,7 @@ impl RtInner {
                 entries.iter().for_each(|&(s, seen)| word::publish(&s.word, seen));
                 continue;
             }
-            let req = Request::ReadObjects { ds: self.ds(space), ids: entries.iter().map(|(s, _)| s.id).collect() };
+            let req = Request::ReadObjects { ds: self.ds(space), ids: entries.iter().map(|(s, _)| s.id()).collect() };
             match self.store.submit(req) {
                 Ok(pending) => groups.push(Group { space, pending, entries }),
                 Err(e) => {
@@ -681,7 +687,7 @@ impl RtInner {
         let inf = Arc::new(Inflight { groups: Mutex::new(Some(groups)) });
         for g in inf.groups.lock().iter().flatten() {
             for (s, _) in &g.entries {
-                self.inflight.insert(s.id, &inf);
+                self.inflight.insert(s.id(), &inf);
             }
         }
         if let Some(e) = failed {
@@ -704,7 +710,7 @@ impl RtInner {
             }
             // Only once its objects are published: a thread that finds them busy looks the fetch up here.
             for (s, _) in &entries {
-                self.inflight.remove(s.id);
+                self.inflight.remove(s.id());
             }
         }
         drop(guard);
@@ -734,7 +740,7 @@ impl RtInner {
         for &(s, seen) in entries {
             let size = word::remote_size(seen);
             match vals.next() {
-                Some((id, Some(v))) if id == s.id && v.len() == size => {
+                Some((id, Some(v))) if id == s.id() && v.len() == size => {
                     if let Err(e) = self.install(s, seen, v) {
                         word::publish(&s.word, seen);
                         first_err.get_or_insert(e);
@@ -742,7 +748,7 @@ impl RtInner {
                 }
                 _ => {
                     word::publish(&s.word, seen);
-                    first_err.get_or_insert(ObjError::Missing { ds, id: s.id });
+                    first_err.get_or_insert(ObjError::Missing { ds, id: s.id() });
                 }
             }
         }
@@ -752,11 +758,11 @@ impl RtInner {
     fn install(&self, s: &'static Slot, seen: u64, bytes: &[u8]) -> Result<(), ObjError> {
         let space = word::remote_space(seen);
         // Never wait here: a fetch is completed while others (possibly inside scopes) wait for it.
-        let addr = self.heap.alloc(bytes.len(), s.id, space, false).map_err(|_| self.exhausted())?;
+        let addr = self.heap.alloc(bytes.len(), s.id(), space, false).map_err(|_| self.exhausted())?;
         self.heap.mem.write_bytes(addr, bytes);
         // Arrives cold and fresh: the access it was fetched for is its first use, a second one makes it hot.
-        let flags = word::CLEAN | word::HAS_REMOTE | word::COLD | word::FRESH | (seen & word::SHARED);
-        word::publish(&s.word, word::local(addr, flags));
+        s.set_flags(word::CLEAN | word::HAS_REMOTE | (s.flags() & word::SHARED));
+        word::publish(&s.word, word::local(addr, word::COLD | word::FRESH));
         Counters::add(&self.ctr.misses, 1);
         Counters::add_usize(&self.ctr.bytes_in, bytes.len());
         Ok(())
@@ -767,7 +773,7 @@ impl RtInner {
         loop {
             {
                 let _scope = epoch::DerefScope::new();
-                match word::touch(&slot.word, false, false) {
+                match word::touch(&slot.word, false) {
                     Found::Local(a) => {
                         self.heap.mem.read_bytes(a, dst);
                         return Ok(());
@@ -778,9 +784,10 @@ impl RtInner {
                         let ds = self.ds(word::remote_space(w));
                         // The owner borrows the pointer for this call, so nobody can change the object: memd's copy
                         // is current even if another thread swaps the object in meanwhile.
-                        let v = self.store.read_object(ds, slot.id)?.ok_or(ObjError::Missing { ds, id: slot.id })?;
+                        let v =
+                            self.store.read_object(ds, slot.id())?.ok_or(ObjError::Missing { ds, id: slot.id() })?;
                         if v.len() != dst.len() {
-                            return Err(ObjError::Missing { ds, id: slot.id });
+                            return Err(ObjError::Missing { ds, id: slot.id() });
                         }
                         dst.copy_from_slice(&v);
                         Counters::add(&self.ctr.misses, 1);
@@ -800,7 +807,8 @@ impl RtInner {
             let w = self.settle(slot)?;
             if word::is_local(w) {
                 let _scope = epoch::DerefScope::new();
-                if let Found::Local(a) = word::touch(&slot.word, true, false) {
+                if let Found::Local(a) = word::touch(&slot.word, false) {
+                    slot.mark_dirty();
                     self.heap.mem.write_bytes(a, src);
                     return Ok(());
                 }
@@ -808,7 +816,7 @@ impl RtInner {
             }
             let Ok(seen) = word::claim(&slot.word, w) else { continue };
             let ds = self.ds(word::remote_space(seen));
-            let r = self.store.write_object(ds, slot.id, src);
+            let r = self.store.write_object(ds, slot.id(), src);
             word::publish(&slot.word, seen);
             r?;
             Counters::add_usize(&self.ctr.bytes_out, src.len());
@@ -827,11 +835,11 @@ impl RtInner {
             let Ok(seen) = word::claim(&slot.word, w) else { continue };
             let a = word::addr(seen);
             let h = self.heap.header(a);
-            let remote = word::remote(h.space, h.size, seen & word::SHARED != 0);
-            if seen & word::CLEAN == 0 {
+            let remote = word::remote(h.space, h.size);
+            if !slot.is_clean() {
                 let mut v = vec![0u8; h.size];
                 self.heap.mem.read_bytes(a, &mut v);
-                if let Err(e) = self.store.write_object(self.ds(h.space), slot.id, &v) {
+                if let Err(e) = self.store.write_object(self.ds(h.space), slot.id(), &v) {
                     word::publish(&slot.word, seen);
                     return Err(e.into());
                 }
@@ -848,12 +856,12 @@ impl RtInner {
         let mut seen_ids = std::collections::HashSet::new();
         for &s in slots {
             // An object listed twice is written once (the second claim would wait for the first).
-            if !seen_ids.insert(s.id) {
+            if !seen_ids.insert(s.id()) {
                 continue;
             }
             let seen = loop {
                 let w = self.settle(s)?;
-                if !word::is_local(w) || w & word::CLEAN != 0 {
+                if !word::is_local(w) || s.is_clean() {
                     break None;
                 }
                 if let Ok(seen) = word::claim(&s.word, w) {
@@ -864,7 +872,7 @@ impl RtInner {
             let a = word::addr(seen);
             let h = self.heap.header(a);
             let (batch, entries) = by_space.entry(h.space).or_insert_with(|| (ObjBatch::new(), Vec::new()));
-            push_object(&self.heap, batch, s.id, a, h.size);
+            push_object(&self.heap, batch, s.id(), a, h.size);
             entries.push((s, seen));
         }
         let mut sent = Vec::new();
@@ -884,8 +892,10 @@ impl RtInner {
                 }
             };
             for (s, seen) in &entries {
-                let w = if ok { seen | word::CLEAN | word::HAS_REMOTE } else { *seen };
-                word::publish(&s.word, w);
+                if ok {
+                    s.set_flags(s.flags() | word::CLEAN | word::HAS_REMOTE);
+                }
+                word::publish(&s.word, *seen);
             }
             if ok {
                 n += entries.len();
@@ -903,7 +913,7 @@ impl RtInner {
                 Ok(w) => break w,
                 Err(w) => {
                     if w & word::ABSENT != 0 {
-                        let found = self.inflight.get(slot.id);
+                        let found = self.inflight.get(slot.id());
                         if let Some(inf) = found {
                             let _ = self.complete(&inf);
                             continue;
@@ -918,16 +928,16 @@ impl RtInner {
             let a = word::addr(w);
             let h = self.heap.header(a);
             self.heap.sub_live(a, h.size);
-            (w & word::HAS_REMOTE != 0).then_some(h.space)
+            (slot.flags() & word::HAS_REMOTE != 0).then_some(h.space)
         } else {
             Some(word::remote_space(w))
         };
         match remote_space {
-            None => slots::release([slot.id]),
+            None => slots::release([slot.id()]),
             Some(space) => {
                 let full = {
                     let mut d = self.deletes.lock();
-                    d.push((space, slot.id));
+                    d.push((space, slot.id()));
                     d.len() >= DELETE_BATCH
                 };
                 if full {

@@ -159,6 +159,70 @@ fn miri_write_back_makes_memd_current() {
     assert_eq!(boxes[3].read(), 33);
 }
 
+/// The word of a hot local object is its bare address (the fast path loads through it as it is), and the flags
+/// kept beside it in the slot follow the object: set by write-back and fetch, cleared by the first write (whose
+/// fast path a clean object refuses), unchanged by compaction, and read by eviction and free.
+#[test]
+fn miri_hot_word_is_the_address_and_flags_follow_the_object() {
+    use crate::ptr::sealed::Sealed;
+    use crate::word::{ADDR_MASK, CLEAN, HAS_REMOTE, SHARED};
+    use std::sync::atomic::Ordering::Relaxed;
+    let (rt, store) = manual(2 << 20);
+    let ds = rt.space_ds(Space::DEFAULT);
+    let mut b = FarBox::new_in(&rt, 7u64);
+    let slot = b.far_slot();
+    let w = slot.word.load(Relaxed);
+    assert_eq!(w & !ADDR_MASK, 0, "a hot object's word is its address: {w:#x}");
+    {
+        let s = DerefScope::new();
+        assert_eq!(std::ptr::from_ref(&*b.deref(&s)).addr() as u64, w);
+    }
+    assert_eq!(slot.flags(), 0, "new: dirty, not in memd, not shared");
+    assert_eq!(rt.write_back([&b]).unwrap(), 1);
+    assert_eq!(slot.flags(), CLEAN | HAS_REMOTE);
+    assert_eq!(slot.word.load(Relaxed), w, "write-back leaves the word alone");
+    {
+        let s = DerefScope::new();
+        *b.deref_mut(&s) = 8;
+        assert_eq!(slot.flags(), HAS_REMOTE, "the first write dirties the object");
+        *b.deref_mut(&s) += 1;
+    }
+    assert_eq!(b.read(), 9);
+    // Compaction moves a hot dirty object and keeps its flags; then, cold, it is written back on eviction. (The
+    // hot fillers make the victims span several regions, so that the pass keeps some of what it marks; `b`,
+    // first in the first region, is the first kept.)
+    let fillers: Vec<_> = (0..2000).map(|i| FarBox::new_in(&rt, pattern(i))).collect();
+    rt.inner.heap.seal_all();
+    crate::evac::cycle(&rt.inner, 64, true);
+    assert!(b.is_local());
+    assert_ne!(slot.word.load(Relaxed) & ADDR_MASK, w, "compacted: a new place");
+    assert_eq!(slot.flags(), HAS_REMOTE, "and the same flags");
+    drop(fillers);
+    rt.evacuate_all().unwrap();
+    assert!(!b.is_local());
+    assert_eq!(store.read_object(ds, b.id()).unwrap().unwrap(), 9u64.to_le_bytes(), "the dirty object was written");
+    // Fetched: clean and in memd; a write through the non-temporal path dirties it too.
+    assert_eq!(b.read(), 9);
+    assert_eq!(slot.flags(), CLEAN | HAS_REMOTE);
+    b.write_nt(10).unwrap();
+    assert_eq!(slot.flags(), HAS_REMOTE);
+    let out = rt.stats().bytes_out;
+    b.evict().unwrap();
+    assert!(rt.stats().bytes_out > out, "evicting a dirty object writes it");
+    assert_eq!(store.read_object(ds, b.id()).unwrap().unwrap(), 10u64.to_le_bytes());
+    // A shared object keeps SHARED through eviction and fetch.
+    let a = FarArc::new_in(&rt, 5u32);
+    assert_eq!(a.far_slot().flags(), SHARED);
+    rt.evacuate_all().unwrap();
+    assert_eq!(a.read(), 5);
+    assert_eq!(a.far_slot().flags(), SHARED | CLEAN | HAS_REMOTE);
+    // Freeing an object memd holds deletes it there.
+    let id = b.id();
+    drop(b);
+    rt.inner.flush_deletes().unwrap();
+    assert!(store.read_object(ds, id).unwrap().is_none(), "free deletes memd's copy");
+}
+
 #[test]
 fn miri_evict_and_shared_objects() {
     let (rt, _) = manual(1 << 20);

@@ -1,15 +1,29 @@
 //! The pointer word: one `u64` per far object that says where the object is and what may be done to it.
 //!
 //! ```text
-//! local : | 63..52 0 | 51 FRESH | 50 SHARED | 49 HAS_REMOTE | 48 CLEAN | 47..4 address (16-aligned) | COLD | MARKED | BUSY | ABSENT=0 |
-//! remote: | 63..51 0 | 50 SHARED | 49..32 space  | 31..28 0 | 27..8 size - 1             |  0   |   0    | BUSY | ABSENT=1 |
+//! local : | 63..52 0 | 51 FRESH | 50..48 0 | 47..4 address (16-aligned)     | COLD | MARKED | BUSY | ABSENT=0 |
+//! remote: | 63..48 0 | 47..32 space | 31..28 0 | 27..8 size - 1 | 7..4 0 |  0   |   0    | BUSY | ABSENT=1 |
 //! ```
 //! The four low bits are the ones a dereference must find clear: the object is local (`ABSENT`), nobody is
 //! moving, fetching or freeing it (`BUSY`), the evacuator has not picked it (`MARKED`), and the CLOCK hand has
-//! not passed it since its last use (`COLD`). Objects are 16-byte aligned, so those bits are free in a local word
-//! and the fast path is `test al, 0xf; jne slow` followed by an `and` that clears the flag bits above the
-//! address (see [`crate::ptr::FarBox::deref`]). A write additionally needs `CLEAN` clear, so the first write
-//! after a write-back takes the slow path once to mark the object dirty.
+//! not passed it since its last use (`COLD`). Objects are 16-byte aligned, so those bits are free in a local word,
+//! and a local word holds nothing else but, on its way in, [`FRESH`] (below): **the word of a hot local object is
+//! the object's address itself**. The
+//! read fast path is `test al, 0xf; jne slow` and then the load of the object through the word as it is (see
+//! [`crate::ptr::FarBox::deref`]); an earlier layout kept three flags above the address, and the `and` that
+//! stripped them cost 10 % of a dereference.
+//!
+//! Those flags — [`CLEAN`], [`HAS_REMOTE`], [`SHARED`] — live beside the word, in the slot's `flags`
+//! (`slots.rs`), and mean something only while the word is local. Only writes and the runtime's slow paths read
+//! them. A write's fast path loads them after the word (same cache line) and takes the slow path while `CLEAN`
+//! is set, so the first write after a write-back clears it once. Who changes them, and why no change is lost:
+//! - `CLEAN`/`HAS_REMOTE` are set only by the thread that holds the word `BUSY` (fetch install, write-back),
+//!   before it publishes the word with release ordering; whoever acquires the word afterwards sees them.
+//! - `CLEAN` is cleared only by a writer's slow path, after its [`touch`] found the object local, inside the
+//!   writer's scope and with `&mut` access to the pointer. Nobody can hold the object `BUSY` meanwhile without
+//!   first waiting for that scope (the evacuator: mark, grace period, [`begin_move`]) or a shared borrow of the
+//!   pointer (write-back, eviction, which `&mut` excludes), so every reader of `CLEAN` sees the clear.
+//! - `SHARED` is set when the object is allocated and never changes.
 //!
 //! A fetched object arrives `COLD | FRESH`: its first use clears only `FRESH`, and only a second use before the
 //! evacuator's hand comes round clears `COLD` and keeps it. The access a fetch was made for (a miss, or a
@@ -28,7 +42,7 @@
 //!   claimed) → local, `COLD | FRESH`.
 //! - evacuator: local → `MARKED` → (grace period) → `BUSY` → new local address, or remote.
 //! - free: any non-`BUSY` state → [`FREE`].
-//! - write-back / non-temporal write: local or remote → `BUSY` → same place, clean.
+//! - write-back / non-temporal write: local or remote → `BUSY` → same place (and `CLEAN` set in the flags).
 
 use crate::primitive::{AtomicU64, Ordering};
 
@@ -40,18 +54,18 @@ pub const BUSY: u64 = 1 << 1;
 pub const MARKED: u64 = 1 << 2;
 /// CLOCK bit: set by the evacuator's pass, cleared by the next dereference.
 pub const COLD: u64 = 1 << 3;
-/// A read finds all of these clear on its fast path.
+/// A dereference finds all of these clear on its fast path; then the word is the object's address.
 pub const READ_SLOW: u64 = ABSENT | BUSY | MARKED | COLD;
-/// The local copy equals memd's copy (so it can be dropped without a write).
-pub const CLEAN: u64 = 1 << 48;
-/// memd holds a copy of the object (maybe stale if not `CLEAN`): free must delete it.
-pub const HAS_REMOTE: u64 = 1 << 49;
-/// The object is owned by a [`crate::ptr::FarArc`].
-pub const SHARED: u64 = 1 << 50;
-/// Fetched and not used yet: its first use clears this bit instead of `COLD` (set only together with `COLD`).
+/// Slot flag (not a word bit): the local copy equals memd's copy (so it can be dropped without a write). A write
+/// finds it clear on its fast path.
+pub const CLEAN: u32 = 1 << 0;
+/// Slot flag: memd holds a copy of the object (maybe stale if not `CLEAN`): free must delete it.
+pub const HAS_REMOTE: u32 = 1 << 1;
+/// Slot flag: the object is owned by a [`crate::ptr::FarArc`].
+pub const SHARED: u32 = 1 << 2;
+/// Word bit: fetched and not used yet — its first use clears this bit instead of `COLD` (set only together
+/// with `COLD`, so a hot word is still the bare address).
 pub const FRESH: u64 = 1 << 51;
-/// A write finds all of these clear on its fast path.
-pub const WRITE_SLOW: u64 = READ_SLOW | CLEAN;
 /// Bits of a local word that hold the address.
 pub const ADDR_MASK: u64 = ((1 << 48) - 1) & !0xf;
 /// The highest address a local word can hold (exclusive).
@@ -69,20 +83,24 @@ pub const MAX_SIZE: usize = 1 << 20;
 /// Number of spaces a runtime can have.
 pub const MAX_SPACES: usize = 1 << 16;
 
-/// A local word for an object at `addr` (16-aligned, below [`ADDR_LIMIT`]) with flag bits `flags`.
+/// A local word for an object at `addr` (16-aligned, below [`ADDR_LIMIT`]) with state bits `bits` (any of
+/// `COLD`, `MARKED`, `BUSY`). With none, the word is `addr` itself: what the fast path relies on.
 #[inline]
-pub fn local(addr: u64, flags: u64) -> u64 {
+pub fn local(addr: u64, bits: u64) -> u64 {
     debug_assert!(addr & !ADDR_MASK == 0, "address {addr:#x} not 16-aligned or too high");
-    debug_assert!(flags & (ADDR_MASK | ABSENT) == 0);
-    addr | flags
+    debug_assert!(
+        bits & !(COLD | MARKED | BUSY | FRESH) == 0 && (bits & FRESH == 0 || bits & COLD != 0),
+        "a local word holds only state bits beside the address (FRESH only with COLD)"
+    );
+    addr | bits
 }
 
 /// A remote word for an object of `size` bytes (1 ..= [`MAX_SIZE`]) in space `space`.
 #[inline]
-pub fn remote(space: u16, size: usize, shared: bool) -> u64 {
+pub fn remote(space: u16, size: usize) -> u64 {
     debug_assert!((1..=MAX_SIZE).contains(&size));
     let sz = (size as u64 - 1) & SIZE_MASK;
-    ABSENT | (sz << SIZE_SHIFT) | (u64::from(space) << SPACE_SHIFT) | if shared { SHARED } else { 0 }
+    ABSENT | (sz << SIZE_SHIFT) | (u64::from(space) << SPACE_SHIFT)
 }
 
 /// Whether `w` is in local form.
@@ -122,9 +140,10 @@ pub enum Found {
 }
 
 /// Slow path of a dereference: clears `MARKED` (cancelling an evacuation the evacuator has not begun) and
-/// `COLD` — or, on a fetched object's first use, `FRESH` instead of `COLD` — and `CLEAN` too when `write`;
-/// leaves `COLD` and `FRESH` alone when `warm` is false (non-temporal access).
-pub fn touch(word: &AtomicU64, write: bool, warm: bool) -> Found {
+/// `COLD` — or, on a fetched object's first use, `FRESH` instead of `COLD`; leaves `COLD` and `FRESH` alone
+/// when `warm` is false (non-temporal access). A write then clears the slot's `CLEAN` flag itself
+/// (`Slot::mark_dirty` in `slots.rs`).
+pub fn touch(word: &AtomicU64, warm: bool) -> Found {
     let mut w = crate::primitive::load_word(word);
     loop {
         if w & BUSY != 0 {
@@ -136,9 +155,6 @@ pub fn touch(word: &AtomicU64, write: bool, warm: bool) -> Found {
         let mut clear = MARKED;
         if warm {
             clear |= if w & FRESH != 0 { FRESH } else { COLD };
-        }
-        if write {
-            clear |= CLEAN;
         }
         if w & clear == 0 {
             return Found::Local(addr(w));
@@ -203,23 +219,24 @@ mod tests {
     #[test]
     fn encodings_roundtrip() {
         for &(space, size) in &[(0u16, 1usize), (7, 4096), (u16::MAX, MAX_SIZE), (300, 17)] {
-            for shared in [false, true] {
-                let w = remote(space, size, shared);
-                assert!(!is_local(w));
-                assert_eq!(remote_space(w), space);
-                assert_eq!(remote_size(w), size);
-                assert_eq!(w & SHARED != 0, shared);
-                assert_eq!(w & (BUSY | MARKED | COLD), 0);
-            }
+            let w = remote(space, size);
+            assert!(!is_local(w));
+            assert_eq!(remote_space(w), space);
+            assert_eq!(remote_size(w), size);
+            assert_eq!(w & (BUSY | MARKED | COLD), 0);
+            assert_ne!(w & READ_SLOW, 0, "a remote object takes the slow path");
         }
         let a = 0x7fff_ffff_fff0u64;
-        let w = local(a, CLEAN | HAS_REMOTE | COLD);
+        let w = local(a, COLD);
         assert!(is_local(w));
         assert_eq!(addr(w), a);
         assert_ne!(w & READ_SLOW, 0, "a cold object takes the slow path");
-        assert_eq!(local(a, CLEAN) & READ_SLOW, 0, "a hot clean object reads on the fast path");
-        assert_ne!(local(a, CLEAN) & WRITE_SLOW, 0, "its first write takes the slow path");
-        assert_eq!(local(a, 0) & WRITE_SLOW, 0);
+        assert_eq!(local(a, 0), a, "the word of a hot local object is its address");
+        assert_eq!(local(a, 0) & READ_SLOW, 0, "and it takes the fast path");
+        for bits in [MARKED, BUSY, COLD | MARKED] {
+            assert_ne!(local(a, bits) & READ_SLOW, 0);
+            assert_eq!(addr(local(a, bits)), a);
+        }
         assert!(!is_local(FREE));
         assert_ne!(FREE & READ_SLOW, 0);
     }
@@ -227,27 +244,25 @@ mod tests {
     #[test]
     fn touch_clears_what_it_should() {
         let a = 0x1000u64;
-        let word = AtomicU64::new(local(a, COLD | CLEAN | MARKED));
-        assert_eq!(touch(&word, false, false), Found::Local(a));
-        assert_eq!(word.load(Ordering::Relaxed), local(a, COLD | CLEAN), "non-temporal read keeps COLD");
-        assert_eq!(touch(&word, false, true), Found::Local(a));
-        assert_eq!(word.load(Ordering::Relaxed), local(a, CLEAN));
-        assert_eq!(touch(&word, true, true), Found::Local(a));
-        assert_eq!(word.load(Ordering::Relaxed), local(a, 0));
+        let word = AtomicU64::new(local(a, COLD | MARKED));
+        assert_eq!(touch(&word, false), Found::Local(a));
+        assert_eq!(word.load(Ordering::Relaxed), local(a, COLD), "non-temporal access keeps COLD");
+        assert_eq!(touch(&word, true), Found::Local(a));
+        assert_eq!(word.load(Ordering::Relaxed), a);
         // A fetched object: the first use clears FRESH only, the second COLD.
-        word.store(local(a, COLD | FRESH | CLEAN), Ordering::Relaxed);
-        assert_eq!(touch(&word, false, false), Found::Local(a));
-        assert_eq!(word.load(Ordering::Relaxed), local(a, COLD | FRESH | CLEAN), "non-temporal: not a use");
-        assert_eq!(touch(&word, false, true), Found::Local(a));
-        assert_eq!(word.load(Ordering::Relaxed), local(a, COLD | CLEAN), "first use");
+        word.store(local(a, COLD | FRESH), Ordering::Relaxed);
+        assert_eq!(touch(&word, false), Found::Local(a));
+        assert_eq!(word.load(Ordering::Relaxed), local(a, COLD | FRESH), "non-temporal: not a use");
+        assert_eq!(touch(&word, true), Found::Local(a));
+        assert_eq!(word.load(Ordering::Relaxed), local(a, COLD), "first use");
         assert_ne!(word.load(Ordering::Relaxed) & READ_SLOW, 0);
-        assert_eq!(touch(&word, false, true), Found::Local(a));
-        assert_eq!(word.load(Ordering::Relaxed), local(a, CLEAN), "second use: hot");
-        let r = remote(1, 8, false);
+        assert_eq!(touch(&word, true), Found::Local(a));
+        assert_eq!(word.load(Ordering::Relaxed), a, "second use: hot, the bare address");
+        let r = remote(1, 8);
         word.store(r, Ordering::Relaxed);
-        assert_eq!(touch(&word, false, true), Found::Remote(r));
+        assert_eq!(touch(&word, true), Found::Remote(r));
         assert_eq!(claim(&word, r), Ok(r));
-        assert_eq!(touch(&word, false, true), Found::Busy(r | BUSY));
+        assert_eq!(touch(&word, true), Found::Busy(r | BUSY));
         assert_eq!(take_for_free(&word), Err(r | BUSY));
     }
 
@@ -259,15 +274,15 @@ mod tests {
         let m = mark(&word, a).unwrap();
         assert_eq!(mark(&word, a), None, "already marked");
         // A mutator touches it: the mark is cancelled and the move fails.
-        assert_eq!(touch(&word, false, true), Found::Local(a));
+        assert_eq!(touch(&word, true), Found::Local(a));
         assert!(begin_move(&word, m).is_err());
         // Marked again, untouched: the move begins and excludes free.
         let m = mark(&word, a).unwrap();
         let w = begin_move(&word, m).unwrap();
         assert_eq!(w, local(a, 0));
         assert!(take_for_free(&word).is_err());
-        publish(&word, remote(0, 16, false));
-        assert_eq!(take_for_free(&word), Ok(remote(0, 16, false)));
+        publish(&word, remote(0, 16));
+        assert_eq!(take_for_free(&word), Ok(remote(0, 16)));
         assert_eq!(word.load(Ordering::Relaxed), FREE);
         // Free cancels a mark.
         word.store(local(a, 0), Ordering::Relaxed);
