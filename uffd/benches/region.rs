@@ -482,10 +482,13 @@ fn paired_scan(rounds: usize) {
     };
     scan();
     let (mut ratios, mut rr, mut tr) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cpu_region, mut cpu_raw) = (HashMap::new(), HashMap::new());
     for _ in 0..rounds {
+        let c0 = thread_cpu();
         let t = Instant::now();
         scan();
         let region_bps = size as f64 / t.elapsed().as_secs_f64();
+        let c1 = thread_cpu();
         let t = Instant::now();
         let mut got = 0;
         while got < size {
@@ -493,6 +496,8 @@ fn paired_scan(rounds: usize) {
             got += buf.len();
         }
         let raw_bps = size as f64 / t.elapsed().as_secs_f64();
+        add_cpu(&mut cpu_region, &c0, &c1);
+        add_cpu(&mut cpu_raw, &c1, &thread_cpu());
         ratios.push(region_bps / raw_bps);
         rr.push(region_bps / 1e6);
         tr.push(raw_bps / 1e6);
@@ -503,6 +508,43 @@ fn paired_scan(rounds: usize) {
         median(&mut tr),
         spread(&mut ratios)
     );
+    let pages = (rounds * size / PAGE_SIZE) as f64;
+    for (what, cpu) in [("region scan", cpu_region), ("raw TCP stream", cpu_raw)] {
+        let mut v: Vec<(String, u64)> = cpu.into_iter().filter(|(_, ns)| *ns > 0).collect();
+        v.sort_by_key(|x| std::cmp::Reverse(x.1));
+        let total: u64 = v.iter().map(|x| x.1).sum();
+        let parts: Vec<String> = v.iter().map(|(n, ns)| format!("{n} {:.2}", *ns as f64 / pages / 1e3)).collect();
+        println!("  CPU µs per 4 KiB page, {what}: total {:.2} = {}", total as f64 / pages / 1e3, parts.join(", "));
+    }
+}
+
+/// CPU time (ns) of every thread of this process, by thread id: (name, ns).
+fn thread_cpu() -> HashMap<i32, (String, u64)> {
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return out };
+    for e in dir.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let name = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default().trim().to_string();
+        // Linux's per-thread CPU clock id: MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED).
+        let clock = (!tid << 3) | 6;
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `ts` is a live timespec; an invalid clock id (a thread that just exited) is an error return.
+        if unsafe { libc::clock_gettime(clock, &mut ts) } == 0 {
+            let ns = u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0);
+            out.insert(tid, (name, ns));
+        }
+    }
+    out
+}
+
+/// Adds each thread's CPU time between two snapshots to `acc`, keyed by thread name with digits dropped (so the
+/// memd server's workers add up).
+fn add_cpu(acc: &mut HashMap<String, u64>, a: &HashMap<i32, (String, u64)>, b: &HashMap<i32, (String, u64)>) {
+    for (tid, (name, ns)) in b {
+        let before = a.get(tid).map_or(0, |x| x.1);
+        let key: String = name.chars().filter(|c| !c.is_ascii_digit()).collect();
+        *acc.entry(key).or_insert(0) += ns.saturating_sub(before);
+    }
 }
 
 fn summary() {
