@@ -483,6 +483,7 @@ fn paired_scan(rounds: usize) {
     scan();
     let (mut ratios, mut rr, mut tr) = (Vec::new(), Vec::new(), Vec::new());
     let (mut cpu_region, mut cpu_raw) = (HashMap::new(), HashMap::new());
+    let s0 = r.stats();
     for _ in 0..rounds {
         let c0 = thread_cpu();
         let t = Instant::now();
@@ -509,6 +510,18 @@ fn paired_scan(rounds: usize) {
         spread(&mut ratios)
     );
     let pages = (rounds * size / PAGE_SIZE) as f64;
+    let s1 = r.stats();
+    let per_k = |a: u64, b: u64| (b - a) as f64 * 1000.0 / pages;
+    println!(
+        "  per 1000 pages scanned: {:.1} missing faults, {:.1} deferred, {:.0} read ahead, {:.0} fetched on demand, \
+         {:.0} dropped clean, {:.0} moved out",
+        per_k(s0.missing_faults, s1.missing_faults),
+        per_k(s0.deferred_faults, s1.deferred_faults),
+        per_k(s0.readahead_pages, s1.readahead_pages),
+        per_k(s0.pages_fetched, s1.pages_fetched),
+        per_k(s0.clean_drops, s1.clean_drops),
+        per_k(s0.evicted_moved, s1.evicted_moved),
+    );
     for (what, cpu) in [("region scan", cpu_region), ("raw TCP stream", cpu_raw)] {
         let mut v: Vec<(String, u64)> = cpu.into_iter().filter(|(_, ns)| *ns > 0).collect();
         v.sort_by_key(|x| std::cmp::Reverse(x.1));
