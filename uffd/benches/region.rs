@@ -412,6 +412,8 @@ fn paired_faults(rounds: usize, per: usize) {
         t.elapsed().as_nanos() as f64
     };
     let (mut rb, mut rs) = (Vec::new(), Vec::new());
+    let mut cpu = HashMap::new();
+    let s0 = r.stats();
     let (mut mb, mut ms, mut mm, mut mr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         let mut b: Vec<f64> = (0..per).map(|_| bare_fault(&block, &mut nb)).collect();
@@ -424,6 +426,7 @@ fn paired_faults(rounds: usize, per: usize) {
             })
             .collect();
         let mut f = Vec::with_capacity(per);
+        let c0 = thread_cpu();
         while f.len() < per {
             let t = Instant::now();
             std::hint::black_box(touch(&r, order[k % pages], false));
@@ -434,6 +437,7 @@ fn paired_faults(rounds: usize, per: usize) {
                 f.push(d.as_nanos() as f64);
             }
         }
+        add_cpu(&mut cpu, &c0, &thread_cpu());
         let (b, sp, m, f) = (median(&mut b), median(&mut sp), median(&mut m), median(&mut f));
         rb.push(f / (b + m));
         rs.push(f / (sp + m));
@@ -453,6 +457,8 @@ fn paired_faults(rounds: usize, per: usize) {
     );
     println!("  ratio vs floor with a spinning bare handler (like the region's): {}", spread(&mut rs));
     println!("  ratio vs floor with a blocking bare handler: {}", spread(&mut rb));
+    let s1 = r.stats();
+    print_cpu("region faults", cpu, "missing fault", s1.missing_faults - s0.missing_faults);
     let s = r.stats();
     println!(
         "  region's own fault service latency (event read to install): p50 {:.1} µs, p90 {:.1} µs",
@@ -509,9 +515,9 @@ fn paired_scan(rounds: usize) {
         median(&mut tr),
         spread(&mut ratios)
     );
-    let pages = (rounds * size / PAGE_SIZE) as f64;
+    let pages = rounds * size / PAGE_SIZE;
     let s1 = r.stats();
-    let per_k = |a: u64, b: u64| (b - a) as f64 * 1000.0 / pages;
+    let per_k = |a: u64, b: u64| (b - a) as f64 * 1000.0 / pages as f64;
     println!(
         "  per 1000 pages scanned: {:.1} missing faults, {:.1} deferred, {:.0} read ahead, {:.0} fetched on demand, \
          {:.0} dropped clean, {:.0} moved out",
@@ -522,13 +528,18 @@ fn paired_scan(rounds: usize) {
         per_k(s0.clean_drops, s1.clean_drops),
         per_k(s0.evicted_moved, s1.evicted_moved),
     );
-    for (what, cpu) in [("region scan", cpu_region), ("raw TCP stream", cpu_raw)] {
-        let mut v: Vec<(String, u64)> = cpu.into_iter().filter(|(_, ns)| *ns > 0).collect();
-        v.sort_by_key(|x| std::cmp::Reverse(x.1));
-        let total: u64 = v.iter().map(|x| x.1).sum();
-        let parts: Vec<String> = v.iter().map(|(n, ns)| format!("{n} {:.2}", *ns as f64 / pages / 1e3)).collect();
-        println!("  CPU µs per 4 KiB page, {what}: total {:.2} = {}", total as f64 / pages / 1e3, parts.join(", "));
-    }
+    print_cpu("region scan", cpu_region, "4 KiB page", pages as u64);
+    print_cpu("raw TCP stream", cpu_raw, "4 KiB page", pages as u64);
+}
+
+/// Prints CPU time per unit by thread name, largest first.
+fn print_cpu(what: &str, cpu: HashMap<String, u64>, unit: &str, n: u64) {
+    let n = n.max(1) as f64;
+    let mut v: Vec<(String, u64)> = cpu.into_iter().filter(|(_, ns)| *ns > 0).collect();
+    v.sort_by_key(|x| std::cmp::Reverse(x.1));
+    let total: u64 = v.iter().map(|x| x.1).sum();
+    let parts: Vec<String> = v.iter().map(|(name, ns)| format!("{name} {:.2}", *ns as f64 / n / 1e3)).collect();
+    println!("  CPU µs per {unit}, {what}: total {:.2} = {}", total as f64 / n / 1e3, parts.join(", "));
 }
 
 /// CPU time (ns) of every thread of this process, by thread id: (name, ns).
