@@ -47,9 +47,11 @@
 //! reports no accessed bit).
 //!
 //! Eviction is race-free in either of two ways. **Clean** victims (mapped write-protected, so memd holds their
-//! contents, or they are zero) are dropped in place with one `MADV_DONTNEED` per run of contiguous pages and no
-//! traffic: a write racing the drop faults and waits until the eviction wakes it, a read after the drop
-//! refetches memd's identical copy. Where the kernel has `UFFDIO_MOVE`, **dirty** victims are **moved out** of
+//! contents, or they are zero) in runs of at least 16 contiguous pages (`RegionConfig::clean_drop_run`), as a
+//! sequential scan leaves them, are dropped in place with one `MADV_DONTNEED` per run and no traffic: a write
+//! racing the drop faults and waits until the eviction wakes it, a read after the drop refetches memd's identical
+//! copy. Each such drop raises a REMOVE event the eviction waits for, so scattered clean victims are cheaper
+//! moved out with the dirty ones. Where the kernel has `UFFDIO_MOVE`, **dirty** victims are **moved out** of
 //! the region into the eviction thread's staging slots (a registered mapping of its own) in one atomic step per
 //! run of contiguous pages: a racing access finds the page missing and waits until the eviction wakes it.
 //! Otherwise (or for a page MOVE refuses, such as one still shared with a forked child) dirty victims are

@@ -88,6 +88,10 @@ const MAX_STAGED: usize = 16;
 const IO_CHUNK: usize = 64;
 /// Most pages one eviction round takes.
 const EVICT_BATCH: usize = 512;
+/// Default of [`RegionConfig::clean_drop_run`]. Measured with the paired benchmarks: dropping every clean victim
+/// in place cost random faults ~3.5 µs more CPU in the eviction thread and ~4.5 µs more in the event thread
+/// (one REMOVE event per scattered page), while a sequential scan's runs average ~180 pages.
+const INPLACE_RUN: usize = 16;
 /// Default of [`RegionConfig::spin`].
 const SPIN: Duration = Duration::from_micros(50);
 /// Retries of a failed store call that is not "gone for good", with exponential back-off from 1 ms.
@@ -112,9 +116,15 @@ pub struct RegionConfig {
     /// How long the event thread keeps polling for the next event before it sleeps (default 50 µs): a fault
     /// that arrives meanwhile skips a thread wake-up, at the price of CPU time on a busy machine.
     pub spin: Duration,
-    /// Evict with `UFFDIO_MOVE` where the kernel has it (default); when off, or for a page it refuses, victims
-    /// are write-protected, copied and dropped in place.
+    /// Evict dirty victims with `UFFDIO_MOVE` where the kernel has it (default); when off, or for a page it
+    /// refuses, they are write-protected, copied and dropped in place.
     pub move_eviction: bool,
+    /// Shortest run of contiguous clean victims dropped in place (one `MADV_DONTNEED`) rather than moved out with
+    /// the dirty ones (default 16; 1 drops every clean victim in place). Each in-place drop raises a REMOVE event
+    /// that the eviction thread waits for the event thread to read, while moved pages leave with one drop of the
+    /// staging area per round: scattered clean victims (random access) are cheaper moved, the long runs of a
+    /// sequential scan cheaper dropped. Without `UFFDIO_MOVE` every victim is dropped in place.
+    pub clean_drop_run: usize,
 }
 
 impl Default for RegionConfig {
@@ -128,6 +138,7 @@ impl Default for RegionConfig {
             trace: false,
             spin: SPIN,
             move_eviction: true,
+            clean_drop_run: INPLACE_RUN,
         }
     }
 }
@@ -1213,15 +1224,28 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
     victims.sort_unstable();
     // 1. Take the dirty pages out of the region. UFFDIO_MOVE does it atomically (a racing access takes a missing
     //    fault and waits for the wake below) into this thread's staging slots; a page it refuses (shared with a
-    //    forked child) is evicted in place instead. Clean pages need no write-back, so they are dropped in place
-    //    (one `MADV_DONTNEED` per contiguous run in step 4) rather than moved and then dropped from staging: they
-    //    are mapped write-protected and stay so while EVICTING (a write faults and waits for the wake), and a
-    //    read racing the drop reads either the page or, after it, memd's identical copy.
+    //    forked child) is evicted in place instead. Clean pages need no write-back, so runs of at least
+    //    `clean_drop_run` of them are dropped in place (one `MADV_DONTNEED` per run in step 4) rather than moved
+    //    and then dropped from staging: they are mapped write-protected and stay so while EVICTING (a write
+    //    faults and waits for the wake), and a read racing the drop reads either the page or, after it, memd's
+    //    identical copy. Shorter runs of clean pages move out with the dirty ones.
     let stage = sh.staging.as_ref().map(|m| as_u64(m.ptr() as usize) + as_u64(slot * EVICT_BATCH * PAGE_SIZE));
     let mut moved: Vec<(u64, u64)> = Vec::new();
     let mut inplace: Vec<u64> = Vec::new();
     let mut unmapped: Vec<u64> = Vec::new();
-    let is_dirty = |p: u64| sh.st(p) & DIRTY != 0;
+    // The length (up to `min_run`) of the run of contiguous clean victims starting at victims[i].
+    let min_run = sh.cfg.clean_drop_run.max(1);
+    let clean_run = |i: usize| {
+        let mut n = 0;
+        while n < min_run
+            && i + n < victims.len()
+            && victims[i + n] == victims[i] + as_u64(n)
+            && sh.st(victims[i + n]) & DIRTY == 0
+        {
+            n += 1;
+        }
+        n
+    };
     let mut i = 0;
     while i < victims.len() {
         let p = victims[i];
@@ -1230,14 +1254,20 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
             i += 1;
             continue;
         };
-        if !is_dirty(p) {
-            inplace.push(p);
-            i += 1;
+        if clean_run(i) == min_run {
+            // A long run of clean victims: dropped in place in step 4, one call for the whole run.
+            let mut n = 0;
+            while i + n < victims.len() && victims[i + n] == p + as_u64(n) && sh.st(victims[i + n]) & DIRTY == 0 {
+                n += 1;
+            }
+            inplace.extend_from_slice(&victims[i..i + n]);
+            i += n;
             continue;
         }
-        // A run of contiguous dirty victims moves in one call into consecutive slots.
+        // A run of contiguous victims (dirty ones, and clean ones in runs too short to be worth a REMOVE event
+        // of their own) moves in one call into consecutive slots.
         let mut n = 1;
-        while i + n < victims.len() && victims[i + n] == p + as_u64(n) && is_dirty(victims[i + n]) {
+        while i + n < victims.len() && victims[i + n] == p + as_u64(n) && clean_run(i + n) < min_run {
             n += 1;
         }
         let dst = st0 + as_u64(i) * PS;

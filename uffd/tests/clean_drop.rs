@@ -71,6 +71,8 @@ fn run(readahead: bool, move_eviction: bool, seed: u64) {
         handler_threads: 2,
         readahead,
         move_eviction,
+        // Every clean victim is dropped in place, however short its run: the race under test.
+        clean_drop_run: 1,
         ..RegionConfig::default()
     };
     let Some(r) = region_with(cfg, store) else { return };
@@ -131,4 +133,40 @@ fn all_victims_in_place_race_with_reads_writes_and_releases() {
     for seed in 5..=6 {
         run(true, false, seed);
     }
+}
+
+/// With the default `clean_drop_run`, a sequential read-only scan's clean victims leave in long runs dropped in
+/// place, and random reads' scattered clean victims are moved out; the data reads back right either way.
+#[test]
+fn long_clean_runs_are_dropped_in_place_and_scattered_ones_moved() {
+    const N: usize = 4096;
+    let store = Arc::new(farmem_memd::MemStore::new(1 << 30));
+    let cfg = RegionConfig { size: N * PS, local_mem: 1024 * PS, readahead: true, ..RegionConfig::default() };
+    let Some(r) = region_with(cfg, store) else { return };
+    let at = |p: usize| r.base().wrapping_add(p * PS).cast::<u64>();
+    for p in 0..N {
+        // SAFETY: inside the region.
+        unsafe { at(p).write_volatile(p as u64 * 3 + 1) };
+    }
+    let s0 = r.stats();
+    for pass in 0..2 {
+        for p in 0..N {
+            // SAFETY: inside the region.
+            assert_eq!(unsafe { at(p).read_volatile() }, p as u64 * 3 + 1, "pass {pass} page {p}");
+        }
+    }
+    let s1 = r.stats();
+    let mut rng = Rng(9);
+    for _ in 0..20_000 {
+        let p = rng.below(N);
+        // SAFETY: inside the region.
+        assert_eq!(unsafe { at(p).read_volatile() }, p as u64 * 3 + 1, "random read of page {p}");
+    }
+    let s2 = r.stats();
+    eprintln!("{s0:?}\n{s1:?}\n{s2:?}");
+    assert!(s1.evicted_in_place - s0.evicted_in_place > 1000, "the scans dropped clean runs in place: {s1:?}");
+    assert!(s2.evicted_moved - s1.evicted_moved > 1000, "random reads moved scattered clean victims: {s2:?}");
+    // Each page was dirty once (the fill) and is written back once; clean victims are never written.
+    assert_eq!(s2.pages_written, N as u64, "clean pages are never written back: {s2:?}");
+    assert!(s2.peak_resident_pages <= s2.budget_pages && s2.poisoned_pages == 0, "{s2:?}");
 }
