@@ -412,6 +412,8 @@ fn paired_faults(rounds: usize, per: usize) {
         t.elapsed().as_nanos() as f64
     };
     let (mut rb, mut rs) = (Vec::new(), Vec::new());
+    let mut cpu = HashMap::new();
+    let s0 = r.stats();
     let (mut mb, mut ms, mut mm, mut mr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         let mut b: Vec<f64> = (0..per).map(|_| bare_fault(&block, &mut nb)).collect();
@@ -424,6 +426,7 @@ fn paired_faults(rounds: usize, per: usize) {
             })
             .collect();
         let mut f = Vec::with_capacity(per);
+        let c0 = thread_cpu();
         while f.len() < per {
             let t = Instant::now();
             std::hint::black_box(touch(&r, order[k % pages], false));
@@ -434,6 +437,7 @@ fn paired_faults(rounds: usize, per: usize) {
                 f.push(d.as_nanos() as f64);
             }
         }
+        add_cpu(&mut cpu, &c0, &thread_cpu());
         let (b, sp, m, f) = (median(&mut b), median(&mut sp), median(&mut m), median(&mut f));
         rb.push(f / (b + m));
         rs.push(f / (sp + m));
@@ -453,6 +457,8 @@ fn paired_faults(rounds: usize, per: usize) {
     );
     println!("  ratio vs floor with a spinning bare handler (like the region's): {}", spread(&mut rs));
     println!("  ratio vs floor with a blocking bare handler: {}", spread(&mut rb));
+    let s1 = r.stats();
+    print_cpu("region faults", cpu, "missing fault", s1.missing_faults - s0.missing_faults);
     let s = r.stats();
     println!(
         "  region's own fault service latency (event read to install): p50 {:.1} µs, p90 {:.1} µs",
@@ -482,10 +488,14 @@ fn paired_scan(rounds: usize) {
     };
     scan();
     let (mut ratios, mut rr, mut tr) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cpu_region, mut cpu_raw) = (HashMap::new(), HashMap::new());
+    let s0 = r.stats();
     for _ in 0..rounds {
+        let c0 = thread_cpu();
         let t = Instant::now();
         scan();
         let region_bps = size as f64 / t.elapsed().as_secs_f64();
+        let c1 = thread_cpu();
         let t = Instant::now();
         let mut got = 0;
         while got < size {
@@ -493,6 +503,8 @@ fn paired_scan(rounds: usize) {
             got += buf.len();
         }
         let raw_bps = size as f64 / t.elapsed().as_secs_f64();
+        add_cpu(&mut cpu_region, &c0, &c1);
+        add_cpu(&mut cpu_raw, &c1, &thread_cpu());
         ratios.push(region_bps / raw_bps);
         rr.push(region_bps / 1e6);
         tr.push(raw_bps / 1e6);
@@ -503,6 +515,60 @@ fn paired_scan(rounds: usize) {
         median(&mut tr),
         spread(&mut ratios)
     );
+    let pages = rounds * size / PAGE_SIZE;
+    let s1 = r.stats();
+    let per_k = |a: u64, b: u64| (b - a) as f64 * 1000.0 / pages as f64;
+    println!(
+        "  per 1000 pages scanned: {:.1} missing faults, {:.1} deferred, {:.0} read ahead, {:.0} fetched on demand, \
+         {:.0} dropped clean, {:.0} moved out",
+        per_k(s0.missing_faults, s1.missing_faults),
+        per_k(s0.deferred_faults, s1.deferred_faults),
+        per_k(s0.readahead_pages, s1.readahead_pages),
+        per_k(s0.pages_fetched, s1.pages_fetched),
+        per_k(s0.clean_drops, s1.clean_drops),
+        per_k(s0.evicted_moved, s1.evicted_moved),
+    );
+    print_cpu("region scan", cpu_region, "4 KiB page", pages as u64);
+    print_cpu("raw TCP stream", cpu_raw, "4 KiB page", pages as u64);
+}
+
+/// Prints CPU time per unit by thread name, largest first.
+fn print_cpu(what: &str, cpu: HashMap<String, u64>, unit: &str, n: u64) {
+    let n = n.max(1) as f64;
+    let mut v: Vec<(String, u64)> = cpu.into_iter().filter(|(_, ns)| *ns > 0).collect();
+    v.sort_by_key(|x| std::cmp::Reverse(x.1));
+    let total: u64 = v.iter().map(|x| x.1).sum();
+    let parts: Vec<String> = v.iter().map(|(name, ns)| format!("{name} {:.2}", *ns as f64 / n / 1e3)).collect();
+    println!("  CPU µs per {unit}, {what}: total {:.2} = {}", total as f64 / n / 1e3, parts.join(", "));
+}
+
+/// CPU time (ns) of every thread of this process, by thread id: (name, ns).
+fn thread_cpu() -> HashMap<i32, (String, u64)> {
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return out };
+    for e in dir.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let name = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default().trim().to_string();
+        // Linux's per-thread CPU clock id: MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED).
+        let clock = (!tid << 3) | 6;
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `ts` is a live timespec; an invalid clock id (a thread that just exited) is an error return.
+        if unsafe { libc::clock_gettime(clock, &mut ts) } == 0 {
+            let ns = u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0);
+            out.insert(tid, (name, ns));
+        }
+    }
+    out
+}
+
+/// Adds each thread's CPU time between two snapshots to `acc`, keyed by thread name with digits dropped (so the
+/// memd server's workers add up).
+fn add_cpu(acc: &mut HashMap<String, u64>, a: &HashMap<i32, (String, u64)>, b: &HashMap<i32, (String, u64)>) {
+    for (tid, (name, ns)) in b {
+        let before = a.get(tid).map_or(0, |x| x.1);
+        let key: String = name.chars().filter(|c| !c.is_ascii_digit()).collect();
+        *acc.entry(key).or_insert(0) += ns.saturating_sub(before);
+    }
 }
 
 fn summary() {

@@ -46,15 +46,21 @@
 //! traces). Reads of resident pages give no signal (this kernel has no idle-page tracking and `PAGEMAP_SCAN`
 //! reports no accessed bit).
 //!
-//! Eviction is race-free in either of two ways. Where the kernel has `UFFDIO_MOVE`, victims are **moved out**
-//! of the region into the eviction thread's staging slots (a registered mapping of its own) in one atomic step
-//! per run of contiguous pages: a racing access finds the page missing and waits until the eviction wakes it.
+//! Eviction is race-free in either of two ways. **Clean** victims (mapped write-protected, so memd holds their
+//! contents, or they are zero) in runs of at least 16 contiguous pages (`RegionConfig::clean_drop_run`), as a
+//! sequential scan leaves them, are dropped in place with one `MADV_DONTNEED` per run and no traffic: a write
+//! racing the drop faults and waits until the eviction wakes it, a read after the drop refetches memd's identical
+//! copy. Each such drop raises a REMOVE event the eviction waits for, so scattered clean victims are cheaper
+//! moved out with the dirty ones. Where the kernel has `UFFDIO_MOVE`, **dirty** victims are **moved out** of
+//! the region into the eviction thread's staging slots (a registered mapping of its own) in one atomic step per
+//! run of contiguous pages: a racing access finds the page missing and waits until the eviction wakes it.
 //! Otherwise (or for a page MOVE refuses, such as one still shared with a forked child) dirty victims are
 //! **write-protected before they are copied out** — a racing write faults and waits — and dropped in place
-//! with `MADV_DONTNEED`; the eviction thread records each such range so that the event thread does not mistake
-//! the REMOVE event it raises for a release by the program. Dirty pages are written back in pipelined batches
-//! (several `WRITE_PAGES` in flight before the first wait); clean victims whose contents memd already holds (or
-//! that are zero) are dropped with no traffic. Staging slots are emptied with one `MADV_DONTNEED` per round,
+//! too. A released page that the eviction thread is still reading for its write-back gets zeros mapped over it,
+//! and only until its drop, which is what keeps a page from staying mapped behind the region's back. The
+//! eviction thread records each range it drops so that the event thread does not mistake the REMOVE event it
+//! raises for a release by the program. Dirty pages are written back in pipelined batches (several
+//! `WRITE_PAGES` in flight before the first wait). Staging slots are emptied with one `MADV_DONTNEED` per round,
 //! whose REMOVE event lies outside the region.
 //!
 //! ## Readahead
