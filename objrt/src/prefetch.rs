@@ -9,16 +9,17 @@
 //! each time the stream reaches a position that was requested but has not arrived yet (the prefetch was late),
 //! the distance it keeps ahead doubles: first the window, up to [`PrefetchConfig::max_window`] positions per
 //! request, then the number of windows in flight, up to [`PrefetchConfig::max_ahead`] positions in all (a
-//! 32nd of the runtime's budget by default). A broken pattern resets both.
+//! 16th of the runtime's budget by default). A broken pattern resets both.
 //!
 //! Why requests are capped below what may be in flight: a reply is usable only once it has all arrived, and
 //! it passes through a buffer of its size on both ends. Several mid-sized requests in flight keep the link
 //! busy while the program consumes the earliest reply. Why the distance ahead is capped: prefetched objects
 //! need free regions, and fetching further ahead than the evacuator keeps free makes installs wait for it.
 //! Measured on an `Array` scan at a 25% (16 MiB) budget, `CONTAINERS_SUMMARY=scan cargo bench -p farmem-objrt
-//! --bench containers`, medians of 6 alternating runs on a loaded machine: 512 KiB ahead in 256 KiB requests
-//! 0.69× a raw TCP stream, 1 MiB ahead 0.55×, 256 KiB ahead in 128 KiB requests 0.60×; one 1 MiB request
-//! per window (the previous design) 0.22×.
+//! --bench containers`, 4 alternating rounds on a quiet machine: 1 MiB ahead in 256 KiB requests (the
+//! default) 3.8–4.9 GB/s, in 128 KiB requests 3.9–4.8 GB/s, 2 MiB ahead 2.9–3.3 GB/s, 512 KiB ahead 1.8–2.0
+//! GB/s; one 1 MiB request per window (the previous design) 0.7 GB/s. On a loaded machine the order of 512 KiB
+//! and 1 MiB ahead flips (medians of 6 runs: 0.69× and 0.55× a raw TCP stream).
 //!
 //! Fetches go through [`Runtime::fetch`](crate::Runtime::fetch); the handles are kept until the stream passes
 //! them (waiting then is free: the dereference that reached them already completed them).
@@ -42,12 +43,11 @@ pub struct PrefetchConfig {
 
 impl PrefetchConfig {
     /// Defaults for objects of `object_bytes` in runtime `rt`: requests of up to [`MAX_REQUEST_BYTES`], and at
-    /// most a 32nd of the runtime's budget requested ahead — less than the free memory its evacuator keeps
-    /// (the low watermark, 4% by default), so prefetched objects land in free regions instead of waiting for
-    /// the evacuator.
+    /// most a 16th of the runtime's budget requested ahead — about the free memory its evacuator restores (the
+    /// high watermark, 6% by default), so prefetched objects land in free regions instead of waiting for it.
     pub fn for_runtime(rt: &Runtime, object_bytes: usize) -> PrefetchConfig {
         let object_bytes = object_bytes.max(1);
-        let max_ahead = (rt.budget() / 32 / object_bytes).max(2);
+        let max_ahead = (rt.budget() / 16 / object_bytes).max(2);
         let max_window = (MAX_REQUEST_BYTES / object_bytes).clamp(1, max_ahead / 2);
         PrefetchConfig { trigger: 2, min_window: 4.min(max_window), max_window, max_ahead }
     }
