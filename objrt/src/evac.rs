@@ -98,6 +98,16 @@ pub(crate) fn evacuate_until(rt: &RtInner, target: usize, seal: bool) {
     }
 }
 
+/// A mutator outside every scope, waiting at the hard watermark, runs one cycle towards the low watermark if
+/// no cycle is running. Returns whether it freed anything (if not, the caller sleeps until woken).
+pub(crate) fn help(rt: &RtInner) -> bool {
+    if rt.evac_lock.is_locked() {
+        return false;
+    }
+    let want = rt.heap.marks.low.saturating_sub(rt.heap.free_in_budget()).max(1);
+    cycle(rt, want, true) > 0
+}
+
 /// Moves every object nobody holds to far memory.
 pub(crate) fn evacuate_all(rt: &RtInner) {
     rt.heap.seal_all();

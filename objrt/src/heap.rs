@@ -365,12 +365,19 @@ impl Heap {
     /// that is about to bring objects in: fetches place objects without waiting (they may be completed on behalf
     /// of threads inside scopes), so a thread that can wait does it before it starts one, and the heap stays
     /// within its budget rather than dipping into the reserve.
-    pub(crate) fn wait_for_room(&self) {
+    ///
+    /// While it waits the caller runs `help` (an evacuation cycle, when none is running) and sleeps only when
+    /// that did nothing: on a machine whose cores are busy with other work, one evacuator thread gets one
+    /// thread's share of the CPU, and mutators that only sleep at the hard watermark leave it at that.
+    pub(crate) fn wait_for_room(&self, mut help: impl FnMut() -> bool) {
         if self.free_in_budget() > self.marks.hard {
             return;
         }
         let start = Instant::now();
         while self.free_in_budget() <= self.marks.hard && start.elapsed() < Duration::from_secs(1) {
+            if help() {
+                continue;
+            }
             self.wake_evacuator();
             let mut g = self.space_mx.lock();
             if self.free_in_budget() <= self.marks.hard {

@@ -165,7 +165,7 @@ pub(crate) fn room_for_fetch<P: crate::ptr::FarHandle>(obj: &P) {
     let rt = obj.far_runtime();
     // Without evacuator threads nobody would make room: the fetch goes ahead (and may evacuate for itself).
     if rt.background.load(std::sync::atomic::Ordering::Relaxed) && !crate::epoch::pinned() {
-        rt.heap.wait_for_room();
+        rt.heap.wait_for_room(|| crate::evac::help(rt));
     }
 }
 

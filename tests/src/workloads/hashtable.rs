@@ -142,13 +142,24 @@ fn objects_in<B: farmem_objrt::containers::BucketObj>(p: &Params, rt: &Runtime) 
         m.insert(key(p.seed, r), value(p.seed, r))?;
     }
     let setup_secs = t.elapsed().as_secs_f64();
+    let s0 = rt.stats();
     let (secs, checksum) = timed(p, |t| {
         let mut acc = FOLD_START;
         batched(p, t, |keys| Ok(m.get_many(keys, Offload::Local)?), |v: &Value| acc = fold_value(acc, v))?;
         Ok(acc)
     })?;
-    let buckets = m.bucket_count() as f64;
-    Ok(Outcome { ops: lookups(p), secs, setup_secs, checksum, extra: vec![("buckets".into(), buckets)] })
+    let s = rt.stats();
+    let ms = |a: u64, b: u64| a.saturating_sub(b) as f64 / 1e6;
+    // What the runtime did during the lookups: misses, and the time mutators spent waiting (summed over threads).
+    let extra = vec![
+        ("buckets".into(), m.bucket_count() as f64),
+        ("misses".into(), s.misses.saturating_sub(s0.misses) as f64),
+        ("evac_cycles".into(), s.evac_cycles.saturating_sub(s0.evac_cycles) as f64),
+        ("alloc_wait_ms".into(), ms(s.alloc_wait_ns, s0.alloc_wait_ns)),
+        ("scope_wait_ms".into(), ms(s.scope_wait_ns, s0.scope_wait_ns)),
+        ("busy_wait_ms".into(), ms(s.busy_wait_ns, s0.busy_wait_ns)),
+    ];
+    Ok(Outcome { ops: lookups(p), secs, setup_secs, checksum, extra })
 }
 
 /// Share of the budget the objrt part gets in hybrid mode: the index (key to row, about 16 B an entry) against
