@@ -549,6 +549,27 @@ fn sequential_scan_is_batched() {
 }
 
 #[test]
+fn a_scan_is_not_a_second_use() {
+    // A chunk a scan fetches is used once: the evacuator drops it (memd has it) instead of copying it to keep it
+    // as hot (that a second use does make an object hot is `word::tests::touch_clears_what_it_should`).
+    let rt = tight();
+    let per: usize = 512; // u64 per chunk
+    let chunks: usize = 1024; // 4 MiB: 4x the budget
+    let a = Array::<u64>::from_slice(&rt, &(0..(per * chunks) as u64).collect::<Vec<_>>()).unwrap();
+    rt.evacuate_all().unwrap();
+    let before = rt.stats();
+    for _ in 0..3 {
+        let mut sum = 0u64;
+        a.for_each_slice(|x| sum += x.iter().sum::<u64>());
+        assert_eq!(sum, (0..(per * chunks) as u64).sum::<u64>());
+    }
+    let st = rt.stats();
+    assert!(st.misses - before.misses >= 2 * chunks as u64, "the scans fetched: {st:?}");
+    assert!(st.clean_drops > before.clean_drops, "scanned chunks were dropped: {st:?}");
+    assert_eq!(st.compacted, before.compacted, "no scanned chunk was kept as hot: {st:?}");
+}
+
+#[test]
 fn strided_index_stream_is_detected() {
     let (rt, store) = counted(16 << 20);
     let per = 512usize;
