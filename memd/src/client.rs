@@ -243,10 +243,7 @@ fn finish(op: Op, h: &Header, b: Body, server: &str) -> Result<Reply, StoreError
             server: server.to_string(),
             msg: format!("page data in reply to a {op:?} request"),
         }),
-        Body::Bytes(p) if op == Op::ReadObjects && h.status == Status::Ok as u8 => proto::decode_objects(p)
-            .map(Reply::Objects)
-            .map_err(|e| StoreError::Protocol { server: server.to_string(), msg: e.to_string() }),
-        Body::Bytes(p) => reply_from_frame(op, h, &p, server),
+        Body::Bytes(p) => reply_from_frame(op, h, p.into(), server),
     }
 }
 

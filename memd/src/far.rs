@@ -76,12 +76,21 @@ impl StoreError {
     }
 }
 
-/// Decodes a reply frame (header already parsed) for a request of opcode `op`.
-pub(crate) fn reply_from_frame(op: Op, h: &Header, payload: &[u8], server: &str) -> Result<Reply, StoreError> {
+/// Decodes a reply frame (header already parsed) for a request of opcode `op`. An owned payload of objects
+/// becomes the batch's value buffer ([`proto::decode_objects`]) instead of being copied into a new one.
+pub(crate) fn reply_from_frame(
+    op: Op,
+    h: &Header,
+    payload: std::borrow::Cow<'_, [u8]>,
+    server: &str,
+) -> Result<Reply, StoreError> {
     match Status::from_u8(h.status) {
-        Some(Status::Ok) => proto::decode_reply(op, payload)
-            .map_err(|e| StoreError::Protocol { server: server.to_string(), msg: e.to_string() }),
-        Some(s) => Err(StoreError::from_status(s, String::from_utf8_lossy(payload).into_owned())),
+        Some(Status::Ok) => match op {
+            Op::ReadObjects => proto::decode_objects(payload.into_owned()).map(Reply::Objects),
+            _ => proto::decode_reply(op, &payload),
+        }
+        .map_err(|e| StoreError::Protocol { server: server.to_string(), msg: e.to_string() }),
+        Some(s) => Err(StoreError::from_status(s, String::from_utf8_lossy(&payload).into_owned())),
         None => Err(StoreError::Protocol { server: server.to_string(), msg: format!("unknown status {}", h.status) }),
     }
 }
@@ -297,7 +306,7 @@ impl FarStore for MemStore {
         let mut out = Vec::new();
         self.engine.dispatch(&self.tenant, h.id, h.op, &view, &mut out);
         let rh = Header::parse(&out[4..]).map_err(|e| StoreError::Invalid(e.msg))?;
-        Ok(Pending::ready(reply_from_frame(req.op(), &rh, &out[4 + proto::HEADER_LEN..], "in-process")))
+        Ok(Pending::ready(reply_from_frame(req.op(), &rh, (&out[4 + proto::HEADER_LEN..]).into(), "in-process")))
     }
 
     fn describe(&self) -> String {

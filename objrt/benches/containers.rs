@@ -326,7 +326,7 @@ fn summary() {
         (st.scope_wait_ns - st0.scope_wait_ns) / 1_000_000,
         (st.busy_wait_ns - st0.busy_wait_ns) / 1_000_000,
     );
-    if std::env::var_os("CONTAINERS_SUMMARY").is_some_and(|v| v == "scan") {
+    if scan_only() {
         return;
     }
     drop(a);
@@ -366,6 +366,11 @@ fn summary() {
     }
 }
 
+/// `CONTAINERS_SUMMARY=scan`: only the scan's summary line (for profiling).
+fn scan_only() -> bool {
+    std::env::var_os("CONTAINERS_SUMMARY").is_some_and(|v| v == "scan")
+}
+
 fn time<R>(f: impl FnOnce() -> R) -> Duration {
     let t = Instant::now();
     black_box(f());
@@ -375,8 +380,7 @@ fn time<R>(f: impl FnOnce() -> R) -> Duration {
 criterion_group!(benches, bench_scan, bench_map);
 
 fn main() {
-    // `CONTAINERS_SUMMARY=scan`: only the scan's summary line (for profiling).
-    if std::env::var_os("CONTAINERS_SUMMARY").is_none_or(|v| v != "scan") {
+    if !scan_only() {
         benches();
         Criterion::default().configure_from_args().final_summary();
     }

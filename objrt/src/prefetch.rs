@@ -28,6 +28,9 @@ use crate::runtime::{FetchHandle, Runtime};
 use crate::ObjError;
 use std::collections::VecDeque;
 
+/// Bytes a prefetch request asks for at most (see the module documentation).
+pub const MAX_REQUEST_BYTES: usize = 256 << 10;
+
 /// Tuning of a [`Prefetcher`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PrefetchConfig {
@@ -51,12 +54,7 @@ impl PrefetchConfig {
         let max_window = (MAX_REQUEST_BYTES / object_bytes).clamp(1, max_ahead / 2);
         PrefetchConfig { trigger: 2, min_window: 4.min(max_window), max_window, max_ahead }
     }
-}
 
-/// Bytes a prefetch request asks for at most (see the module documentation).
-pub const MAX_REQUEST_BYTES: usize = 256 << 10;
-
-impl PrefetchConfig {
     /// The distance kept ahead at the start of a stream: two windows.
     fn min_ahead(&self) -> usize {
         2 * self.min_window.max(1)

@@ -1233,11 +1233,11 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
     let mut moved: Vec<(u64, u64)> = Vec::new();
     let mut inplace: Vec<u64> = Vec::new();
     let mut unmapped: Vec<u64> = Vec::new();
-    // The length (up to `min_run`) of the run of contiguous clean victims starting at victims[i].
+    // The length (up to `limit`) of the run of contiguous clean victims starting at victims[i].
     let min_run = sh.cfg.clean_drop_run.max(1);
-    let clean_run = |i: usize| {
+    let clean_run = |i: usize, limit: usize| {
         let mut n = 0;
-        while n < min_run
+        while n < limit
             && i + n < victims.len()
             && victims[i + n] == victims[i] + as_u64(n)
             && sh.st(victims[i + n]) & DIRTY == 0
@@ -1254,12 +1254,9 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
             i += 1;
             continue;
         };
-        if clean_run(i) == min_run {
+        if clean_run(i, min_run) == min_run {
             // A long run of clean victims: dropped in place in step 4, one call for the whole run.
-            let mut n = 0;
-            while i + n < victims.len() && victims[i + n] == p + as_u64(n) && sh.st(victims[i + n]) & DIRTY == 0 {
-                n += 1;
-            }
+            let n = clean_run(i, usize::MAX);
             inplace.extend_from_slice(&victims[i..i + n]);
             i += n;
             continue;
@@ -1267,7 +1264,7 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
         // A run of contiguous victims (dirty ones, and clean ones in runs too short to be worth a REMOVE event
         // of their own) moves in one call into consecutive slots.
         let mut n = 1;
-        while i + n < victims.len() && victims[i + n] == p + as_u64(n) && clean_run(i + n) < min_run {
+        while i + n < victims.len() && victims[i + n] == p + as_u64(n) && clean_run(i + n, min_run) < min_run {
             n += 1;
         }
         let dst = st0 + as_u64(i) * PS;
@@ -1325,10 +1322,7 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
         }
         // Released in-place victims may have zeros mapped over them: those go as in step 4.
         let released: Vec<u64> = {
-            let _core = sh.core.lock();
-            for &p in &inplace_dirty {
-                sh.set(p, sh.st(p) & !INPLACE);
-            }
+            let _core = clear_inplace(sh, &inplace_dirty);
             inplace.iter().copied().filter(|&p| sh.st(p) & RELEASED != 0).collect()
         };
         drop_in_place(sh, &released);
@@ -1350,12 +1344,7 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
     }
     // 4. Drop in-place victims (the REMOVE event this raises is recognised by its range). No zeros may be mapped
     //    over a released one after this drop: INPLACE goes first, under `core`.
-    {
-        let _core = sh.core.lock();
-        for &p in &inplace_dirty {
-            sh.set(p, sh.st(p) & !INPLACE);
-        }
-    }
+    drop(clear_inplace(sh, &inplace_dirty));
     drop_in_place(sh, &inplace);
     // 5. Released victims lose their memd copies while they are still EVICTING, so no later write-back of the
     //    page (once reused) can be overtaken by this delete.
@@ -1404,6 +1393,16 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
     }
     sh.delete_remote(&doomed);
     victims.len()
+}
+
+/// Clears `INPLACE` on `pages` under `core` (after which no zeros are mapped over them, see
+/// `zero_while_evicting`) and returns the lock, for a caller that reads more state under it.
+fn clear_inplace<'a>(sh: &'a Shared, pages: &[u64]) -> parking_lot::MutexGuard<'a, Core> {
+    let core = sh.core.lock();
+    for &p in pages {
+        sh.set(p, sh.st(p) & !INPLACE);
+    }
+    core
 }
 
 /// Drops region pages (sorted) with one `MADV_DONTNEED` per contiguous run. Each range is recorded first, so that
