@@ -19,6 +19,7 @@ pub mod config;
 pub mod far;
 pub mod internal;
 pub mod offload;
+pub mod outbuf;
 pub mod proto;
 pub mod server;
 pub mod session;

@@ -2,7 +2,9 @@
 //!
 //! A connection task owns its socket. It reads into a buffer, executes every complete frame in it against the
 //! [`Engine`] (memory operations take microseconds, so they run inline), appends the replies to one output buffer,
-//! and writes that buffer when the input runs dry — a burst of pipelined requests costs one `write`. COMPUTE runs
+//! and writes that buffer when the input runs dry — a burst of pipelined requests costs one vectored `write`, and
+//! the pages and large objects a read returns go from the store to the socket with no copy in between
+//! ([`OutBuf`]). COMPUTE runs
 //! offloaded code of unknown cost, so it goes to the blocking pool and its reply is written whenever it finishes:
 //! replies may overtake each other, which is why every frame carries the request id.
 //!
@@ -15,11 +17,12 @@
 use crate::auth;
 use crate::config::{Addr, Credential};
 use crate::offload::Registry;
+use crate::outbuf::{OutBuf, MAX_IOV};
 use crate::proto::{self, Header, Op, RequestView, Status, HEADER_LEN, MAX_FRAME, NONCE_LEN};
 use crate::session::Sessions;
 use crate::store::{Engine, Tenant};
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, IoSlice};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -386,7 +389,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     session: &mut Option<u64>,
 ) -> Result<(), End> {
     let mut inbuf: Vec<u8> = Vec::with_capacity(256 * 1024);
-    let mut out: Vec<u8> = Vec::with_capacity(256 * 1024);
+    let mut out = OutBuf::with_capacity(64 * 1024);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let mut in_flight = 0usize;
     loop {
@@ -396,12 +399,12 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             let len = u32::from_le_bytes([inbuf[at], inbuf[at + 1], inbuf[at + 2], inbuf[at + 3]]) as usize;
             if len > MAX_FRAME {
                 let m = format!("frame of {len} bytes exceeds the maximum of {MAX_FRAME}");
-                s.write_all(&out).await?;
+                write_out(s, &out).await?;
                 return Err(send_error(s, 0, 0, Status::TooLarge, &m).await);
             }
             if len < HEADER_LEN {
                 let m = format!("frame of {len} bytes is shorter than the {HEADER_LEN}-byte header");
-                s.write_all(&out).await?;
+                write_out(s, &out).await?;
                 return Err(send_error(s, 0, 0, Status::BadRequest, &m).await);
             }
             if inbuf.len() - at - 4 < len {
@@ -413,9 +416,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             let before = out.len();
             match proto::decode_request(h.op, &body[HEADER_LEN..]) {
                 Ok(RequestView::Raw { mode, a, b }) => {
-                    let f = proto::begin_frame(&mut out, h.op, 0, h.id);
-                    proto::end_frame(&mut out, f);
-                    s.write_all(&out).await?;
+                    let f = out.begin_frame(h.op, 0, h.id);
+                    out.end_frame(f);
+                    write_out(s, &out).await?;
                     if at != inbuf.len() {
                         return Err(send_error(s, h.op, h.id, Status::BadRequest, "data after RAW").await);
                     }
@@ -435,31 +438,33 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     });
                 }
                 Ok(RequestView::Lease { session: id, grace_secs }) => match *session {
-                    Some(_) => proto::error_frame(&mut out, h.op, h.id, Status::BadRequest, "connection has a session"),
+                    Some(_) => {
+                        proto::error_frame(out.bytes_mut(), h.op, h.id, Status::BadRequest, "connection has a session")
+                    }
                     None => {
                         ctx.sessions.attach(tenant, id, grace_secs);
                         *session = Some(id);
-                        let f = proto::begin_frame(&mut out, h.op, 0, h.id);
-                        proto::end_frame(&mut out, f);
+                        let f = out.begin_frame(h.op, 0, h.id);
+                        out.end_frame(f);
                     }
                 },
                 Ok(RequestView::Own { kind, id }) => match session.map(|sid| ctx.sessions.own(tenant, sid, kind, id)) {
                     Some(Ok(())) => {
-                        let f = proto::begin_frame(&mut out, h.op, 0, h.id);
-                        proto::end_frame(&mut out, f);
+                        let f = out.begin_frame(h.op, 0, h.id);
+                        out.end_frame(f);
                     }
-                    Some(Err(e)) => proto::error_frame(&mut out, h.op, h.id, e.status, &e.msg),
-                    None => proto::error_frame(&mut out, h.op, h.id, Status::BadRequest, "OWN before LEASE"),
+                    Some(Err(e)) => proto::error_frame(out.bytes_mut(), h.op, h.id, e.status, &e.msg),
+                    None => proto::error_frame(out.bytes_mut(), h.op, h.id, Status::BadRequest, "OWN before LEASE"),
                 },
                 Ok(v) => {
-                    ctx.engine.dispatch(tenant, h.id, h.op, &v, &mut out);
+                    ctx.engine.dispatch_into(tenant, h.id, h.op, &v, &mut out);
                     if let Some(sid) = *session {
                         ctx.sessions.forget(tenant, sid, &v);
                     }
                 }
                 Err(e) => {
                     tenant.counters.errors.fetch_add(1, Relaxed);
-                    proto::error_frame(&mut out, h.op, h.id, e.status, &e.msg)
+                    proto::error_frame(out.bytes_mut(), h.op, h.id, e.status, &e.msg)
                 }
             }
             count_io(ctx, tenant, 4 + len, out.len() - before);
@@ -487,7 +492,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         let Some(r) = done_rx.recv().await else { break };
                         in_flight -= 1;
                         count_io(ctx, tenant, 0, r.len());
-                        write_timed(ctx, s, &r).await?;
+                        out.extend_from_slice(&r);
+                        write_timed(ctx, s, &out).await?;
+                        out.clear();
                     }
                     return Ok(());
                 }
@@ -501,8 +508,23 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn write_timed<S: AsyncWrite + Unpin>(ctx: &Ctx, s: &mut S, b: &[u8]) -> Result<(), End> {
-    match tokio::time::timeout(ctx.cfg.write_stall, s.write_all(b)).await {
+/// Writes all of `out` with vectored writes of at most [`MAX_IOV`] pieces each.
+async fn write_out<S: AsyncWrite + Unpin>(s: &mut S, out: &OutBuf) -> io::Result<()> {
+    let mut pieces = out.io_slices();
+    let mut rest: &mut [IoSlice<'_>] = &mut pieces;
+    while !rest.is_empty() {
+        let k = rest.len().min(MAX_IOV);
+        let n = s.write_vectored(&rest[..k]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
+}
+
+async fn write_timed<S: AsyncWrite + Unpin>(ctx: &Ctx, s: &mut S, out: &OutBuf) -> Result<(), End> {
+    match tokio::time::timeout(ctx.cfg.write_stall, write_out(s, out)).await {
         Ok(r) => Ok(r?),
         Err(_) => {
             tracing::info!("client stopped reading its replies for {:?}; disconnecting", ctx.cfg.write_stall);

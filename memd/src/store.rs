@@ -1,16 +1,23 @@
 //! Server-side storage: tenants, their page and object stores, capacity, counters, and request dispatch.
 //!
-//! Values live in slabs — large boxed buffers carved into fixed-size slots — so storing a page costs no heap
-//! allocation of its own: a page is a 4 KiB slot plus one hash-map entry (key 16 B + slot 4 B). Objects use
-//! size classes four to a power of two (at most 25% internal waste) from 16 B to 1 MiB. Each tenant's keys are
-//! spread over [`SHARDS`] independently locked shards so that connections on different cores rarely contend.
+//! Pages, and object values of at least [`SHARE_MIN`] bytes, are reference-counted buffers (`Arc`): a read
+//! reply holds them by reference and the server writes them to the socket straight from the store, with no copy
+//! into a reply buffer ([`crate::outbuf`]). Writes are copy-on-write — a value is changed in place only while
+//! no reply holds it, otherwise it is replaced — so a reply never mixes old and new bytes of a value. A page costs
+//! its 4 KiB, the `Arc` counts (16 B), the allocator's header, and one hash-map entry (key 16 B + pointer 8 B).
+//! Smaller objects live in slabs — large boxed buffers carved into fixed-size slots, size classes four to a power
+//! of two (at most 25% internal waste) from 16 B to 2 KiB — and are copied into replies, which for them is cheaper
+//! than a heap allocation and a separate piece of a vectored write. Each tenant's keys are spread over [`SHARDS`]
+//! independently locked shards so that connections on different cores rarely contend; pages go to shards in
+//! aligned runs of [`PAGE_RUN`], so that a batch of consecutive pages takes a few locks, not one per page.
 //!
-//! [`Engine::dispatch`] is the one place a request turns into a reply frame: the TCP server and the in-process
-//! store both call it, so the two cannot drift apart.
+//! [`Engine::dispatch_into`] is the one place a request turns into a reply frame: the TCP server and the
+//! in-process store both call it, so the two cannot drift apart.
 
 use crate::offload::{ObjectsView, Registry};
-use crate::proto::{self, Op, ProtoError, RequestView, Status, ABSENT, MAX_OBJECT, PAGE_SIZE};
-use parking_lot::Mutex;
+use crate::outbuf::{OutBuf, Shared};
+use crate::proto::{self, Op, ProtoError, RequestView, Status, ABSENT, PAGE_SIZE};
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -18,6 +25,21 @@ use std::sync::Arc;
 
 /// Number of independently locked shards per tenant store.
 pub const SHARDS: usize = 16;
+
+/// Pages `k * PAGE_RUN .. (k + 1) * PAGE_RUN` of a region live in one shard.
+pub const PAGE_RUN: u64 = 16;
+
+/// Object values of at least this many bytes are reference-counted and sent by reference; smaller ones live in
+/// slabs and are copied into replies.
+pub const SHARE_MIN: usize = 2048;
+
+/// Bytes a reference-counted value costs beyond its own: the `Arc` counts (16 B) and the allocator's chunk
+/// header and rounding (16 B with glibc's malloc for the page-sized chunks). An estimate, for
+/// [`Engine::footprint`]; `examples/overhead.rs` measures resident memory as well.
+pub const SHARED_OVERHEAD: usize = 32;
+
+/// A stored page.
+type Page = Arc<[u8; PAGE_SIZE]>;
 
 /// A multiply-xorshift hasher for the (space, key) pairs of the stores: far cheaper than SipHash, and the keys
 /// are chosen by authenticated tenants, who can only slow down their own shards.
@@ -50,6 +72,42 @@ fn shard_of(space: u64, key: u64) -> usize {
     h.write_u64(key);
     // The shard count is a small power of two: only the low bits matter.
     usize::try_from(h.finish() % SHARDS as u64).unwrap_or(0)
+}
+
+fn page_shard(region: u64, page: u64) -> usize {
+    shard_of(region, page / PAGE_RUN)
+}
+
+fn new_page(data: &[u8]) -> Page {
+    Arc::<[u8]>::from(data).try_into().expect("a page is PAGE_SIZE bytes")
+}
+
+/// Stores `data` as `*v`: in place when no reply holds the value, else as a new value (copy-on-write).
+fn overwrite_page(v: &mut Page, data: &[u8]) {
+    match Arc::get_mut(v) {
+        Some(p) => p.copy_from_slice(data),
+        None => *v = new_page(data),
+    }
+}
+
+/// Locks shards one at a time as a batch walks its keys: a run of keys in one shard takes the lock once. At most
+/// one shard lock is held at any time, so batches cannot deadlock each other.
+struct ShardWalk<'a, S> {
+    shards: &'a [Mutex<S>],
+    held: Option<(usize, MutexGuard<'a, S>)>,
+}
+
+impl<'a, S> ShardWalk<'a, S> {
+    fn new(shards: &'a [Mutex<S>]) -> Self {
+        ShardWalk { shards, held: None }
+    }
+    fn at(&mut self, i: usize) -> &mut S {
+        if self.held.as_ref().map(|h| h.0) != Some(i) {
+            self.held = None;
+            self.held = Some((i, self.shards[i].lock()));
+        }
+        &mut self.held.as_mut().expect("just locked").1
+    }
 }
 
 /// Fixed-size slots carved out of large buffers, with a free list.
@@ -105,28 +163,38 @@ impl Slab {
 
 #[derive(Debug, Default)]
 struct PageShard {
-    map: Map<u32>,
-    slab: Option<Slab>,
+    map: Map<Page>,
 }
 
-impl PageShard {
-    fn slab(&mut self) -> &mut Slab {
-        self.slab.get_or_insert_with(|| Slab::new(PAGE_SIZE))
-    }
-}
-
-/// Object size classes: 16 B, then four steps per power of two, up to [`MAX_OBJECT`].
+/// Object size classes of the slabs: 16 B, then four steps per power of two, up to the largest value under
+/// [`SHARE_MIN`].
 fn class_sizes() -> Vec<usize> {
     let mut v = vec![16];
     let mut base = 16;
-    while base < MAX_OBJECT {
+    while base < SHARE_MIN {
         for k in 1..=4 {
             v.push(base + base * k / 4);
         }
         base *= 2;
     }
-    v.retain(|&s| s <= MAX_OBJECT);
+    v.retain(|&s| s < SHARE_MIN);
+    v.push(SHARE_MIN - 1);
     v
+}
+
+/// An object's value, as [`ObjShard::get`] finds it.
+enum ObjRef<'a> {
+    Slab(&'a [u8]),
+    Shared(&'a Arc<[u8]>),
+}
+
+impl ObjRef<'_> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            ObjRef::Slab(b) => b,
+            ObjRef::Shared(a) => a,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -136,23 +204,56 @@ struct ObjLoc {
     len: u32,
 }
 
+/// Objects of one shard: values under [`SHARE_MIN`] bytes in `map` and its slabs, larger ones in `shared`. A
+/// key is in at most one of the two maps.
 #[derive(Debug)]
 struct ObjShard {
     map: Map<ObjLoc>,
     classes: Vec<Slab>,
+    shared: Map<Arc<[u8]>>,
 }
 
 impl ObjShard {
     fn new(sizes: &[usize]) -> ObjShard {
-        ObjShard { map: Map::default(), classes: sizes.iter().map(|&s| Slab::new(s)).collect() }
+        ObjShard { map: Map::default(), classes: sizes.iter().map(|&s| Slab::new(s)).collect(), shared: Map::default() }
     }
-    fn get(&self, ds: u64, id: u64) -> Option<&[u8]> {
-        self.map.get(&(ds, id)).map(|l| &self.classes[l.class as usize].get(l.slot)[..l.len as usize])
+    fn get(&self, ds: u64, id: u64) -> Option<ObjRef<'_>> {
+        if let Some(a) = self.shared.get(&(ds, id)) {
+            return Some(ObjRef::Shared(a));
+        }
+        self.map.get(&(ds, id)).map(|l| ObjRef::Slab(&self.classes[l.class as usize].get(l.slot)[..l.len as usize]))
+    }
+    fn len_of(&self, ds: u64, id: u64) -> Option<u32> {
+        match self.shared.get(&(ds, id)) {
+            Some(a) => Some(u32::try_from(a.len()).expect("object length validated")),
+            None => self.map.get(&(ds, id)).map(|l| l.len),
+        }
     }
     /// Stores a value; returns the previous length, if any.
     fn put(&mut self, sizes: &[usize], ds: u64, id: u64, v: &[u8]) -> Option<u32> {
-        let class = sizes.partition_point(|&s| s < v.len());
         let len = u32::try_from(v.len()).expect("object length validated");
+        if v.len() >= SHARE_MIN {
+            let old = self.remove_slab(ds, id);
+            return match self.shared.get_mut(&(ds, id)) {
+                Some(a) => {
+                    let old = u32::try_from(a.len()).expect("object length validated");
+                    match Arc::get_mut(a) {
+                        Some(b) if b.len() == v.len() => b.copy_from_slice(v),
+                        _ => *a = Arc::from(v),
+                    }
+                    Some(old)
+                }
+                None => {
+                    self.shared.insert((ds, id), Arc::from(v));
+                    old
+                }
+            };
+        }
+        if let Some(a) = self.shared.remove(&(ds, id)) {
+            self.insert_new(sizes.partition_point(|&s| s < v.len()), ds, id, v, len);
+            return Some(u32::try_from(a.len()).expect("object length validated"));
+        }
+        let class = sizes.partition_point(|&s| s < v.len());
         if let Some(l) = self.map.get_mut(&(ds, id)) {
             let old = l.len;
             if l.class as usize == class {
@@ -176,10 +277,16 @@ impl ObjShard {
         let class = u8::try_from(class).expect("fewer than 256 size classes");
         self.map.insert((ds, id), ObjLoc { class, slot, len });
     }
-    fn remove(&mut self, ds: u64, id: u64) -> Option<u32> {
+    fn remove_slab(&mut self, ds: u64, id: u64) -> Option<u32> {
         let l = self.map.remove(&(ds, id))?;
         self.classes[l.class as usize].release(l.slot);
         Some(l.len)
+    }
+    fn remove(&mut self, ds: u64, id: u64) -> Option<u32> {
+        match self.shared.remove(&(ds, id)) {
+            Some(a) => Some(u32::try_from(a.len()).expect("object length validated")),
+            None => self.remove_slab(ds, id),
+        }
     }
 }
 
@@ -326,31 +433,33 @@ impl Engine {
         }
     }
 
-    /// Bytes of bookkeeping (hash tables, slab tables, free lists) beside the stored values, and the bytes the
-    /// slabs reserve, summed over tenants. Used to report metadata overhead.
+    /// Bytes of bookkeeping (hash tables, slab tables, free lists, the counts and allocator headers of
+    /// reference-counted values, estimated as [`SHARED_OVERHEAD`] each) beside the stored values, and the bytes
+    /// that hold values (slabs, whole, and reference-counted values), summed over tenants. Used to report metadata
+    /// overhead.
     pub fn footprint(&self) -> (usize, usize) {
-        let entry_page = std::mem::size_of::<((u64, u64), u32)>() + 1;
+        let entry_page = std::mem::size_of::<((u64, u64), Page)>() + 1;
         let entry_obj = std::mem::size_of::<((u64, u64), ObjLoc)>() + 1;
-        let (mut meta, mut slabs) = (0, 0);
+        let entry_shared = std::mem::size_of::<((u64, u64), Arc<[u8]>)>() + 1;
+        let (mut meta, mut values) = (0, 0);
         for t in self.tenants.lock().values() {
             for s in &t.pages {
                 let s = s.lock();
-                meta += s.map.capacity() * entry_page;
-                if let Some(sl) = &s.slab {
-                    meta += sl.overhead_bytes();
-                    slabs += sl.reserved_bytes();
-                }
+                meta += s.map.capacity() * entry_page + s.map.len() * SHARED_OVERHEAD;
+                values += s.map.len() * PAGE_SIZE;
             }
             for s in &t.objects {
                 let s = s.lock();
                 meta += s.map.capacity() * entry_obj;
                 for c in &s.classes {
                     meta += c.overhead_bytes();
-                    slabs += c.reserved_bytes();
+                    values += c.reserved_bytes();
                 }
+                meta += s.shared.capacity() * entry_shared + s.shared.len() * SHARED_OVERHEAD;
+                values += s.shared.values().map(|v| v.len()).sum::<usize>();
             }
         }
-        (meta, slabs)
+        (meta, values)
     }
 
     /// Counters of one tenant and of the whole server, as (name, value) pairs.
@@ -387,66 +496,72 @@ impl Engine {
     }
 
     /// Executes one decoded request for `tenant`, appending the complete reply frame (success or error) to
-    /// `out`. `Raw` requests are the transport's business and answered here with an error.
-    pub fn dispatch(&self, tenant: &Tenant, id: u64, op: u8, req: &RequestView<'_>, out: &mut Vec<u8>) {
-        let start = out.len();
-        let frame = proto::begin_frame(out, op, Status::Ok as u8, id);
+    /// `out`, with stored values spliced in by reference. `Raw` requests are the transport's business and
+    /// answered here with an error.
+    pub fn dispatch_into(&self, tenant: &Tenant, id: u64, op: u8, req: &RequestView<'_>, out: &mut OutBuf) {
+        let frame = out.begin_frame(op, Status::Ok as u8, id);
         match self.execute(tenant, req, out) {
-            Ok(()) => proto::end_frame(out, frame),
+            Ok(()) => out.end_frame(frame),
             Err(e) => {
-                out.truncate(start);
+                out.truncate(frame);
                 tenant.counters.errors.fetch_add(1, Relaxed);
                 self.global.errors.fetch_add(1, Relaxed);
-                proto::error_frame(out, op, id, e.status, &e.msg);
+                proto::error_frame(out.bytes_mut(), op, id, e.status, &e.msg);
             }
         }
     }
 
-    fn execute(&self, t: &Tenant, req: &RequestView<'_>, out: &mut Vec<u8>) -> Result<(), ProtoError> {
+    /// [`Engine::dispatch_into`], with the reply frame copied out whole into `out`.
+    pub fn dispatch(&self, tenant: &Tenant, id: u64, op: u8, req: &RequestView<'_>, out: &mut Vec<u8>) {
+        let mut o = OutBuf::default();
+        self.dispatch_into(tenant, id, op, req, &mut o);
+        o.flatten_into(out);
+    }
+
+    fn execute(&self, t: &Tenant, req: &RequestView<'_>, out: &mut OutBuf) -> Result<(), ProtoError> {
         match *req {
             RequestView::Ping => self.count_op(t, 4),
             RequestView::Stats => {
                 self.count_op(t, 4);
-                proto::put_stats(out, &self.stats(t));
+                proto::put_stats(out.bytes_mut(), &self.stats(t));
             }
             RequestView::ReadPages { region, pages } => {
                 self.count_op(t, 0);
                 let n = pages.len();
                 out.extend_from_slice(&u32::try_from(n).expect("batch bounded").to_le_bytes());
-                let bits_at = out.len();
-                out.resize(bits_at + n.div_ceil(8), 0);
+                let bits_at = out.bytes_mut().len();
+                out.bytes_mut().resize(bits_at + n.div_ceil(8), 0);
+                let mut walk = ShardWalk::new(&t.pages);
                 for (i, p) in pages.iter().enumerate() {
-                    let shard = t.pages[shard_of(region, p)].lock();
-                    if let Some(&slot) = shard.map.get(&(region, p)) {
-                        let slab = shard.slab.as_ref().expect("a mapped page has a slab");
-                        out.extend_from_slice(slab.get(slot));
-                        out[bits_at + i / 8] |= 1 << (i % 8);
+                    if let Some(page) = walk.at(page_shard(region, p)).map.get(&(region, p)) {
+                        out.push_shared(Shared::Page(page.clone()));
+                        out.bytes_mut()[bits_at + i / 8] |= 1 << (i % 8);
                     }
                 }
             }
             RequestView::WritePages { region, pages, data } => {
                 self.count_op(t, 1);
                 // Reserve room for pages not yet stored; the reservation is returned if anything fails.
-                let fresh = pages
-                    .iter()
-                    .filter(|&p| !t.pages[shard_of(region, p)].lock().map.contains_key(&(region, p)))
-                    .count() as u64;
+                let mut walk = ShardWalk::new(&t.pages);
+                let fresh =
+                    pages.iter().filter(|&p| !walk.at(page_shard(region, p)).map.contains_key(&(region, p))).count()
+                        as u64;
+                drop(walk);
                 let res = self.reserve(fresh * PAGE_SIZE as u64)?;
                 let mut added = 0u64;
+                let mut walk = ShardWalk::new(&t.pages);
                 for (i, p) in pages.iter().enumerate() {
-                    let mut shard = t.pages[shard_of(region, p)].lock();
-                    let shard = &mut *shard;
-                    let slot = match shard.map.get(&(region, p)) {
-                        Some(&s) => s,
+                    let src = &data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+                    let shard = walk.at(page_shard(region, p));
+                    match shard.map.get_mut(&(region, p)) {
+                        Some(v) => overwrite_page(v, src),
                         None => {
-                            let s = shard.slab().alloc();
-                            shard.map.insert((region, p), s);
+                            shard.map.insert((region, p), new_page(src));
                             added += 1;
-                            s
                         }
-                    };
-                    shard.slab().get_mut(slot).copy_from_slice(&data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
+                    }
                 }
+                drop(walk);
                 // Commit what was really added (a concurrent writer may have added some of the same pages).
                 std::mem::forget(res);
                 self.used.fetch_sub((fresh - added.min(fresh)) * PAGE_SIZE as u64, Relaxed);
@@ -458,13 +573,13 @@ impl Engine {
             RequestView::DeletePages { region, pages } => {
                 self.count_op(t, 2);
                 let mut removed = 0u64;
+                let mut walk = ShardWalk::new(&t.pages);
                 for p in pages.iter() {
-                    let mut shard = t.pages[shard_of(region, p)].lock();
-                    if let Some(s) = shard.map.remove(&(region, p)) {
-                        shard.slab().release(s);
+                    if walk.at(page_shard(region, p)).map.remove(&(region, p)).is_some() {
                         removed += 1;
                     }
                 }
+                drop(walk);
                 self.release_pages(t, removed);
             }
             RequestView::DropRegion { region } => {
@@ -472,30 +587,26 @@ impl Engine {
                 let mut removed = 0u64;
                 for shard in &t.pages {
                     let mut shard = shard.lock();
-                    let shard = &mut *shard;
-                    let slab = shard.slab.get_or_insert_with(|| Slab::new(PAGE_SIZE));
-                    shard.map.retain(|&(r, _), &mut s| {
-                        if r == region {
-                            slab.release(s);
-                            removed += 1;
-                            false
-                        } else {
-                            true
-                        }
-                    });
+                    let before = shard.map.len();
+                    shard.map.retain(|&(r, _), _| r != region);
+                    removed += (before - shard.map.len()) as u64;
                 }
                 self.release_pages(t, removed);
             }
             RequestView::ReadObjects { ds, ids } => {
                 self.count_op(t, 0);
                 out.extend_from_slice(&u32::try_from(ids.len()).expect("batch bounded").to_le_bytes());
+                let mut walk = ShardWalk::new(&t.objects);
                 for id in ids.iter() {
                     out.extend_from_slice(&id.to_le_bytes());
-                    let shard = t.objects[shard_of(ds, id)].lock();
-                    match shard.get(ds, id) {
+                    match walk.at(shard_of(ds, id)).get(ds, id) {
                         Some(v) => {
-                            out.extend_from_slice(&u32::try_from(v.len()).expect("bounded").to_le_bytes());
-                            out.extend_from_slice(v);
+                            let len = u32::try_from(v.as_slice().len()).expect("bounded");
+                            out.extend_from_slice(&len.to_le_bytes());
+                            match v {
+                                ObjRef::Slab(b) => out.extend_from_slice(b),
+                                ObjRef::Shared(a) => out.push_shared(Shared::Value(a.clone())),
+                            }
                         }
                         None => out.extend_from_slice(&ABSENT.to_le_bytes()),
                     }
@@ -573,7 +684,8 @@ impl Engine {
         let (mut bytes, mut n) = (0u64, 0u64);
         for shard in &t.objects {
             let mut shard = shard.lock();
-            let keys: Vec<u64> = shard.map.keys().filter(|k| k.0 == ds).map(|k| k.1).collect();
+            let keys: Vec<u64> =
+                shard.map.keys().chain(shard.shared.keys()).filter(|k| k.0 == ds).map(|k| k.1).collect();
             for id in keys {
                 if let Some(l) = shard.remove(ds, id) {
                     bytes += u64::from(l);
@@ -595,7 +707,7 @@ impl Engine {
         // Growth if every entry replaced what is stored now (shrinking entries give room back only afterwards).
         let mut grow = 0u64;
         for (id, len) in entries.clone() {
-            let old = t.objects[shard_of(ds, id)].lock().map.get(&(ds, id)).map_or(0, |l| l.len);
+            let old = t.objects[shard_of(ds, id)].lock().len_of(ds, id).unwrap_or(0);
             grow += u64::from(len.saturating_sub(old));
         }
         let res = self.reserve(grow)?;
@@ -624,11 +736,11 @@ impl Engine {
     }
 
     pub(crate) fn read_object(&self, t: &Tenant, ds: u64, id: u64) -> Option<Vec<u8>> {
-        t.objects[shard_of(ds, id)].lock().get(ds, id).map(<[u8]>::to_vec)
+        t.objects[shard_of(ds, id)].lock().get(ds, id).map(|v| v.as_slice().to_vec())
     }
 
     pub(crate) fn with_object<R>(&self, t: &Tenant, ds: u64, id: u64, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
-        f(t.objects[shard_of(ds, id)].lock().get(ds, id))
+        f(t.objects[shard_of(ds, id)].lock().get(ds, id).as_ref().map(ObjRef::as_slice))
     }
 
     /// Kind of op for counting, used by transports that answer some ops themselves.
@@ -655,7 +767,7 @@ mod tests {
     fn class_sizes_cover_the_range() {
         let s = class_sizes();
         assert_eq!(s[0], 16);
-        assert_eq!(*s.last().unwrap(), MAX_OBJECT);
+        assert_eq!(*s.last().unwrap(), SHARE_MIN - 1);
         assert!(s.windows(2).all(|w| w[0] < w[1] && w[1] * 4 <= w[0] * 5 + w[0] / 4 * 4));
         assert!(s.len() < 256);
     }
@@ -674,6 +786,99 @@ mod tests {
         // Each shard may have one partly used slab.
         assert!(slabs >= stored && slabs <= stored + SHARDS * 256 * 1024, "slabs reserve {slabs} bytes");
         assert!(meta * 100 <= stored * 3, "metadata {meta} bytes for {stored} bytes of pages");
+    }
+
+    fn run(e: &Engine, t: &Tenant, req: &proto::Request, out: &mut OutBuf) {
+        let mut frame = Vec::new();
+        proto::encode_request(&mut frame, 1, req);
+        let v = proto::decode_request(req.op() as u8, &frame[4 + proto::HEADER_LEN..]).unwrap();
+        e.dispatch_into(t, 1, req.op() as u8, &v, out);
+    }
+
+    fn reply(out: &OutBuf, op: Op) -> proto::Reply {
+        let mut flat = Vec::new();
+        out.flatten_into(&mut flat);
+        let len = u32::from_le_bytes(flat[..4].try_into().unwrap()) as usize;
+        assert_eq!(len + 4, flat.len(), "one whole frame");
+        assert_eq!(flat[5], 0, "status ok: {:?}", String::from_utf8_lossy(&flat[16..]));
+        proto::decode_reply(op, &flat[4 + proto::HEADER_LEN..]).unwrap()
+    }
+
+    #[test]
+    fn a_reply_in_flight_keeps_the_values_it_read() {
+        let e = Engine::new(1 << 30, Registry::new());
+        let t = e.tenant("t");
+        let mut scratch = OutBuf::default();
+        let pages: Vec<u64> = (0..40).collect();
+        run(
+            &e,
+            &t,
+            &proto::Request::WritePages { region: 1, pages: pages.clone(), data: vec![1; 40 * PAGE_SIZE] },
+            &mut scratch,
+        );
+        let mut batch = proto::ObjBatch::new();
+        for (id, len) in [(0u64, 5000usize), (1, 100), (2, SHARE_MIN), (3, SHARE_MIN - 1)] {
+            batch.push(id, &vec![1; len]);
+        }
+        run(&e, &t, &proto::Request::WriteObjects { ds: 2, batch }, &mut scratch);
+        // Two replies built, not yet sent: they hold the pages and the large values.
+        let mut held_pages = OutBuf::default();
+        run(&e, &t, &proto::Request::ReadPages { region: 1, pages: pages.clone() }, &mut held_pages);
+        let mut held_objs = OutBuf::default();
+        run(&e, &t, &proto::Request::ReadObjects { ds: 2, ids: vec![0, 1, 2, 3] }, &mut held_objs);
+        // Overwrite everything (objects also change size class and representation), then delete some.
+        run(
+            &e,
+            &t,
+            &proto::Request::WritePages { region: 1, pages: pages.clone(), data: vec![2; 40 * PAGE_SIZE] },
+            &mut scratch,
+        );
+        let mut batch = proto::ObjBatch::new();
+        for (id, len) in [(0u64, 5000usize), (1, 3000), (2, 10), (3, SHARE_MIN - 1)] {
+            batch.push(id, &vec![2; len]);
+        }
+        run(&e, &t, &proto::Request::WriteObjects { ds: 2, batch }, &mut scratch);
+        run(&e, &t, &proto::Request::DeletePages { region: 1, pages: vec![0, 39] }, &mut scratch);
+        match reply(&held_pages, Op::ReadPages) {
+            proto::Reply::Pages { present, data } => {
+                assert!(present.iter().all(|&p| p));
+                assert!(data.iter().all(|&b| b == 1), "the held reply saw a later write");
+            }
+            r => panic!("{r:?}"),
+        }
+        match reply(&held_objs, Op::ReadObjects) {
+            proto::Reply::Objects(b) => {
+                let lens: Vec<usize> = b.iter().map(|(_, v)| v.unwrap().len()).collect();
+                assert_eq!(lens, [5000, 100, SHARE_MIN, SHARE_MIN - 1]);
+                assert!(b.iter().all(|(_, v)| v.unwrap().iter().all(|&x| x == 1)));
+            }
+            r => panic!("{r:?}"),
+        }
+        // New reads see the new values; the capacity counts the current sizes.
+        let mut now = OutBuf::default();
+        run(&e, &t, &proto::Request::ReadPages { region: 1, pages: vec![0, 1, 39] }, &mut now);
+        match reply(&now, Op::ReadPages) {
+            proto::Reply::Pages { present, data } => {
+                assert_eq!(present, [false, true, false]);
+                assert!(data[PAGE_SIZE..2 * PAGE_SIZE].iter().all(|&b| b == 2));
+            }
+            r => panic!("{r:?}"),
+        }
+        let mut now = OutBuf::default();
+        run(&e, &t, &proto::Request::ReadObjects { ds: 2, ids: vec![0, 1, 2, 3] }, &mut now);
+        match reply(&now, Op::ReadObjects) {
+            proto::Reply::Objects(b) => {
+                let lens: Vec<usize> = b.iter().map(|(_, v)| v.unwrap().len()).collect();
+                assert_eq!(lens, [5000, 3000, 10, SHARE_MIN - 1]);
+                assert!(b.iter().all(|(_, v)| v.unwrap().iter().all(|&x| x == 2)));
+            }
+            r => panic!("{r:?}"),
+        }
+        assert_eq!(e.used(), (38 * PAGE_SIZE + 5000 + 3000 + 10 + SHARE_MIN - 1) as u64);
+        run(&e, &t, &proto::Request::DropObjects { ds: 2 }, &mut scratch);
+        run(&e, &t, &proto::Request::DropRegion { region: 1 }, &mut scratch);
+        assert_eq!(e.used(), 0);
+        assert_eq!(e.footprint().1, 0, "no value is left behind");
     }
 
     #[test]
