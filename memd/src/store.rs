@@ -4,7 +4,8 @@
 //! reply holds them by reference and the server writes them to the socket straight from the store, with no copy
 //! into a reply buffer ([`crate::outbuf`]). Writes are copy-on-write — a value is changed in place only while
 //! no reply holds it, otherwise it is replaced — so a reply never mixes old and new bytes of a value. A page costs
-//! its 4 KiB, the `Arc` counts (16 B), the allocator's header, and one hash-map entry (key 16 B + pointer 8 B).
+//! its 4 KiB, the `Arc` counts (16 B) and the allocator's header; pages are found by aligned runs of [`PAGE_RUN`]
+//! (one hash-map entry and an array of 16 pointers per run).
 //! Smaller objects live in slabs — large boxed buffers carved into fixed-size slots, size classes four to a power
 //! of two (at most 25% internal waste) from 16 B to 2 KiB — and are copied into replies, which for them is cheaper
 //! than a heap allocation and a separate piece of a vectored write. Each tenant's keys are spread over [`SHARDS`]
@@ -26,8 +27,9 @@ use std::sync::Arc;
 /// Number of independently locked shards per tenant store.
 pub const SHARDS: usize = 16;
 
-/// Pages `k * PAGE_RUN .. (k + 1) * PAGE_RUN` of a region live in one shard.
-pub const PAGE_RUN: u64 = 16;
+/// Pages `k * PAGE_RUN .. (k + 1) * PAGE_RUN` of a region live in one shard, in one run.
+pub const PAGE_RUN: u64 = RUN_LEN as u64;
+const RUN_LEN: usize = 16;
 
 /// Object values of at least this many bytes are reference-counted and sent by reference; smaller ones live in
 /// slabs and are copied into replies.
@@ -161,9 +163,68 @@ impl Slab {
     }
 }
 
+/// One aligned run of [`PAGE_RUN`] pages of a region.
+type Run = Box<[Option<Page>; RUN_LEN]>;
+
+/// Pages of one shard, by run: a batch of consecutive pages finds them with one cache-warm lookup per page
+/// (the same key again and again) instead of a cold hash probe each, and a densely filled region costs one map
+/// entry and 128 B of pointers per 16 pages.
 #[derive(Debug, Default)]
 struct PageShard {
-    map: Map<Page>,
+    runs: Map<Run>,
+    pages: usize,
+}
+
+fn run_of(page: u64) -> (u64, usize) {
+    (page / PAGE_RUN, usize::try_from(page % PAGE_RUN).expect("PAGE_RUN is small"))
+}
+
+impl PageShard {
+    fn get(&self, region: u64, page: u64) -> Option<&Page> {
+        let (run, i) = run_of(page);
+        self.runs.get(&(region, run)).and_then(|r| r[i].as_ref())
+    }
+    /// Stores a page; returns whether it is new.
+    fn put(&mut self, region: u64, page: u64, data: &[u8]) -> bool {
+        let (run, i) = run_of(page);
+        let slot = &mut self.runs.entry((region, run)).or_default()[i];
+        match slot {
+            Some(v) => {
+                overwrite_page(v, data);
+                false
+            }
+            None => {
+                *slot = Some(new_page(data));
+                self.pages += 1;
+                true
+            }
+        }
+    }
+    /// Removes a page; returns whether it was there.
+    fn remove(&mut self, region: u64, page: u64) -> bool {
+        let (run, i) = run_of(page);
+        let Some(r) = self.runs.get_mut(&(region, run)) else { return false };
+        if r[i].take().is_none() {
+            return false;
+        }
+        self.pages -= 1;
+        if r.iter().all(Option::is_none) {
+            self.runs.remove(&(region, run));
+        }
+        true
+    }
+    /// Removes every page of `region`; returns how many there were.
+    fn drop_region(&mut self, region: u64) -> usize {
+        let mut removed = 0;
+        self.runs.retain(|&(r, _), run| {
+            if r == region {
+                removed += run.iter().flatten().count();
+            }
+            r != region
+        });
+        self.pages -= removed;
+        removed
+    }
 }
 
 /// Object size classes of the slabs: 16 B, then four steps per power of two, up to the largest value under
@@ -438,15 +499,17 @@ impl Engine {
     /// that hold values (slabs, whole, and reference-counted values), summed over tenants. Used to report metadata
     /// overhead.
     pub fn footprint(&self) -> (usize, usize) {
-        let entry_page = std::mem::size_of::<((u64, u64), Page)>() + 1;
+        let entry_run = std::mem::size_of::<((u64, u64), Run)>() + 1;
+        // A run's pointers, and the allocator's header of that allocation.
+        let run = std::mem::size_of::<[Option<Page>; RUN_LEN]>() + 16;
         let entry_obj = std::mem::size_of::<((u64, u64), ObjLoc)>() + 1;
         let entry_shared = std::mem::size_of::<((u64, u64), Arc<[u8]>)>() + 1;
         let (mut meta, mut values) = (0, 0);
         for t in self.tenants.lock().values() {
             for s in &t.pages {
                 let s = s.lock();
-                meta += s.map.capacity() * entry_page + s.map.len() * SHARED_OVERHEAD;
-                values += s.map.len() * PAGE_SIZE;
+                meta += s.runs.capacity() * entry_run + s.runs.len() * run + s.pages * SHARED_OVERHEAD;
+                values += s.pages * PAGE_SIZE;
             }
             for s in &t.objects {
                 let s = s.lock();
@@ -533,7 +596,7 @@ impl Engine {
                 out.bytes_mut().resize(bits_at + n.div_ceil(8), 0);
                 let mut walk = ShardWalk::new(&t.pages);
                 for (i, p) in pages.iter().enumerate() {
-                    if let Some(page) = walk.at(page_shard(region, p)).map.get(&(region, p)) {
+                    if let Some(page) = walk.at(page_shard(region, p)).get(region, p) {
                         out.push_shared(Shared::Page(page.clone()));
                         out.bytes_mut()[bits_at + i / 8] |= 1 << (i % 8);
                     }
@@ -544,21 +607,15 @@ impl Engine {
                 // Reserve room for pages not yet stored; the reservation is returned if anything fails.
                 let mut walk = ShardWalk::new(&t.pages);
                 let fresh =
-                    pages.iter().filter(|&p| !walk.at(page_shard(region, p)).map.contains_key(&(region, p))).count()
-                        as u64;
+                    pages.iter().filter(|&p| walk.at(page_shard(region, p)).get(region, p).is_none()).count() as u64;
                 drop(walk);
                 let res = self.reserve(fresh * PAGE_SIZE as u64)?;
                 let mut added = 0u64;
                 let mut walk = ShardWalk::new(&t.pages);
                 for (i, p) in pages.iter().enumerate() {
                     let src = &data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
-                    let shard = walk.at(page_shard(region, p));
-                    match shard.map.get_mut(&(region, p)) {
-                        Some(v) => overwrite_page(v, src),
-                        None => {
-                            shard.map.insert((region, p), new_page(src));
-                            added += 1;
-                        }
+                    if walk.at(page_shard(region, p)).put(region, p, src) {
+                        added += 1;
                     }
                 }
                 drop(walk);
@@ -575,7 +632,7 @@ impl Engine {
                 let mut removed = 0u64;
                 let mut walk = ShardWalk::new(&t.pages);
                 for p in pages.iter() {
-                    if walk.at(page_shard(region, p)).map.remove(&(region, p)).is_some() {
+                    if walk.at(page_shard(region, p)).remove(region, p) {
                         removed += 1;
                     }
                 }
@@ -586,10 +643,7 @@ impl Engine {
                 self.count_op(t, 2);
                 let mut removed = 0u64;
                 for shard in &t.pages {
-                    let mut shard = shard.lock();
-                    let before = shard.map.len();
-                    shard.map.retain(|&(r, _), _| r != region);
-                    removed += (before - shard.map.len()) as u64;
+                    removed += shard.lock().drop_region(region) as u64;
                 }
                 self.release_pages(t, removed);
             }
