@@ -18,6 +18,7 @@
 
 use super::{warm, ContainerError, Offload, SpaceHandle};
 use crate::epoch::DerefScope;
+use crate::ptr::sealed::Sealed as _;
 use crate::ptr::FarBox;
 use crate::runtime::Runtime;
 use bytemuck::Pod;
@@ -258,18 +259,32 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
             }
         }
         // Overlap the misses: one batched fetch for every remote bucket needed. The buckets it brings in arrive
-        // fresh, so the first lookup on each is their first use, not a second one (see `word::FRESH`).
-        let mut missing = (0..keys.len()).filter(|&i| !remote[i] && !guards[i].obj.is_local()).peekable();
-        if let Some(&first) = missing.peek() {
-            super::room_for_fetch(&guards[first].obj);
-            self.sp.rt.fetch(missing.map(|i| &guards[i].obj))?.wait()?;
-        }
-        let s = DerefScope::new();
-        for i in (0..keys.len()).filter(|&i| !remote[i]) {
-            let r = guards[i].obj.deref(&s);
-            let bytes = bytemuck::bytes_of(&*r);
-            let kb = bytemuck::bytes_of(&keys[i]);
-            out[i] = l.find(bytes, hashes[i], kb).map(|k| bytemuck::pod_read_unaligned(l.val(bytes, k)));
+        // fresh, so the first lookup on each is their first use, not a second one (see `word::FRESH`). Buckets
+        // other threads are fetching are waited for here too, and a bucket evicted between its fetch and the
+        // scope is fetched again after the scope, in the next round: the scope never waits for the network (a
+        // thread waiting inside a scope holds up every grace period of the evacuator). The last round reads
+        // whatever it finds, fetching inside its scope if it must, so that a lookup always ends.
+        const ROUNDS: usize = 3;
+        let mut pending: Vec<usize> = (0..keys.len()).filter(|&i| !remote[i]).collect();
+        for round in 1..=ROUNDS {
+            let mut missing = pending.iter().copied().filter(|&i| !guards[i].obj.is_local()).peekable();
+            if let Some(&first) = missing.peek() {
+                super::room_for_fetch(&guards[first].obj);
+                let slots: Vec<_> = missing.map(|i| guards[i].obj.far_slot()).collect();
+                self.sp.rt.inner.fetch_all(&slots)?;
+            }
+            let s = DerefScope::new();
+            pending.retain(|&i| {
+                let r = if round < ROUNDS { guards[i].obj.deref_if_local(&s) } else { Some(guards[i].obj.deref(&s)) };
+                let Some(r) = r else { return true };
+                let bytes = bytemuck::bytes_of(&*r);
+                let kb = bytemuck::bytes_of(&keys[i]);
+                out[i] = l.find(bytes, hashes[i], kb).map(|k| bytemuck::pod_read_unaligned(l.val(bytes, k)));
+                false
+            });
+            if pending.is_empty() {
+                break;
+            }
         }
         Ok(out)
     }
