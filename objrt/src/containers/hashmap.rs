@@ -53,6 +53,10 @@ impl BucketObj for Bucket256 {}
 impl BucketObj for Bucket1K {}
 impl BucketObj for Bucket4K {}
 
+/// Lookups read their buckets in a scope that does not wait for the network, fetching again after the scope
+/// what was evicted before it, in up to this many rounds; the last one reads whatever it takes (see `get_many`).
+const READ_ROUNDS: usize = 3;
+
 /// Directory depths beyond this are refused (16 M slots).
 const MAX_DEPTH: u32 = 24;
 
@@ -187,11 +191,21 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
         let h = hash_key(kb);
         let dir = self.dir.read();
         let b = dir.table[slot(dir.depth, h)].read();
+        let find = |r: &B| {
+            let bytes = bytemuck::bytes_of(r);
+            self.layout.find(bytes, h, kb).map(|i| bytemuck::pod_read_unaligned(self.layout.val(bytes, i)))
+        };
+        // As in `get_many`: the scope does not wait for the network, but for the last of `READ_ROUNDS`.
+        for _ in 1..READ_ROUNDS {
+            warm(&b.obj);
+            let s = DerefScope::new();
+            if let Some(r) = b.obj.deref_if_local(&s) {
+                return find(&r);
+            }
+        }
         warm(&b.obj);
         let s = DerefScope::new();
-        let r = b.obj.deref(&s);
-        let bytes = bytemuck::bytes_of(&*r);
-        self.layout.find(bytes, h, kb).map(|i| bytemuck::pod_read_unaligned(self.layout.val(bytes, i)))
+        find(&b.obj.deref(&s))
     }
 
     /// Whether `key` is present.
@@ -264,9 +278,8 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
         // scope is fetched again after the scope, in the next round: the scope never waits for the network (a
         // thread waiting inside a scope holds up every grace period of the evacuator). The last round reads
         // whatever it finds, fetching inside its scope if it must, so that a lookup always ends.
-        const ROUNDS: usize = 3;
         let mut pending: Vec<usize> = (0..keys.len()).filter(|&i| !remote[i]).collect();
-        for round in 1..=ROUNDS {
+        for round in 1..=READ_ROUNDS {
             let mut missing = pending.iter().copied().filter(|&i| !guards[i].obj.is_local()).peekable();
             if let Some(&first) = missing.peek() {
                 super::room_for_fetch(&guards[first].obj);
@@ -275,7 +288,8 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
             }
             let s = DerefScope::new();
             pending.retain(|&i| {
-                let r = if round < ROUNDS { guards[i].obj.deref_if_local(&s) } else { Some(guards[i].obj.deref(&s)) };
+                let r =
+                    if round < READ_ROUNDS { guards[i].obj.deref_if_local(&s) } else { Some(guards[i].obj.deref(&s)) };
                 let Some(r) = r else { return true };
                 let bytes = bytemuck::bytes_of(&*r);
                 let kb = bytemuck::bytes_of(&keys[i]);
