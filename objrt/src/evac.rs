@@ -167,7 +167,9 @@ pub(crate) fn cycle(rt: &RtInner, want: usize, keep_hot: bool) -> usize {
     }
 
     // 2. Grace period.
+    let grace = std::time::Instant::now();
     crate::epoch::domain().synchronize();
+    Counters::add(&rt.ctr.grace_wait_ns, u64::try_from(grace.elapsed().as_nanos()).unwrap_or(u64::MAX));
 
     // 3 and 4. Take and move.
     // Give back `want` regions, or a third of the victims when fewer were sealed.

@@ -223,6 +223,26 @@ impl<T: Pod> FarBox<T> {
         Ref(raw::obj_ref(a))
     }
 
+    /// Like [`FarBox::deref`], but never fetches or waits: `None` when the object is not local and free to use
+    /// right now (remote, or held by someone). A container that brought its objects in before opening its
+    /// scope uses it to keep network waits out of the scope: it closes the scope, brings in what was evicted
+    /// meanwhile, and tries again (a thread waiting inside a scope holds up every grace period).
+    #[inline]
+    pub(crate) fn deref_if_local<'s>(&'s self, scope: &'s DerefScope) -> Option<Ref<'s, T>> {
+        let w = crate::primitive::load_word(&self.slot.word);
+        let a = if w & word::READ_SLOW == 0 {
+            w
+        } else {
+            // What the slow path does first, and all it does for an object that is local and nobody holds.
+            match word::touch(&self.slot.word, true) {
+                word::Found::Local(a) => a,
+                word::Found::Remote(_) | word::Found::Busy(_) => return None,
+            }
+        };
+        count_deref(scope);
+        Some(Ref(raw::obj_ref(a)))
+    }
+
     /// Like [`FarBox::deref`], but a failed fetch (memd gone, local heap exhausted) is returned, not a panic.
     #[inline]
     pub fn try_deref<'s>(&'s self, scope: &'s DerefScope) -> Result<Ref<'s, T>, ObjError> {

@@ -538,6 +538,7 @@ impl RtInner {
             written_back: c.written_back.load(Relaxed),
             clean_drops: c.clean_drops.load(Relaxed),
             evac_cancelled: c.evac_cancelled.load(Relaxed),
+            grace_wait_ns: c.grace_wait_ns.load(Relaxed),
             regions_freed: c.regions_freed.load(Relaxed),
             frees: c.frees.load(Relaxed),
             remote_deletes: c.remote_deletes.load(Relaxed),
@@ -668,34 +669,77 @@ impl RtInner {
         if by_space.is_empty() {
             return Ok(None);
         }
+        // The fetch is in the in-flight table before its requests go out, its groups locked until they are
+        // sent: a thread that finds one of these objects claimed finds the fetch at once and waits on its lock
+        // and then its reply, instead of spinning on a claim whose request is still being sent (under CPU
+        // contention, for as long as the fetching thread is preempted — often inside the other's scope).
+        let inf = Arc::new(Inflight { groups: Mutex::new(None) });
+        let mut sent = inf.groups.lock();
+        for (_, entries) in &by_space {
+            for (s, _) in entries {
+                self.inflight.insert(s.id(), &inf);
+            }
+        }
         let mut groups = Vec::with_capacity(by_space.len());
         let mut failed = None;
         for (space, entries) in by_space {
             if failed.is_some() {
-                entries.iter().for_each(|&(s, seen)| word::publish(&s.word, seen));
+                self.unclaim(&entries);
                 continue;
             }
             let req = Request::ReadObjects { ds: self.ds(space), ids: entries.iter().map(|(s, _)| s.id()).collect() };
             match self.store.submit(req) {
                 Ok(pending) => groups.push(Group { space, pending, entries }),
                 Err(e) => {
-                    entries.iter().for_each(|&(s, seen)| word::publish(&s.word, seen));
+                    self.unclaim(&entries);
                     failed = Some(e);
                 }
             }
         }
-        let inf = Arc::new(Inflight { groups: Mutex::new(Some(groups)) });
-        for g in inf.groups.lock().iter().flatten() {
-            for (s, _) in &g.entries {
-                self.inflight.insert(s.id(), &inf);
-            }
-        }
+        *sent = Some(groups);
+        drop(sent);
         if let Some(e) = failed {
             // The groups already sent are completed so that their objects do not stay claimed.
             let _ = self.complete(&inf);
             return Err(e.into());
         }
         Ok(Some(inf))
+    }
+
+    /// Brings every object of `slots` in and returns once each is local (or was, after the fetch that brought
+    /// it): starts one fetch for the remote ones nobody claimed, and also completes the fetches other threads
+    /// have in flight for the rest. A container calls this before it opens the scope it reads the objects in,
+    /// so that the scope never waits for the network — a thread waiting inside a scope holds up every grace
+    /// period of the evacuator (under CPU contention, for as long as it takes the fetching thread to be
+    /// scheduled again).
+    pub(crate) fn fetch_all(&self, slots: &[&'static Slot]) -> Result<(), ObjError> {
+        let own = self.start_fetch(slots)?;
+        let mut first_err = None;
+        if let Some(inf) = &own {
+            if let Err(e) = self.complete(inf) {
+                first_err.get_or_insert(e);
+            }
+        }
+        for &s in slots {
+            let w = s.word.load(Ordering::Acquire);
+            if w & word::ABSENT != 0 && w & word::BUSY != 0 && w != word::FREE {
+                if let Some(inf) = self.inflight.get(s.id()) {
+                    if let Err(e) = self.complete(&inf) {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Gives back claims whose request was never sent.
+    fn unclaim(&self, entries: &Claimed) {
+        for &(s, seen) in entries {
+            // Out of the table first: once published, another thread may claim the object and enter its own fetch.
+            self.inflight.remove(s.id());
+            word::publish(&s.word, seen);
+        }
     }
 
     /// Completes a fetch: waits for its replies and installs the objects. Idempotent; concurrent callers wait

@@ -27,6 +27,8 @@ pub struct Stats {
     pub clean_drops: u64,
     /// Objects whose evacuation a mutator cancelled by touching them.
     pub evac_cancelled: u64,
+    /// Nanoseconds evacuation cycles spent waiting for grace periods (summed over the threads that ran them).
+    pub grace_wait_ns: u64,
     /// Regions reclaimed by the evacuator.
     pub regions_freed: u64,
     /// Objects freed.
@@ -69,6 +71,7 @@ pub(crate) struct Counters {
     pub written_back: AtomicU64,
     pub clean_drops: AtomicU64,
     pub evac_cancelled: AtomicU64,
+    pub grace_wait_ns: AtomicU64,
     pub regions_freed: AtomicU64,
     pub frees: AtomicU64,
     pub remote_deletes: AtomicU64,

@@ -114,6 +114,50 @@ fn miri_fetch_handle_batches_misses() {
 }
 
 #[test]
+fn miri_fetch_all_completes_fetches_others_started() {
+    use crate::ptr::sealed::Sealed as _;
+    let (rt, _) = manual(1 << 20);
+    let boxes: Vec<_> = (0..8).map(|i| FarBox::new_in(&rt, pattern(i))).collect();
+    rt.evacuate_all().unwrap();
+    // Another fetch (a handle not waited for yet) holds the first half claimed.
+    let theirs = rt.fetch(&boxes[..4]).unwrap();
+    assert!(!theirs.is_empty());
+    assert!(boxes[..4].iter().all(|b| !b.is_local()), "claimed, in flight");
+    let slots: Vec<_> = boxes.iter().map(|b| b.far_slot()).collect();
+    rt.inner.fetch_all(&slots).unwrap();
+    // Every object is local on return, the ones the other fetch carries too (without them a container's scope
+    // would wait for that fetch inside the scope), and nothing was fetched twice.
+    assert!(boxes.iter().all(FarBox::is_local));
+    assert_eq!(rt.stats().misses, 8);
+    theirs.wait().unwrap();
+    for (i, b) in boxes.iter().enumerate() {
+        assert_eq!(b.read(), pattern(i as u64));
+    }
+}
+
+#[test]
+fn miri_deref_if_local_never_fetches() {
+    let (rt, _) = manual(1 << 20);
+    let b = FarBox::new_in(&rt, pattern(3));
+    rt.evacuate_all().unwrap();
+    {
+        let s = DerefScope::new();
+        assert!(b.deref_if_local(&s).is_none(), "remote: no fetch inside the scope");
+    }
+    assert_eq!(rt.stats().misses, 0);
+    let h = b.prefetch().unwrap();
+    {
+        let s = DerefScope::new();
+        assert!(b.deref_if_local(&s).is_none(), "in flight: no wait inside the scope");
+    }
+    h.wait().unwrap();
+    let s = DerefScope::new();
+    // Local (cold and fresh after its fetch): the first use clears FRESH, as a dereference's would.
+    assert_eq!(b.deref_if_local(&s).map(|r| *r), Some(pattern(3)));
+    assert_eq!(rt.stats().misses, 1);
+}
+
+#[test]
 fn miri_dropped_fetch_handle_completes() {
     let (rt, _) = manual(1 << 20);
     let b = FarBox::new_in(&rt, 5u32);

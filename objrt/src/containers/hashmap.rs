@@ -18,6 +18,7 @@
 
 use super::{warm, ContainerError, Offload, SpaceHandle};
 use crate::epoch::DerefScope;
+use crate::ptr::sealed::Sealed as _;
 use crate::ptr::FarBox;
 use crate::runtime::Runtime;
 use bytemuck::Pod;
@@ -51,6 +52,10 @@ impl sealed::Sealed for Bucket4K {}
 impl BucketObj for Bucket256 {}
 impl BucketObj for Bucket1K {}
 impl BucketObj for Bucket4K {}
+
+/// Lookups read their buckets in a scope that does not wait for the network, fetching again after the scope
+/// what was evicted before it, in up to this many rounds; the last one reads whatever it takes (see `get_many`).
+const READ_ROUNDS: usize = 3;
 
 /// Directory depths beyond this are refused (16 M slots).
 const MAX_DEPTH: u32 = 24;
@@ -186,11 +191,21 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
         let h = hash_key(kb);
         let dir = self.dir.read();
         let b = dir.table[slot(dir.depth, h)].read();
+        let find = |r: &B| {
+            let bytes = bytemuck::bytes_of(r);
+            self.layout.find(bytes, h, kb).map(|i| bytemuck::pod_read_unaligned(self.layout.val(bytes, i)))
+        };
+        // As in `get_many`: the scope does not wait for the network, but for the last of `READ_ROUNDS`.
+        for _ in 1..READ_ROUNDS {
+            warm(&b.obj);
+            let s = DerefScope::new();
+            if let Some(r) = b.obj.deref_if_local(&s) {
+                return find(&r);
+            }
+        }
         warm(&b.obj);
         let s = DerefScope::new();
-        let r = b.obj.deref(&s);
-        let bytes = bytemuck::bytes_of(&*r);
-        self.layout.find(bytes, h, kb).map(|i| bytemuck::pod_read_unaligned(self.layout.val(bytes, i)))
+        find(&b.obj.deref(&s))
     }
 
     /// Whether `key` is present.
@@ -258,18 +273,32 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
             }
         }
         // Overlap the misses: one batched fetch for every remote bucket needed. The buckets it brings in arrive
-        // fresh, so the first lookup on each is their first use, not a second one (see `word::FRESH`).
-        let mut missing = (0..keys.len()).filter(|&i| !remote[i] && !guards[i].obj.is_local()).peekable();
-        if let Some(&first) = missing.peek() {
-            super::room_for_fetch(&guards[first].obj);
-            self.sp.rt.fetch(missing.map(|i| &guards[i].obj))?.wait()?;
-        }
-        let s = DerefScope::new();
-        for i in (0..keys.len()).filter(|&i| !remote[i]) {
-            let r = guards[i].obj.deref(&s);
-            let bytes = bytemuck::bytes_of(&*r);
-            let kb = bytemuck::bytes_of(&keys[i]);
-            out[i] = l.find(bytes, hashes[i], kb).map(|k| bytemuck::pod_read_unaligned(l.val(bytes, k)));
+        // fresh, so the first lookup on each is their first use, not a second one (see `word::FRESH`). Buckets
+        // other threads are fetching are waited for here too, and a bucket evicted between its fetch and the
+        // scope is fetched again after the scope, in the next round: the scope never waits for the network (a
+        // thread waiting inside a scope holds up every grace period of the evacuator). The last round reads
+        // whatever it finds, fetching inside its scope if it must, so that a lookup always ends.
+        let mut pending: Vec<usize> = (0..keys.len()).filter(|&i| !remote[i]).collect();
+        for round in 1..=READ_ROUNDS {
+            let mut missing = pending.iter().copied().filter(|&i| !guards[i].obj.is_local()).peekable();
+            if let Some(&first) = missing.peek() {
+                super::room_for_fetch(&guards[first].obj);
+                let slots: Vec<_> = missing.map(|i| guards[i].obj.far_slot()).collect();
+                self.sp.rt.inner.fetch_all(&slots)?;
+            }
+            let s = DerefScope::new();
+            pending.retain(|&i| {
+                let r =
+                    if round < READ_ROUNDS { guards[i].obj.deref_if_local(&s) } else { Some(guards[i].obj.deref(&s)) };
+                let Some(r) = r else { return true };
+                let bytes = bytemuck::bytes_of(&*r);
+                let kb = bytemuck::bytes_of(&keys[i]);
+                out[i] = l.find(bytes, hashes[i], kb).map(|k| bytemuck::pod_read_unaligned(l.val(bytes, k)));
+                false
+            });
+            if pending.is_empty() {
+                break;
+            }
         }
         Ok(out)
     }

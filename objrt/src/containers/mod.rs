@@ -151,11 +151,12 @@ pub(crate) fn elems_mut<T: Pod>(c: &mut Chunk, n: usize) -> &mut [T] {
 /// follows, which reports them.
 #[inline]
 pub(crate) fn warm<T: Pod>(obj: &FarBox<T>) {
+    use crate::ptr::sealed::Sealed as _;
     if !obj.is_local() {
         room_for_fetch(obj);
-        if let Ok(h) = obj.prefetch() {
-            let _ = h.wait();
-        }
+        // Also waits for a fetch of it that another thread has in flight, so that the caller's scope does not.
+        // A failure shows again (and is reported) at the dereference.
+        let _ = obj.far_runtime().fetch_all(&[obj.far_slot()]);
     }
 }
 

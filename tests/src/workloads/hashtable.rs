@@ -143,23 +143,47 @@ fn objects_in<B: farmem_objrt::containers::BucketObj>(p: &Params, rt: &Runtime) 
     }
     let setup_secs = t.elapsed().as_secs_f64();
     let s0 = rt.stats();
+    let cpu0 = process_cpu_secs();
     let (secs, checksum) = timed(p, |t| {
         let mut acc = FOLD_START;
         batched(p, t, |keys| Ok(m.get_many(keys, Offload::Local)?), |v: &Value| acc = fold_value(acc, v))?;
         Ok(acc)
     })?;
+    let cpu = process_cpu_secs().zip(cpu0).map(|(b, a)| b - a);
     let s = rt.stats();
     let ms = |a: u64, b: u64| a.saturating_sub(b) as f64 / 1e6;
     // What the runtime did during the lookups: misses, and the time mutators spent waiting (summed over threads).
-    let extra = vec![
+    let mut extra = vec![
         ("buckets".into(), m.bucket_count() as f64),
         ("misses".into(), s.misses.saturating_sub(s0.misses) as f64),
         ("evac_cycles".into(), s.evac_cycles.saturating_sub(s0.evac_cycles) as f64),
         ("alloc_wait_ms".into(), ms(s.alloc_wait_ns, s0.alloc_wait_ns)),
         ("scope_wait_ms".into(), ms(s.scope_wait_ns, s0.scope_wait_ns)),
         ("busy_wait_ms".into(), ms(s.busy_wait_ns, s0.busy_wait_ns)),
+        ("grace_wait_ms".into(), ms(s.grace_wait_ns, s0.grace_wait_ns)),
+        ("shared_misses".into(), s.shared_misses.saturating_sub(s0.shared_misses) as f64),
+        ("clean_drops".into(), s.clean_drops.saturating_sub(s0.clean_drops) as f64),
+        ("compacted".into(), s.compacted.saturating_sub(s0.compacted) as f64),
+        ("cancelled".into(), s.evac_cancelled.saturating_sub(s0.evac_cancelled) as f64),
+        ("overflow".into(), s.overflow_regions.saturating_sub(s0.overflow_regions) as f64),
     ];
+    if let Some(c) = cpu {
+        // The process's CPU time per lookup (all its threads: mutators, evacuator, memd client): what a CPU hog
+        // beside the run cannot inflate the way it inflates wall time.
+        extra.push(("cpu_us_per_op".into(), c * 1e6 / lookups(p) as f64));
+    }
     Ok(Outcome { ops: lookups(p), secs, setup_secs, checksum, extra })
+}
+
+/// CPU time (user + system) of this process so far, from `/proc/self/stat` (clock ticks of 10 ms); `None` where
+/// that file cannot be read.
+fn process_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command (which may hold spaces) start at the last ')'; utime and stime are 14 and 15.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 /// Share of the budget the objrt part gets in hybrid mode: the index (key to row, about 16 B an entry) against
