@@ -224,9 +224,50 @@ fn read_frame(r: &mut impl FrameRead) -> io::Result<(Header, Body)> {
         }
         return Ok((h, Body::Pages { present, data }));
     }
-    let mut body = vec![0u8; payload];
-    r.read_exact(&mut body)?;
+    let mut body = reply_buffer(payload);
+    r.read_bulk(&mut body)?;
     Ok((h, Body::Bytes(body)))
+}
+
+/// Reply bodies at least this large come from (and may go back to) the spare-buffer list.
+const SPARE_MIN_BYTES: usize = 64 << 10;
+/// Most spare buffers kept.
+const SPARE_MAX: usize = 16;
+
+/// Spare reply buffers, handed back with [`recycle_reply_buffer`]. A stream of large replies (a container scan's
+/// prefetches: 256 KiB each, several in flight) otherwise allocates and frees a fresh buffer per reply, and the
+/// allocator returns it to the kernel in between, so every reply paid for page faults and zeroed pages on top of
+/// the one copy from the socket.
+static SPARE: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// A buffer of `len` bytes for a reply body (a spare one when there is one big enough). Its contents are
+/// arbitrary: the caller overwrites all of it.
+fn reply_buffer(len: usize) -> Vec<u8> {
+    if len >= SPARE_MIN_BYTES {
+        let spare = SPARE.lock().ok().and_then(|mut l| {
+            let i = l.iter().position(|b| b.capacity() >= len)?;
+            Some(l.swap_remove(i))
+        });
+        if let Some(mut b) = spare {
+            // Zeroes only what the last user truncated away (a few bytes for an objects reply).
+            b.resize(len, 0);
+            return b;
+        }
+    }
+    vec![0u8; len]
+}
+
+/// Hands a reply's buffer (such as [`ObjBatch::data`](crate::ObjBatch::data) of a READ_OBJECTS reply, once its
+/// values are copied out) back for a later reply to reuse. Small buffers, and any beyond a short list, are freed.
+pub fn recycle_reply_buffer(buf: Vec<u8>) {
+    if buf.capacity() < SPARE_MIN_BYTES || buf.capacity() > MAX_FRAME {
+        return;
+    }
+    if let Ok(mut l) = SPARE.lock() {
+        if l.len() < SPARE_MAX {
+            l.push(buf);
+        }
+    }
 }
 
 fn body_bytes(b: Body) -> Vec<u8> {

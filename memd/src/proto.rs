@@ -317,15 +317,31 @@ impl<'a> Reader<'a> {
 /// A batch of objects in one flat buffer: ids, lengths ([`ABSENT`] for a missing object) and concatenated bytes.
 ///
 /// One allocation per batch, not per object: this is what object reads return and writes take.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// Equality compares the entries (ids, lengths, values), not how `data` lays them out.
+#[derive(Clone, Debug, Default)]
 pub struct ObjBatch {
     /// Object ids.
     pub ids: Vec<u64>,
     /// Byte lengths, or [`ABSENT`].
     pub lens: Vec<u32>,
-    /// Concatenated values of present objects, in order.
+    /// Concatenated values of present objects, in order — unless the batch was decoded from a READ_OBJECTS reply
+    /// ([`decode_objects`]): then it is the reply's payload as received, each value after its 12-byte entry
+    /// (see [`ObjBatch::is_packed`]; [`ObjBatch::pack`] makes it plain values). Read values with
+    /// [`ObjBatch::iter`], which knows both layouts.
     pub data: Vec<u8>,
+    /// `data` is a READ_OBJECTS reply payload: a 4-byte count, then per entry its id and length (12 bytes) and
+    /// its value if present.
+    wire: bool,
 }
+
+impl PartialEq for ObjBatch {
+    fn eq(&self, other: &Self) -> bool {
+        self.ids == other.ids && self.lens == other.lens && self.iter().map(|x| x.1).eq(other.iter().map(|x| x.1))
+    }
+}
+
+impl Eq for ObjBatch {}
 
 impl ObjBatch {
     /// An empty batch.
@@ -334,6 +350,7 @@ impl ObjBatch {
     }
     /// Appends a present object. Panics if the value is over [`MAX_OBJECT`] (callers validate sizes first).
     pub fn push(&mut self, id: u64, value: &[u8]) {
+        self.pack();
         let len =
             u32::try_from(value.len()).ok().filter(|&l| l as usize <= MAX_OBJECT).expect("object over MAX_OBJECT");
         self.ids.push(id);
@@ -342,6 +359,7 @@ impl ObjBatch {
     }
     /// Appends an absent object.
     pub fn push_absent(&mut self, id: u64) {
+        self.pack();
         self.ids.push(id);
         self.lens.push(ABSENT);
     }
@@ -355,8 +373,10 @@ impl ObjBatch {
     }
     /// Entries in order: `(id, Some(bytes))` or `(id, None)` for an absent object.
     pub fn iter(&self) -> impl Iterator<Item = (u64, Option<&[u8]>)> + '_ {
-        let mut off = 0usize;
+        // In a reply's layout, each entry's 12 bytes (and the count before the first) sit before its value.
+        let (mut off, entry) = if self.wire { (4usize, 12usize) } else { (0, 0) };
         self.ids.iter().zip(&self.lens).map(move |(&id, &len)| {
+            off += entry;
             if len == ABSENT {
                 (id, None)
             } else {
@@ -365,6 +385,43 @@ impl ObjBatch {
                 (id, Some(s))
             }
         })
+    }
+}
+
+impl ObjBatch {
+    /// Whether `data` holds the values alone, back to back (true unless decoded from a READ_OBJECTS reply and not
+    /// [packed](ObjBatch::pack) since).
+    pub fn is_packed(&self) -> bool {
+        !self.wire
+    }
+
+    /// Bytes of the present values.
+    pub fn values_len(&self) -> usize {
+        if self.wire {
+            self.lens.iter().filter(|&&l| l != ABSENT).map(|&l| l as usize).sum()
+        } else {
+            self.data.len()
+        }
+    }
+
+    /// Makes `data` the values alone, back to back (moving each value down over the entries before it).
+    pub fn pack(&mut self) {
+        if !self.wire {
+            return;
+        }
+        let (mut from, mut at) = (4usize, 0usize);
+        for &len in &self.lens {
+            from += 12;
+            if len != ABSENT {
+                let len = len as usize;
+                // Each value moves left (past at least the count and its own entry), never over one not moved yet.
+                self.data.copy_within(from..from + len, at);
+                from += len;
+                at += len;
+            }
+        }
+        self.data.truncate(at);
+        self.wire = false;
     }
 }
 
@@ -555,7 +612,7 @@ impl Request {
                     }
                     total += l as usize;
                 }
-                if total != b.data.len() {
+                if total != b.values_len() {
                     return Err(ProtoError::bad("object batch lengths do not add up to its data"));
                 }
             }
@@ -583,7 +640,7 @@ fn encoded_len(r: &Request) -> usize {
             Request::WritePages { pages, data, .. } => 12 + 8 * pages.len() + data.len(),
             Request::DropRegion { .. } | Request::DropObjects { .. } | Request::Destruct { .. } => 8,
             Request::ReadObjects { ids, .. } | Request::DeleteObjects { ids, .. } => 12 + 8 * ids.len(),
-            Request::WriteObjects { batch, .. } => 12 + 12 * batch.len() + batch.data.len(),
+            Request::WriteObjects { batch, .. } => 12 + 12 * batch.len() + batch.values_len(),
             Request::Construct { ty, params, .. } => 9 + ty.len() + params.len(),
             Request::Compute { input, .. } => 12 + input.len(),
             Request::Lease { .. } => 12,
@@ -626,7 +683,11 @@ pub fn encode_request(buf: &mut Vec<u8>, id: u64, req: &Request) {
             for l in &batch.lens {
                 buf.extend_from_slice(&l.to_le_bytes());
             }
-            buf.extend_from_slice(&batch.data);
+            if batch.is_packed() {
+                buf.extend_from_slice(&batch.data);
+            } else {
+                batch.iter().for_each(|(_, v)| buf.extend_from_slice(v.unwrap_or_default()));
+            }
         }
         Request::Construct { ds, ty, params } => {
             buf.extend_from_slice(&ds.to_le_bytes());
@@ -950,18 +1011,16 @@ pub fn decode_reply(op: Op, payload: &[u8]) -> Result<Reply, ProtoError> {
     Ok(reply)
 }
 
-/// Decodes an `Ok` reply payload to READ_OBJECTS into a batch that keeps the payload's allocation: the values
-/// are moved down over the ids and lengths between them, so a reply costs one buffer, not two.
-pub fn decode_objects(mut payload: Vec<u8>) -> Result<ObjBatch, ProtoError> {
+/// Decodes an `Ok` reply payload to READ_OBJECTS into a batch that keeps the payload as it is, values in place
+/// between their entries (not [packed](ObjBatch::pack)): a reply costs one buffer and no pass over its bytes
+/// beyond the one that received them.
+pub fn decode_objects(payload: Vec<u8>) -> Result<ObjBatch, ProtoError> {
     let mut b = ObjBatch::new();
-    // (source offset, length) of each present value.
-    let mut values = Vec::new();
     {
         let mut r = Reader::new(&payload);
         let n = r.count(12)?;
         b.ids.reserve(n);
         b.lens.reserve(n);
-        values.reserve(n);
         for _ in 0..n {
             let id = r.u64()?;
             let len = r.u32()?;
@@ -970,7 +1029,6 @@ pub fn decode_objects(mut payload: Vec<u8>) -> Result<ObjBatch, ProtoError> {
             } else if len as usize > MAX_OBJECT {
                 return Err(ProtoError::bad(format!("object of {len} bytes in reply")));
             } else {
-                values.push((payload.len() - r.remaining(), len as usize));
                 r.bytes(len as usize)?;
                 b.ids.push(id);
                 b.lens.push(len);
@@ -978,15 +1036,8 @@ pub fn decode_objects(mut payload: Vec<u8>) -> Result<ObjBatch, ProtoError> {
         }
         r.finish()?;
     }
-    // Each value moves left (past at least the 4-byte count and its own 12-byte entry), never over one not
-    // moved yet.
-    let mut at = 0;
-    for (from, len) in values {
-        payload.copy_within(from..from + len, at);
-        at += len;
-    }
-    payload.truncate(at);
     b.data = payload;
+    b.wire = true;
     Ok(b)
 }
 
@@ -1085,7 +1136,29 @@ mod tests {
             got,
             vec![(7, Some(b"first".to_vec())), (8, None), (9, Some(vec![3u8; 4096])), (10, Some(b"z".to_vec()))]
         );
-        assert_eq!(b.data.len(), 5 + 4096 + 1, "the values only");
+        assert!(!b.is_packed(), "a reply's values stay where they arrived");
+        assert_eq!(b.values_len(), 5 + 4096 + 1);
+        let mut packed = b.clone();
+        packed.pack();
+        assert_eq!(packed.data.len(), 5 + 4096 + 1, "the values only");
+        assert_eq!(packed, b, "packing changes the layout, not the entries");
+        let mut built = ObjBatch::new();
+        for (id, v) in b.iter() {
+            match v {
+                Some(v) => built.push(id, v),
+                None => built.push_absent(id),
+            }
+        }
+        assert_eq!(packed.data, built.data);
+        // A reply's batch written back encodes as the packed one does, and pushing onto it packs it first.
+        let (mut e1, mut e2) = (Vec::new(), Vec::new());
+        encode_request(&mut e1, 1, &Request::WriteObjects { ds: 3, batch: b.clone() });
+        encode_request(&mut e2, 1, &Request::WriteObjects { ds: 3, batch: built.clone() });
+        assert_eq!(e1, e2);
+        let mut grown = b.clone();
+        grown.push(11, b"more");
+        built.push(11, b"more");
+        assert_eq!(grown.data, built.data);
         // A value running past the end, or trailing bytes, are errors.
         assert!(decode_objects(buf[..buf.len() - 1].to_vec()).is_err());
         let mut long = buf.clone();

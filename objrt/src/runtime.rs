@@ -796,6 +796,9 @@ impl RtInner {
                 }
             }
         }
+        // The values are copied into the heap: the next reply can reuse the buffer.
+        drop(vals);
+        farmem_memd::client::recycle_reply_buffer(batch.data);
         first_err.map_or(Ok(()), Err)
     }
 
