@@ -7,7 +7,7 @@
 use crate::client::Client;
 use crate::far::{FarStore, Pending, StoreError};
 use crate::proto::{ObjBatch, Request, PAGE_SIZE};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
@@ -247,4 +247,54 @@ pub fn run_all(c: &Client, secs: f64) -> Result<Vec<(Figure, String)>, StoreErro
     c.drop_region(region)?;
     c.drop_objects(ds)?;
     Ok(out)
+}
+
+/// CPU time (ns) of every thread of this process at one moment, by thread id, with the thread's name — for the
+/// per-thread CPU figures of benchmarks (an in-process memd's server threads included). Read from
+/// `/proc/self/task/*/schedstat`; a thread that exits meanwhile is simply missing.
+#[derive(Clone, Debug, Default)]
+pub struct ThreadCpu(HashMap<u32, (String, u64)>);
+
+impl ThreadCpu {
+    /// A snapshot of every thread's run time so far.
+    pub fn now() -> ThreadCpu {
+        let mut out = HashMap::new();
+        let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return ThreadCpu(out) };
+        for e in dir.flatten() {
+            let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            let name = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default().trim().to_string();
+            let stat = std::fs::read_to_string(e.path().join("schedstat")).unwrap_or_default();
+            if let Some(ns) = stat.split_whitespace().next().and_then(|x| x.parse::<u64>().ok()) {
+                out.insert(tid, (name, ns));
+            }
+        }
+        ThreadCpu(out)
+    }
+}
+
+/// CPU time summed by thread name over one or more intervals; digits are dropped from names, so the workers of a
+/// pool add up.
+#[derive(Clone, Debug, Default)]
+pub struct CpuByName(HashMap<String, u64>);
+
+impl CpuByName {
+    /// Adds the CPU time each thread used between two snapshots.
+    pub fn add(&mut self, from: &ThreadCpu, to: &ThreadCpu) {
+        for (tid, (name, ns)) in &to.0 {
+            let before = from.0.get(tid).map_or(0, |x| x.1);
+            let key: String = name.chars().filter(|c| !c.is_ascii_digit()).collect();
+            *self.0.entry(key).or_insert(0) += ns.saturating_sub(before);
+        }
+    }
+
+    /// `total T = name a, name b, ...` in µs per unit of work (`units` of them), busiest thread first, with
+    /// `decimals` decimal places.
+    pub fn per_unit(&self, units: u64, decimals: usize) -> String {
+        let n = units.max(1) as f64 * 1e3;
+        let mut v: Vec<(&String, &u64)> = self.0.iter().filter(|(_, ns)| **ns > 0).collect();
+        v.sort_by_key(|x| std::cmp::Reverse(*x.1));
+        let total: u64 = v.iter().map(|x| *x.1).sum();
+        let parts: Vec<String> = v.iter().map(|(name, ns)| format!("{name} {:.decimals$}", **ns as f64 / n)).collect();
+        format!("total {:.decimals$} = {}", total as f64 / n, parts.join(", "))
+    }
 }

@@ -21,6 +21,7 @@
 #![allow(clippy::cast_possible_truncation, clippy::cast_precision_loss, reason = "bench sizes are small")]
 
 use criterion::{black_box, criterion_group, Criterion, Throughput};
+use farmem_memd::bench::{CpuByName, ThreadCpu};
 use farmem_memd::testing::TestServer;
 use farmem_memd::Client;
 use farmem_objrt::containers::{Bucket1K, Bucket256, BucketObj, HashMap as FarMap};
@@ -303,12 +304,12 @@ fn summary() {
     scan_far(&a);
     scan_raw(&mut raw, &mut buf);
     let st0 = rt.stats();
-    let c0 = thread_cpu();
+    let c0 = ThreadCpu::now();
     let far = median((0..scan_rounds()).map(|_| time(|| scan_far(&a))).collect());
-    let c1 = thread_cpu();
+    let c1 = ThreadCpu::now();
     let st = rt.stats();
     let rawt = median((0..scan_rounds()).map(|_| time(|| scan_raw(&mut raw, &mut buf))).collect());
-    let c2 = thread_cpu();
+    let c2 = ThreadCpu::now();
     let gbs = |d: Duration| SCAN_BYTES as f64 / d.as_secs_f64() / 1e9;
     println!("\ncontainers summary (medians, this run):");
     println!(
@@ -330,8 +331,11 @@ fn summary() {
         (st.busy_wait_ns - st0.busy_wait_ns) / 1_000_000,
     );
     let mib = ((scan_rounds() * SCAN_BYTES) >> 20) as u64;
-    print_cpu("Array scan", &c0, &c1, mib);
-    print_cpu("raw stream", &c1, &c2, mib);
+    for (what, from, to) in [("Array scan", &c0, &c1), ("raw stream", &c1, &c2)] {
+        let mut cpu = CpuByName::default();
+        cpu.add(from, to);
+        println!("    CPU µs per MiB, {what}: {}", cpu.per_unit(mib, 0));
+    }
     if scan_only() {
         return;
     }
@@ -370,39 +374,6 @@ fn summary() {
             mops(f.offload)
         );
     }
-}
-
-/// CPU time (ns) of every thread of this process (memd's server threads included), by thread id: (name, ns),
-/// from `/proc/self/task/*/schedstat` (nanosecond run time, no libc needed).
-fn thread_cpu() -> HashMap<u32, (String, u64)> {
-    let mut out = HashMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return out };
-    for e in dir.flatten() {
-        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let name = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default().trim().to_string();
-        let stat = std::fs::read_to_string(e.path().join("schedstat")).unwrap_or_default();
-        if let Some(ns) = stat.split_whitespace().next().and_then(|x| x.parse::<u64>().ok()) {
-            out.insert(tid, (name, ns));
-        }
-    }
-    out
-}
-
-/// Prints each thread's CPU µs per MiB between two [`thread_cpu`] snapshots, threads named alike (digits dropped,
-/// so memd's workers add up) summed, busiest first.
-fn print_cpu(what: &str, a: &HashMap<u32, (String, u64)>, b: &HashMap<u32, (String, u64)>, mib: u64) {
-    let mut acc: HashMap<String, u64> = HashMap::new();
-    for (tid, (name, ns)) in b {
-        let before = a.get(tid).map_or(0, |x| x.1);
-        let key: String = name.chars().filter(|c| !c.is_ascii_digit()).collect();
-        *acc.entry(key).or_insert(0) += ns.saturating_sub(before);
-    }
-    let mut v: Vec<(String, u64)> = acc.into_iter().filter(|(_, ns)| *ns > 0).collect();
-    v.sort_by_key(|x| std::cmp::Reverse(x.1));
-    let n = mib.max(1) as f64;
-    let total: u64 = v.iter().map(|x| x.1).sum();
-    let parts: Vec<String> = v.iter().map(|(name, ns)| format!("{name} {:.0}", *ns as f64 / n / 1e3)).collect();
-    println!("    CPU µs per MiB, {what}: total {:.0} = {}", total as f64 / n / 1e3, parts.join(", "));
 }
 
 /// `CONTAINERS_SUMMARY=scan`: only the scan's summary line (for profiling).

@@ -19,6 +19,7 @@
 #![allow(clippy::cast_possible_truncation, reason = "benchmarks run on 64-bit targets only")]
 
 use criterion::{criterion_group, Criterion};
+use farmem_memd::bench::{CpuByName, ThreadCpu};
 use farmem_memd::testing::TestServer;
 use farmem_memd::FarStore;
 use farmem_uffd::raw::{self, Msg, Uffd};
@@ -412,7 +413,7 @@ fn paired_faults(rounds: usize, per: usize) {
         t.elapsed().as_nanos() as f64
     };
     let (mut rb, mut rs) = (Vec::new(), Vec::new());
-    let mut cpu = HashMap::new();
+    let mut cpu = CpuByName::default();
     let s0 = r.stats();
     let (mut mb, mut ms, mut mm, mut mr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
@@ -426,7 +427,7 @@ fn paired_faults(rounds: usize, per: usize) {
             })
             .collect();
         let mut f = Vec::with_capacity(per);
-        let c0 = thread_cpu();
+        let c0 = ThreadCpu::now();
         while f.len() < per {
             let t = Instant::now();
             std::hint::black_box(touch(&r, order[k % pages], false));
@@ -437,7 +438,7 @@ fn paired_faults(rounds: usize, per: usize) {
                 f.push(d.as_nanos() as f64);
             }
         }
-        add_cpu(&mut cpu, &c0, &thread_cpu());
+        cpu.add(&c0, &ThreadCpu::now());
         let (b, sp, m, f) = (median(&mut b), median(&mut sp), median(&mut m), median(&mut f));
         rb.push(f / (b + m));
         rs.push(f / (sp + m));
@@ -458,7 +459,7 @@ fn paired_faults(rounds: usize, per: usize) {
     println!("  ratio vs floor with a spinning bare handler (like the region's): {}", spread(&mut rs));
     println!("  ratio vs floor with a blocking bare handler: {}", spread(&mut rb));
     let s1 = r.stats();
-    print_cpu("region faults", cpu, "missing fault", s1.missing_faults - s0.missing_faults);
+    print_cpu("region faults", &cpu, "missing fault", s1.missing_faults - s0.missing_faults);
     let s = r.stats();
     println!(
         "  region's own fault service latency (event read to install): p50 {:.1} µs, p90 {:.1} µs",
@@ -488,14 +489,14 @@ fn paired_scan(rounds: usize) {
     };
     scan();
     let (mut ratios, mut rr, mut tr) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut cpu_region, mut cpu_raw) = (HashMap::new(), HashMap::new());
+    let (mut cpu_region, mut cpu_raw) = (CpuByName::default(), CpuByName::default());
     let s0 = r.stats();
     for _ in 0..rounds {
-        let c0 = thread_cpu();
+        let c0 = ThreadCpu::now();
         let t = Instant::now();
         scan();
         let region_bps = size as f64 / t.elapsed().as_secs_f64();
-        let c1 = thread_cpu();
+        let c1 = ThreadCpu::now();
         let t = Instant::now();
         let mut got = 0;
         while got < size {
@@ -503,8 +504,8 @@ fn paired_scan(rounds: usize) {
             got += buf.len();
         }
         let raw_bps = size as f64 / t.elapsed().as_secs_f64();
-        add_cpu(&mut cpu_region, &c0, &c1);
-        add_cpu(&mut cpu_raw, &c1, &thread_cpu());
+        cpu_region.add(&c0, &c1);
+        cpu_raw.add(&c1, &ThreadCpu::now());
         ratios.push(region_bps / raw_bps);
         rr.push(region_bps / 1e6);
         tr.push(raw_bps / 1e6);
@@ -528,47 +529,13 @@ fn paired_scan(rounds: usize) {
         per_k(s0.clean_drops, s1.clean_drops),
         per_k(s0.evicted_moved, s1.evicted_moved),
     );
-    print_cpu("region scan", cpu_region, "4 KiB page", pages as u64);
-    print_cpu("raw TCP stream", cpu_raw, "4 KiB page", pages as u64);
+    print_cpu("region scan", &cpu_region, "4 KiB page", pages as u64);
+    print_cpu("raw TCP stream", &cpu_raw, "4 KiB page", pages as u64);
 }
 
 /// Prints CPU time per unit by thread name, largest first.
-fn print_cpu(what: &str, cpu: HashMap<String, u64>, unit: &str, n: u64) {
-    let n = n.max(1) as f64;
-    let mut v: Vec<(String, u64)> = cpu.into_iter().filter(|(_, ns)| *ns > 0).collect();
-    v.sort_by_key(|x| std::cmp::Reverse(x.1));
-    let total: u64 = v.iter().map(|x| x.1).sum();
-    let parts: Vec<String> = v.iter().map(|(name, ns)| format!("{name} {:.2}", *ns as f64 / n / 1e3)).collect();
-    println!("  CPU µs per {unit}, {what}: total {:.2} = {}", total as f64 / n / 1e3, parts.join(", "));
-}
-
-/// CPU time (ns) of every thread of this process, by thread id: (name, ns).
-fn thread_cpu() -> HashMap<i32, (String, u64)> {
-    let mut out = HashMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return out };
-    for e in dir.flatten() {
-        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let name = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default().trim().to_string();
-        // Linux's per-thread CPU clock id: MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED).
-        let clock = (!tid << 3) | 6;
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: `ts` is a live timespec; an invalid clock id (a thread that just exited) is an error return.
-        if unsafe { libc::clock_gettime(clock, &mut ts) } == 0 {
-            let ns = u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0);
-            out.insert(tid, (name, ns));
-        }
-    }
-    out
-}
-
-/// Adds each thread's CPU time between two snapshots to `acc`, keyed by thread name with digits dropped (so the
-/// memd server's workers add up).
-fn add_cpu(acc: &mut HashMap<String, u64>, a: &HashMap<i32, (String, u64)>, b: &HashMap<i32, (String, u64)>) {
-    for (tid, (name, ns)) in b {
-        let before = a.get(tid).map_or(0, |x| x.1);
-        let key: String = name.chars().filter(|c| !c.is_ascii_digit()).collect();
-        *acc.entry(key).or_insert(0) += ns.saturating_sub(before);
-    }
+fn print_cpu(what: &str, cpu: &CpuByName, unit: &str, n: u64) {
+    println!("  CPU µs per {unit}, {what}: {}", cpu.per_unit(n, 2));
 }
 
 fn summary() {
