@@ -103,6 +103,8 @@
 //! thread (with many requests in flight), which is what orders installs with releases.
 #![cfg(target_os = "linux")]
 
+/// Keeping the event and eviction threads on the faulting thread's CPU.
+mod affinity;
 /// What a forked child sees of a region.
 pub mod fork;
 /// Anonymous mappings for the reservation and per-page metadata.
