@@ -462,9 +462,11 @@ fn paired_faults(rounds: usize, per: usize) {
     print_cpu("region faults", &cpu, "missing fault", s1.missing_faults - s0.missing_faults);
     let s = r.stats();
     println!(
-        "  region's own fault service latency (event read to install): p50 {:.1} µs, p90 {:.1} µs",
+        "  region's own fault service latency (event read to install): p50 {:.1} µs, p90 {:.1} µs; event and \
+         eviction threads moved between CPUs {} times",
         s.latency_p50_ns as f64 / 1e3,
-        s.latency_p90_ns as f64 / 1e3
+        s.latency_p90_ns as f64 / 1e3,
+        s1.cpu_moves - s0.cpu_moves
     );
 }
 

@@ -114,18 +114,18 @@ impl Follower {
     }
 
     /// Called for every page fault with the faulting thread's id (0 if unknown); `others` gives the eviction
-    /// threads' ids, moved along with the calling thread.
-    pub(crate) fn on_fault(&mut self, tid: u32, others: &dyn Fn() -> Vec<i32>) {
-        let Some(home) = self.home else { return };
+    /// threads' ids, moved along with the calling thread. True when the threads were pinned or unpinned.
+    pub(crate) fn on_fault(&mut self, tid: u32, others: &dyn Fn() -> Vec<i32>) -> bool {
+        let Some(home) = self.home else { return false };
         if tid == 0 {
-            return;
+            return false;
         }
         self.count += 1;
         if self.count < SAMPLE_EVERY {
-            return;
+            return false;
         }
         self.count = 0;
-        let Some(cpu) = self.probe.last_cpu(tid) else { return };
+        let Some(cpu) = self.probe.last_cpu(tid) else { return false };
         if self.last == Some(cpu) {
             self.agree = self.agree.saturating_add(1);
         } else {
@@ -139,6 +139,7 @@ impl Follower {
                     set_mask(t, &set);
                 }
                 self.pinned = Some(cpu);
+                return true;
             }
         } else if self.agree == 0 && self.pinned.is_some_and(|p| p != cpu) {
             set_mask(0, &home);
@@ -146,7 +147,9 @@ impl Follower {
                 set_mask(t, &home);
             }
             self.pinned = None;
+            return true;
         }
+        false
     }
 
     /// The CPU the region's threads are pinned to, if any.
@@ -185,14 +188,18 @@ mod tests {
     fn pins_to_the_faulting_threads_cpu_and_unpins_when_faults_spread() {
         // Runs on its own thread: it changes that thread's affinity.
         std::thread::spawn(|| {
+            let me = u32::try_from(gettid()).unwrap();
+            // Keep this thread on one CPU, so that every sample agrees.
+            let here = CpuProbe::default().last_cpu(me).unwrap();
+            assert!(set_mask(0, &only(here)));
             let home = get_mask(0).unwrap();
             let mut f = Follower::new(true);
-            let me = u32::try_from(gettid()).unwrap();
             // Faults from this thread: after AGREE + 1 samples on one CPU the follower pins itself there.
             for _ in 0..SAMPLE_EVERY * (AGREE + 2) {
-                f.on_fault(me, &Vec::new);
+                let _ = f.on_fault(me, &Vec::new);
             }
             let cpu = f.pinned().expect("pinned after agreeing samples");
+            assert_eq!(cpu, here);
             let now = get_mask(0).unwrap();
             assert!(has(&now, cpu));
             assert_eq!((0..SETSIZE).filter(|&c| has(&now, c)).count(), 1);
@@ -201,7 +208,7 @@ mod tests {
             f.agree = 0;
             f.pinned = Some(cpu + 1);
             for _ in 0..SAMPLE_EVERY {
-                f.on_fault(me, &Vec::new);
+                let _ = f.on_fault(me, &Vec::new);
             }
             assert_eq!(f.pinned(), None);
             let now = get_mask(0).unwrap();
@@ -209,7 +216,7 @@ mod tests {
             // Disabled: nothing happens.
             let mut off = Follower::new(false);
             for _ in 0..SAMPLE_EVERY * 4 {
-                off.on_fault(me, &Vec::new);
+                assert!(!off.on_fault(me, &Vec::new));
             }
             assert_eq!(off.pinned(), None);
         })

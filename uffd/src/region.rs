@@ -246,6 +246,9 @@ pub struct RegionStats {
     pub evicted_moved: u64,
     /// Evicted pages written-protected and dropped in place (no `UFFDIO_MOVE`, or it refused the page).
     pub evicted_in_place: u64,
+    /// Times the event and eviction threads were pinned to the faulting thread's CPU, or unpinned
+    /// ([`RegionConfig::follow_faults`]).
+    pub cpu_moves: u64,
     /// Pages resident now.
     pub resident_pages: u64,
     /// Most pages ever resident.
@@ -279,6 +282,7 @@ struct Counters {
     poisoned: AtomicU64,
     moved: AtomicU64,
     inplace: AtomicU64,
+    cpu_moves: AtomicU64,
     peak: AtomicU64,
 }
 
@@ -605,7 +609,9 @@ impl EventLoop {
         for m in msgs {
             match *m {
                 Msg::PageFault { addr, flags, tid } => {
-                    self.follow.on_fault(tid, &|| sh.evictor_tids.lock().clone());
+                    if self.follow.on_fault(tid, &|| sh.evictor_tids.lock().clone()) {
+                        sh.c.cpu_moves.fetch_add(1, Relaxed);
+                    }
                     let wp = flags & raw::PAGEFAULT_FLAG_WP != 0;
                     if wp {
                         sh.c.wp.fetch_add(1, Relaxed);
@@ -1704,6 +1710,7 @@ impl Region {
             poisoned_pages: c.poisoned.load(Relaxed),
             evicted_moved: c.moved.load(Relaxed),
             evicted_in_place: c.inplace.load(Relaxed),
+            cpu_moves: c.cpu_moves.load(Relaxed),
             resident_pages: resident,
             peak_resident_pages: c.peak.load(Relaxed),
             budget_pages: as_u64(sh.budget),
