@@ -8,7 +8,8 @@
 //! wakes goes elsewhere), which made a region fault 70–77 µs where the same chain on one CPU takes 24–25 µs.
 //!
 //! So when the faulting threads run on one CPU, the event thread and the eviction threads are pinned to it
-//! ([`Follower`]); when faults come from several CPUs they are unpinned again. The faulting thread's CPU is read
+//! ([`Follower`]); when faults come from several CPUs they are unpinned again. A faulting thread the scheduler
+//! moves to another CPU is followed at the next sample. The faulting thread's CPU is read
 //! from `/proc/self/task/TID/stat` (field 39) for one fault in [`SAMPLE_EVERY`], the thread id coming with the
 //! fault message (`UFFD_FEATURE_THREAD_ID`).
 //!
@@ -93,6 +94,14 @@ fn parse_cpu(stat: &[u8]) -> Option<usize> {
     rest.split_ascii_whitespace().nth(36)?.parse().ok()
 }
 
+/// What [`Follower::decide`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Move {
+    Stay,
+    Pin(usize),
+    Unpin,
+}
+
 /// Moves the event thread and the eviction threads to the CPU the faulting threads run on, while they all run
 /// on one; see the module documentation. Owned by the event thread.
 #[derive(Debug)]
@@ -126,30 +135,39 @@ impl Follower {
         }
         self.count = 0;
         let Some(cpu) = self.probe.last_cpu(tid) else { return false };
+        let (set, pinned) = match self.decide(cpu, &home) {
+            Move::Stay => return false,
+            Move::Pin(c) => (only(c), Some(c)),
+            Move::Unpin => (home, None),
+        };
+        if !set_mask(0, &set) {
+            return false;
+        }
+        for t in others() {
+            set_mask(t, &set);
+        }
+        self.pinned = pinned;
+        true
+    }
+
+    /// What to do after a sample of the faulting thread's CPU: pin once [`AGREE`] + 1 samples in a row agree;
+    /// while pinned with the last two samples on the pinned CPU (one faulting thread), follow a sample elsewhere
+    /// at once (the scheduler moved that thread); otherwise a sample elsewhere unpins.
+    fn decide(&mut self, cpu: usize, home: &libc::cpu_set_t) -> Move {
+        let settled = self.pinned.is_some() && self.last == self.pinned && self.agree >= 1;
         if self.last == Some(cpu) {
             self.agree = self.agree.saturating_add(1);
         } else {
             self.last = Some(cpu);
             self.agree = 0;
         }
-        if self.agree >= AGREE && self.pinned != Some(cpu) && has(&home, cpu) {
-            let set = only(cpu);
-            if set_mask(0, &set) {
-                for t in others() {
-                    set_mask(t, &set);
-                }
-                self.pinned = Some(cpu);
-                return true;
-            }
+        if (self.agree >= AGREE || settled) && self.pinned != Some(cpu) && has(home, cpu) {
+            Move::Pin(cpu)
         } else if self.agree == 0 && self.pinned.is_some_and(|p| p != cpu) {
-            set_mask(0, &home);
-            for t in others() {
-                set_mask(t, &home);
-            }
-            self.pinned = None;
-            return true;
+            Move::Unpin
+        } else {
+            Move::Stay
         }
-        false
     }
 
     /// The CPU the region's threads are pinned to, if any.
@@ -182,6 +200,38 @@ mod tests {
         let cpu = p.last_cpu(tid).expect("/proc/self/task/TID/stat is readable");
         let n = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         assert!(cpu < n.max(SETSIZE), "cpu {cpu}");
+    }
+
+    /// Feeds samples to `decide` as if each were applied; returns the moves.
+    fn run(f: &mut Follower, cpus: &[usize]) -> Vec<Move> {
+        let mut home = only(0);
+        for c in 1..4 {
+            // SAFETY: 1..4 is inside a cpu_set_t.
+            unsafe { libc::CPU_SET(c, &mut home) };
+        }
+        cpus.iter()
+            .map(|&c| {
+                let m = f.decide(c, &home);
+                match m {
+                    Move::Pin(c) => f.pinned = Some(c),
+                    Move::Unpin => f.pinned = None,
+                    Move::Stay => {}
+                }
+                m
+            })
+            .collect()
+    }
+
+    #[test]
+    fn follows_one_moving_thread_at_once_and_unpins_for_threads_on_several_cpus() {
+        use Move::{Pin, Stay, Unpin};
+        let mut f = Follower::new(false);
+        // One thread on CPU 1: pinned after three agreeing samples; moved to 2: followed at the first sample.
+        assert_eq!(run(&mut f, &[1, 1, 1, 1, 2, 2, 2]), [Stay, Stay, Pin(1), Stay, Pin(2), Stay, Stay]);
+        // Threads on CPUs 2 and 3 faulting by turns: one move, then unpinned, and never pinned again.
+        assert_eq!(run(&mut f, &[3, 2, 3, 2, 3, 2]), [Pin(3), Unpin, Stay, Stay, Stay, Stay]);
+        // A CPU outside the start mask is never pinned to.
+        assert_eq!(run(&mut f, &[9, 9, 9, 9]), [Stay, Stay, Stay, Stay]);
     }
 
     #[test]
