@@ -113,18 +113,24 @@ pub(crate) struct Follower {
     last: Option<usize>,
     agree: u32,
     pinned: Option<usize>,
+    /// The region's readahead page count at the last sample.
+    readahead: u64,
 }
 
 impl Follower {
     /// A follower for the calling (event) thread; `enabled` false makes every call a no-op.
     pub(crate) fn new(enabled: bool) -> Follower {
         let home = if enabled { get_mask(0) } else { None };
-        Follower { home, probe: CpuProbe::default(), count: 0, last: None, agree: 0, pinned: None }
+        Follower { home, probe: CpuProbe::default(), count: 0, last: None, agree: 0, pinned: None, readahead: 0 }
     }
 
-    /// Called for every page fault with the faulting thread's id (0 if unknown); `others` gives the eviction
-    /// threads' ids, moved along with the calling thread. True when the threads were pinned or unpinned.
-    pub(crate) fn on_fault(&mut self, tid: u32, others: &dyn Fn() -> Vec<i32>) -> bool {
+    /// Called for every page fault with the faulting thread's id (0 if unknown) and the region's count of pages
+    /// read ahead so far; `others` gives the eviction threads' ids, moved along with the calling thread. True when
+    /// the threads were pinned or unpinned.
+    ///
+    /// While pages are being read ahead the threads stay unpinned: a stream's faults are few and its throughput
+    /// comes from the event thread installing readahead on one CPU while the program reads on the other.
+    pub(crate) fn on_fault(&mut self, tid: u32, readahead: u64, others: &dyn Fn() -> Vec<i32>) -> bool {
         let Some(home) = self.home else { return false };
         if tid == 0 {
             return false;
@@ -134,8 +140,21 @@ impl Follower {
             return false;
         }
         self.count = 0;
-        let Some(cpu) = self.probe.last_cpu(tid) else { return false };
-        let (set, pinned) = match self.decide(cpu, &home) {
+        let streaming = readahead != self.readahead;
+        self.readahead = readahead;
+        let decision = if streaming {
+            self.last = None;
+            self.agree = 0;
+            if self.pinned.is_some() {
+                Move::Unpin
+            } else {
+                Move::Stay
+            }
+        } else {
+            let Some(cpu) = self.probe.last_cpu(tid) else { return false };
+            self.decide(cpu, &home)
+        };
+        let (set, pinned) = match decision {
             Move::Stay => return false,
             Move::Pin(c) => (only(c), Some(c)),
             Move::Unpin => (home, None),
@@ -246,19 +265,30 @@ mod tests {
             let mut f = Follower::new(true);
             // Faults from this thread: after AGREE + 1 samples on one CPU the follower pins itself there.
             for _ in 0..SAMPLE_EVERY * (AGREE + 2) {
-                let _ = f.on_fault(me, &Vec::new);
+                let _ = f.on_fault(me, 0, &Vec::new);
             }
             let cpu = f.pinned().expect("pinned after agreeing samples");
             assert_eq!(cpu, here);
             let now = get_mask(0).unwrap();
             assert!(has(&now, cpu));
             assert_eq!((0..SETSIZE).filter(|&c| has(&now, c)).count(), 1);
+            // Pages read ahead since the last sample unpin (restore the start mask), and keep it unpinned.
+            for n in 1..=SAMPLE_EVERY * (AGREE + 2) {
+                let _ = f.on_fault(me, u64::from(n), &Vec::new);
+            }
+            assert_eq!(f.pinned(), None);
+            let now = get_mask(0).unwrap();
+            assert!((0..SETSIZE).all(|c| has(&now, c) == has(&home, c)));
+            for _ in 0..SAMPLE_EVERY * (AGREE + 2) {
+                let _ = f.on_fault(me, 0, &Vec::new);
+            }
+            assert_eq!(f.pinned(), Some(here));
             // A sample from another CPU unpins (restores the start mask).
             f.last = Some(usize::MAX);
             f.agree = 0;
             f.pinned = Some(cpu + 1);
             for _ in 0..SAMPLE_EVERY {
-                let _ = f.on_fault(me, &Vec::new);
+                let _ = f.on_fault(me, 0, &Vec::new);
             }
             assert_eq!(f.pinned(), None);
             let now = get_mask(0).unwrap();
@@ -266,7 +296,7 @@ mod tests {
             // Disabled: nothing happens.
             let mut off = Follower::new(false);
             for _ in 0..SAMPLE_EVERY * 4 {
-                assert!(!off.on_fault(me, &Vec::new));
+                assert!(!off.on_fault(me, 0, &Vec::new));
             }
             assert_eq!(off.pinned(), None);
         })

@@ -609,7 +609,8 @@ impl EventLoop {
         for m in msgs {
             match *m {
                 Msg::PageFault { addr, flags, tid } => {
-                    if self.follow.on_fault(tid, &|| sh.evictor_tids.lock().clone()) {
+                    let ra = sh.c.ra_pages.load(Relaxed);
+                    if self.follow.on_fault(tid, ra, &|| sh.evictor_tids.lock().clone()) {
                         sh.c.cpu_moves.fetch_add(1, Relaxed);
                     }
                     let wp = flags & raw::PAGEFAULT_FLAG_WP != 0;
