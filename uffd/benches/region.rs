@@ -9,7 +9,8 @@
 //!   machine hits both sides alike. The bare handler is measured blocking in `poll` and spinning like the
 //!   region's event thread (`RegionConfig::spin`): the goal compares with the spinning one, like with like.
 //!   `REGION_PAIRED=faults|scan` runs only one of them (e.g. `cargo bench --bench region -- paired` skips the
-//!   criterion runs); `SPIN_US` and `RA_MAX` override the region's spin and largest readahead window.
+//!   criterion runs); `SPIN_US`, `RA_MAX` and `FOLLOW_FAULTS=0` override the region's spin, largest readahead
+//!   window and CPU following.
 //! - `random/*`: random 4 KiB reads and writes over a region 4× its budget (budget = 25%), and the same loop on
 //!   plain memory. Kernel swap under the same limit is measured by hand with the `randrw` example.
 //! - A summary table of ratios, then miss rates of the region's CLOCK, FIFO and exact LRU on access traces
@@ -351,8 +352,9 @@ fn random_benches(c: &mut Criterion) {
 
 static RANDOM_TRACE: Mutex<Option<(usize, u64)>> = Mutex::new(None);
 
-/// A region with the default configuration, except what `SPIN_US` (event-thread spin, µs) and `RA_MAX`
-/// (largest readahead window, pages) set, for trying settings without a rebuild.
+/// A region with the default configuration, except what `SPIN_US` (event-thread spin, µs), `RA_MAX` (largest
+/// readahead window, pages) and `FOLLOW_FAULTS` (0: threads not pinned to the faulting CPU) set, for trying
+/// settings without a rebuild.
 fn tuned_region(size: usize, budget: usize, readahead: bool) -> Option<Region> {
     let var = |n: &str| std::env::var(n).ok().and_then(|v| v.parse::<u64>().ok());
     let mut cfg = RegionConfig { size, local_mem: budget, readahead, ..RegionConfig::default() };
@@ -361,6 +363,9 @@ fn tuned_region(size: usize, budget: usize, readahead: bool) -> Option<Region> {
     }
     if let Some(w) = var("RA_MAX").and_then(|w| usize::try_from(w).ok()) {
         cfg.max_readahead = w;
+    }
+    if let Some(f) = var("FOLLOW_FAULTS") {
+        cfg.follow_faults = f != 0;
     }
     match Region::new(cfg, client()) {
         Ok(r) => Some(r),
@@ -462,9 +467,11 @@ fn paired_faults(rounds: usize, per: usize) {
     print_cpu("region faults", &cpu, "missing fault", s1.missing_faults - s0.missing_faults);
     let s = r.stats();
     println!(
-        "  region's own fault service latency (event read to install): p50 {:.1} µs, p90 {:.1} µs",
+        "  region's own fault service latency (event read to install): p50 {:.1} µs, p90 {:.1} µs; event and \
+         eviction threads moved between CPUs {} times",
         s.latency_p50_ns as f64 / 1e3,
-        s.latency_p90_ns as f64 / 1e3
+        s.latency_p90_ns as f64 / 1e3,
+        s1.cpu_moves - s0.cpu_moves
     );
 }
 

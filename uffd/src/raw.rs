@@ -60,6 +60,8 @@ pub const FEATURE_EVENT_UNMAP: u64 = g::UFFD_FEATURE_EVENT_UNMAP as u64;
 pub const FEATURE_POISON: u64 = g::UFFD_FEATURE_POISON as u64;
 /// `UFFD_FEATURE_MOVE`.
 pub const FEATURE_MOVE: u64 = g::UFFD_FEATURE_MOVE as u64;
+/// `UFFD_FEATURE_THREAD_ID`: page-fault messages carry the faulting thread's id.
+pub const FEATURE_THREAD_ID: u64 = g::UFFD_FEATURE_THREAD_ID as u64;
 
 /// `UFFDIO_REGISTER_MODE_MISSING`.
 pub const REGISTER_MODE_MISSING: u64 = g::UFFDIO_REGISTER_MODE_MISSING as u64;
@@ -108,6 +110,8 @@ pub enum Msg {
         addr: u64,
         /// `PAGEFAULT_FLAG_*`.
         flags: u64,
+        /// The faulting thread's id (0 unless the descriptor has [`FEATURE_THREAD_ID`]).
+        tid: u32,
     },
     /// `madvise(DONTNEED/REMOVE)` of `[start, end)`.
     Remove {
@@ -276,7 +280,9 @@ fn decode(m: &g::uffd_msg) -> Msg {
         EVENT_PAGEFAULT => {
             // SAFETY: see above.
             let pf = unsafe { arg.pagefault };
-            Msg::PageFault { addr: pf.address, flags: pf.flags }
+            // SAFETY: `feat` is a union of one `u32`; the kernel fills it with the thread id or leaves it zero.
+            let tid = unsafe { pf.feat.ptid };
+            Msg::PageFault { addr: pf.address, flags: pf.flags, tid }
         }
         EVENT_REMOVE | EVENT_UNMAP => {
             // SAFETY: see above.
