@@ -200,6 +200,8 @@ type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// Shards of the in-flight table (a power of two): threads fetching different objects rarely share a lock.
 const INFLIGHT_SHARDS: usize = 64;
+/// Consecutive ids per run of the in-flight table (see [`InflightTable::shard_index`]).
+const INFLIGHT_RUN: u64 = 16;
 
 /// Object id → the fetch that is bringing it in, sharded by id so that the many threads of a miss-heavy load
 /// do not serialise on one lock (each fetch registers and unregisters every object it carries).
@@ -213,18 +215,44 @@ impl InflightTable {
         InflightTable { shards: (0..INFLIGHT_SHARDS).map(|_| Mutex::new(IdMap::default())).collect() }
     }
 
+    fn shard_index(id: u64) -> usize {
+        // Aligned runs of consecutive ids (a container's chunks) share a shard, so that a fetch of a window of
+        // chunks registers and unregisters them under a few locks, not one per chunk; runs spread over shards.
+        usize::try_from((id / INFLIGHT_RUN) % INFLIGHT_SHARDS as u64).unwrap_or(0)
+    }
+
     fn shard(&self, id: u64) -> &Mutex<IdMap<Arc<Inflight>>> {
-        // Low bits: consecutive ids (a container's chunks) land on different shards.
-        let i = usize::try_from(id % INFLIGHT_SHARDS as u64).unwrap_or(0);
-        &self.shards[i]
+        &self.shards[Self::shard_index(id)]
+    }
+
+    /// Registers every object of `entries` as brought in by `inf`, locking each shard once per run of ids.
+    fn insert_all(&self, entries: &Claimed, inf: &Arc<Inflight>) {
+        let mut i = 0;
+        while i < entries.len() {
+            let k = Self::shard_index(entries[i].0.id());
+            let mut m = self.shards[k].lock();
+            while i < entries.len() && Self::shard_index(entries[i].0.id()) == k {
+                m.insert(entries[i].0.id(), Arc::clone(inf));
+                i += 1;
+            }
+        }
+    }
+
+    /// Unregisters every object of `entries`, locking each shard once per run of ids.
+    fn remove_all(&self, entries: &Claimed) {
+        let mut i = 0;
+        while i < entries.len() {
+            let k = Self::shard_index(entries[i].0.id());
+            let mut m = self.shards[k].lock();
+            while i < entries.len() && Self::shard_index(entries[i].0.id()) == k {
+                m.remove(&entries[i].0.id());
+                i += 1;
+            }
+        }
     }
 
     fn get(&self, id: u64) -> Option<Arc<Inflight>> {
         self.shard(id).lock().get(&id).cloned()
-    }
-
-    fn insert(&self, id: u64, inf: &Arc<Inflight>) {
-        self.shard(id).lock().insert(id, Arc::clone(inf));
     }
 
     fn remove(&self, id: u64) {
@@ -676,9 +704,7 @@ impl RtInner {
         let inf = Arc::new(Inflight { groups: Mutex::new(None) });
         let mut sent = inf.groups.lock();
         for (_, entries) in &by_space {
-            for (s, _) in entries {
-                self.inflight.insert(s.id(), &inf);
-            }
+            self.inflight.insert_all(entries, &inf);
         }
         let mut groups = Vec::with_capacity(by_space.len());
         let mut failed = None;
@@ -753,9 +779,7 @@ impl RtInner {
                 first_err.get_or_insert(e);
             }
             // Only once its objects are published: a thread that finds them busy looks the fetch up here.
-            for (s, _) in &entries {
-                self.inflight.remove(s.id());
-            }
+            self.inflight.remove_all(&entries);
         }
         drop(guard);
         first_err.map_or(Ok(()), Err)
@@ -780,22 +804,30 @@ impl RtInner {
             }
         };
         let mut first_err = None;
+        let (mut installed, mut bytes) = (0u64, 0usize);
         let mut vals = batch.iter();
         for &(s, seen) in entries {
             let size = word::remote_size(seen);
             match vals.next() {
-                Some((id, Some(v))) if id == s.id() && v.len() == size => {
-                    if let Err(e) = self.install(s, seen, v) {
+                Some((id, Some(v))) if id == s.id() && v.len() == size => match self.install(s, seen, v) {
+                    Ok(()) => {
+                        installed += 1;
+                        bytes += v.len();
+                    }
+                    Err(e) => {
                         word::publish(&s.word, seen);
                         first_err.get_or_insert(e);
                     }
-                }
+                },
                 _ => {
                     word::publish(&s.word, seen);
                     first_err.get_or_insert(ObjError::Missing { ds, id: s.id() });
                 }
             }
         }
+        // Counted once per reply, not per object: each locked add waited for the copy before it to drain.
+        Counters::add(&self.ctr.misses, installed);
+        Counters::add_usize(&self.ctr.bytes_in, bytes);
         // The values are copied into the heap: the next reply can reuse the buffer.
         drop(vals);
         farmem_memd::client::recycle_reply_buffer(batch.data);
@@ -810,8 +842,6 @@ impl RtInner {
         // Arrives cold and fresh: the access it was fetched for is its first use, a second one makes it hot.
         s.set_flags(word::CLEAN | word::HAS_REMOTE | (s.flags() & word::SHARED));
         word::publish(&s.word, word::local(addr, word::COLD | word::FRESH));
-        Counters::add(&self.ctr.misses, 1);
-        Counters::add_usize(&self.ctr.bytes_in, bytes.len());
         Ok(())
     }
 
