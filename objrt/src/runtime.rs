@@ -9,6 +9,7 @@ use crate::stats::{Counters, Stats};
 use crate::word::{self, Found};
 use farmem_memd::config::{env_size, env_str, ConfigError};
 use farmem_memd::far::fresh_space_id;
+use farmem_memd::far::ObjectSink;
 use farmem_memd::proto::OwnKind;
 use farmem_memd::{FarStore, ObjBatch, Pending, Reply, Request};
 use parking_lot::{Mutex, RwLock};
@@ -173,6 +174,88 @@ struct Group {
     space: u16,
     pending: Pending,
     entries: Claimed,
+    landing: Arc<Landing>,
+}
+
+/// Where a fetch group's values may be received in place ([`ObjectSink`]): the thread that reads the reply —
+/// any thread, the fetcher or not — allocates the objects in the heap just before it reads their values and
+/// reads them straight into their payloads, which saves copying each value out of a reply buffer. The objects
+/// stay unpublished (their words claimed `BUSY` by the fetch) until [`RtInner::install_group`] publishes them;
+/// until then their live bytes keep their regions from being reused.
+#[derive(Debug)]
+struct Landing {
+    heap: Arc<Heap>,
+    space: u16,
+    /// (id, size) of each object, in request order.
+    expected: Vec<(u64, u32)>,
+    state: Mutex<LandingState>,
+}
+
+#[derive(Debug)]
+enum LandingState {
+    /// Nothing received yet.
+    Open,
+    /// The values are at these payload addresses (in request order), not yet published.
+    Placed(Vec<u64>),
+    /// Closed by the fetch: no value will be received any more.
+    Closed,
+}
+
+impl Landing {
+    /// Closes the landing (no `receive` runs after this) and returns the addresses of the values it received.
+    fn close(&self) -> Option<Vec<u64>> {
+        match std::mem::replace(&mut *self.state.lock(), LandingState::Closed) {
+            LandingState::Placed(a) => Some(a),
+            LandingState::Open | LandingState::Closed => None,
+        }
+    }
+
+    /// Gives back the space of objects allocated but not published.
+    fn give_back(&self, addrs: &[u64]) {
+        for (&a, &(_, len)) in addrs.iter().zip(&self.expected) {
+            self.heap.sub_live(a, len as usize);
+        }
+    }
+}
+
+impl ObjectSink for Landing {
+    fn expected(&self) -> &[(u64, u32)] {
+        &self.expected
+    }
+
+    fn receive(
+        &self,
+        fill: &mut dyn FnMut(&mut [&mut [u8]]) -> std::io::Result<bool>,
+    ) -> Option<std::io::Result<bool>> {
+        // Held through the read: `close` waits for it, so the space is never given back while being written.
+        let mut st = self.state.lock();
+        if !matches!(*st, LandingState::Open) {
+            return None;
+        }
+        let mut addrs = Vec::with_capacity(self.expected.len());
+        for &(id, len) in &self.expected {
+            // Never wait: this may be any thread waiting for a reply, possibly inside a scope.
+            match self.heap.alloc(len as usize, id, self.space, false) {
+                Ok(a) => addrs.push(a),
+                Err(_) => {
+                    self.give_back(&addrs);
+                    return None;
+                }
+            }
+        }
+        let spans: Vec<(u64, usize)> = addrs.iter().zip(&self.expected).map(|(&a, &(_, l))| (a, l as usize)).collect();
+        // P4 (raw.rs): each span is the payload of an object just allocated above, for this landing alone, and
+        // not published (no word holds its address), so no other thread reads or writes it; its live bytes keep
+        // its region from being reused until `install_group` publishes it or gives it back, which happens only
+        // after `close`, which waits for this lock.
+        let r = self.heap.mem.with_fresh(&spans, |d| fill(d));
+        if matches!(r, Ok(true)) {
+            *st = LandingState::Placed(addrs);
+        } else {
+            self.give_back(&addrs);
+        }
+        Some(r)
+    }
 }
 
 /// Hashes object ids (already spread by the slot allocator) with one multiply: the in-flight table is on every
@@ -264,7 +347,8 @@ impl InflightTable {
 /// The shared state behind a [`Runtime`] and its far pointers (opaque).
 #[doc(hidden)]
 pub struct RtInner {
-    pub(crate) heap: Heap,
+    /// Shared with the fetches' landings (see [`Landing`]), which allocate in it from the thread that reads a reply.
+    pub(crate) heap: Arc<Heap>,
     pub(crate) store: Arc<dyn FarStore>,
     spaces: RwLock<Vec<u64>>,
     pub(crate) ctr: Counters,
@@ -299,7 +383,7 @@ impl Runtime {
         heap.global_pressure.store(cfg.evacuator_threads > 0, Relaxed);
         let background = cfg.evacuator_threads > 0;
         let inner = Arc::new(RtInner {
-            heap,
+            heap: Arc::new(heap),
             store,
             spaces: RwLock::new(vec![fresh_space_id()]),
             ctr: Counters::default(),
@@ -714,8 +798,17 @@ impl RtInner {
                 continue;
             }
             let req = Request::ReadObjects { ds: self.ds(space), ids: entries.iter().map(|(s, _)| s.id()).collect() };
-            match self.store.submit(req) {
-                Ok(pending) => groups.push(Group { space, pending, entries }),
+            let landing = Arc::new(Landing {
+                heap: Arc::clone(&self.heap),
+                space,
+                expected: entries
+                    .iter()
+                    .map(|&(s, seen)| (s.id(), u32::try_from(word::remote_size(seen)).unwrap_or(u32::MAX)))
+                    .collect(),
+                state: Mutex::new(LandingState::Open),
+            });
+            match self.store.submit_into(req, Arc::clone(&landing) as Arc<dyn ObjectSink>) {
+                Ok(pending) => groups.push(Group { space, pending, entries, landing }),
                 Err(e) => {
                     self.unclaim(&entries);
                     failed = Some(e);
@@ -774,8 +867,8 @@ impl RtInner {
         let mut guard = inf.groups.lock();
         let Some(groups) = guard.take() else { return Ok(()) };
         let mut first_err = None;
-        for Group { space, pending, entries } in groups {
-            if let Err(e) = self.install_group(space, pending, &entries) {
+        for Group { space, pending, entries, landing } in groups {
+            if let Err(e) = self.install_group(space, pending, &entries, &landing) {
                 first_err.get_or_insert(e);
             }
             // Only once its objects are published: a thread that finds them busy looks the fetch up here.
@@ -787,9 +880,39 @@ impl RtInner {
 
     /// Waits for one group's reply and installs its objects (publishing the old word of any it cannot);
     /// returns the first error.
-    fn install_group(&self, space: u16, pending: Pending, entries: &Claimed) -> Result<(), ObjError> {
+    fn install_group(
+        &self,
+        space: u16,
+        pending: Pending,
+        entries: &Claimed,
+        landing: &Landing,
+    ) -> Result<(), ObjError> {
         let ds = self.ds(space);
-        let batch = match pending.wait() {
+        let reply = pending.wait();
+        // After the reply: whoever read it is done with the landing.
+        let placed = landing.close();
+        let batch = match (reply, placed) {
+            (Ok(Reply::Placed), Some(addrs)) if addrs.len() == entries.len() => {
+                for (&(s, _), &a) in entries.iter().zip(&addrs) {
+                    // Arrives cold and fresh, as in `install`.
+                    s.set_flags(word::CLEAN | word::HAS_REMOTE | (s.flags() & word::SHARED));
+                    word::publish(&s.word, word::local(a, word::COLD | word::FRESH));
+                }
+                let bytes = landing.expected.iter().map(|&(_, l)| l as usize).sum();
+                Counters::add(&self.ctr.misses, entries.len() as u64);
+                Counters::add_usize(&self.ctr.bytes_in, bytes);
+                return Ok(());
+            }
+            (reply, placed) => {
+                // Values received in place but then not delivered (the connection was re-established and the
+                // request answered again the ordinary way): their space goes back.
+                if let Some(addrs) = placed {
+                    landing.give_back(&addrs);
+                }
+                reply
+            }
+        };
+        let batch = match batch {
             Ok(Reply::Objects(b)) => b,
             Ok(r) => {
                 entries.iter().for_each(|&(s, seen)| word::publish(&s.word, seen));
