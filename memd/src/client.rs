@@ -342,6 +342,12 @@ fn read_objects_into(r: &mut impl FrameRead, payload: usize, sink: &dyn ObjectSi
     }
 }
 
+/// Bytes of the socket buffered at a time. Small: reading a frame's header fills the buffer with as much of
+/// what follows as it holds, and a large reply's bytes that landed there are copied again on their way to their
+/// destination (with 256 KiB, most of every 256 KiB object or page reply was); the rest is read straight from
+/// the socket. 16 KiB still takes a burst of small replies in one system call.
+const READ_BUFFER: usize = 16 << 10;
+
 /// Reply bodies at least this large come from (and may go back to) the spare-buffer list.
 const SPARE_MIN_BYTES: usize = 64 << 10;
 /// Most spare buffers kept.
@@ -671,7 +677,7 @@ impl Conn {
         w.stream = Some(stream);
         let mut sh = self.shared.lock();
         sh.gen = w.gen;
-        sh.reader = Some(BufReader::with_capacity(256 * 1024, read_half));
+        sh.reader = Some(BufReader::with_capacity(READ_BUFFER, read_half));
         sh.reading = false;
         sh.outstanding = 0;
         sh.failed = None;
