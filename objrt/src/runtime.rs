@@ -232,17 +232,8 @@ impl ObjectSink for Landing {
         if !matches!(*st, LandingState::Open) {
             return None;
         }
-        let mut addrs = Vec::with_capacity(self.expected.len());
-        for &(id, len) in &self.expected {
-            // Never wait: this may be any thread waiting for a reply, possibly inside a scope.
-            match self.heap.alloc(len as usize, id, self.space, false) {
-                Ok(a) => addrs.push(a),
-                Err(_) => {
-                    self.give_back(&addrs);
-                    return None;
-                }
-            }
-        }
+        // Never waits: this may be any thread waiting for a reply, possibly inside a scope.
+        let addrs = self.heap.alloc_many(&self.expected, self.space).ok()?;
         let spans: Vec<(u64, usize)> = addrs.iter().zip(&self.expected).map(|(&a, &(_, l))| (a, l as usize)).collect();
         // P4 (raw.rs): each span is the payload of an object just allocated above, for this landing alone, and
         // not published (no word holds its address), so no other thread reads or writes it; its live bytes keep
