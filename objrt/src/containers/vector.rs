@@ -361,8 +361,16 @@ impl<'rt, T: Pod> Vector<'rt, T> {
                     f(elems::<T>(&buf[r], rows));
                     r += 1;
                 } else {
-                    // `&self` excludes writers: if it was evicted meanwhile, memd's copy is the same.
-                    f(elems::<T>(&self.chunks[k].read_nt()?, rows));
+                    // Read in place if still local; `&self` excludes writers, so if it was evicted meanwhile,
+                    // memd's copy is the same.
+                    let s = DerefScope::new();
+                    match self.chunks[k].peek_nt(&s) {
+                        Some(c) => f(elems::<T>(&c, rows)),
+                        None => {
+                            drop(s);
+                            f(elems::<T>(&self.chunks[k].read_nt()?, rows));
+                        }
+                    }
                 }
             }
             spare.push(buf);
