@@ -826,6 +826,8 @@ pub struct Ticket {
     /// The encoded request, kept for re-sending after a reconnect (idempotent requests only).
     frame: Option<Vec<u8>>,
     finished: bool,
+    /// Submitted with an [`ObjectSink`] (registered in the connection's table until its reply is read).
+    sink: bool,
 }
 
 impl Ticket {
@@ -833,7 +835,9 @@ impl Ticket {
         let r = self.wait_inner();
         self.finished = true;
         // A reply read the ordinary way (an error, an unexpected shape) left its sink behind.
-        self.conn.sinks.lock().remove(&self.id);
+        if self.sink {
+            self.conn.sinks.lock().remove(&self.id);
+        }
         r
     }
 
@@ -895,7 +899,9 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if !self.finished {
-            self.conn.sinks.lock().remove(&self.id);
+            if self.sink {
+                self.conn.sinks.lock().remove(&self.id);
+            }
             let mut sh = self.conn.shared.lock();
             if sh.done.remove(&self.id).is_none() && sh.gen == self.gen {
                 sh.abandoned.insert(self.id);
@@ -1013,7 +1019,15 @@ impl FarStore for Client {
             .into_iter()
             .map(|(id, op, frame)| {
                 let frame = op.is_idempotent().then_some(frame);
-                Pending(PendingInner::Remote(Ticket { conn: conn.clone(), id, op, gen, frame, finished: false }))
+                Pending(PendingInner::Remote(Ticket {
+                    conn: conn.clone(),
+                    id,
+                    op,
+                    gen,
+                    frame,
+                    finished: false,
+                    sink: false,
+                }))
             })
             .collect())
     }
@@ -1045,6 +1059,7 @@ impl FarStore for Client {
             gen,
             frame: Some(frame),
             finished: false,
+            sink: true,
         })))
     }
 

@@ -174,8 +174,13 @@ struct Group {
     space: u16,
     pending: Pending,
     entries: Claimed,
-    landing: Arc<Landing>,
+    /// Where the reply may be received in place (fetches of at least [`LANDING_MIN_BYTES`]).
+    landing: Option<Arc<Landing>>,
 }
+
+/// Fetches of fewer bytes are received the ordinary way: for a single small object (a hash-map bucket) the copy
+/// out of the reply buffer costs less than a landing and its registration with the client.
+const LANDING_MIN_BYTES: usize = 16 << 10;
 
 /// Where a fetch group's values may be received in place ([`ObjectSink`]): the thread that reads the reply —
 /// any thread, the fetcher or not — allocates the objects in the heap just before it reads their values and
@@ -789,6 +794,18 @@ impl RtInner {
                 continue;
             }
             let req = Request::ReadObjects { ds: self.ds(space), ids: entries.iter().map(|(s, _)| s.id()).collect() };
+            let bytes: usize = entries.iter().map(|&(_, seen)| word::remote_size(seen)).sum();
+            if bytes < LANDING_MIN_BYTES {
+                // Small: the copy a landing saves costs less than setting one up.
+                match self.store.submit(req) {
+                    Ok(pending) => groups.push(Group { space, pending, entries, landing: None }),
+                    Err(e) => {
+                        self.unclaim(&entries);
+                        failed = Some(e);
+                    }
+                }
+                continue;
+            }
             let landing = Arc::new(Landing {
                 heap: Arc::clone(&self.heap),
                 space,
@@ -799,7 +816,7 @@ impl RtInner {
                 state: Mutex::new(LandingState::Open),
             });
             match self.store.submit_into(req, Arc::clone(&landing) as Arc<dyn ObjectSink>) {
-                Ok(pending) => groups.push(Group { space, pending, entries, landing }),
+                Ok(pending) => groups.push(Group { space, pending, entries, landing: Some(landing) }),
                 Err(e) => {
                     self.unclaim(&entries);
                     failed = Some(e);
@@ -859,7 +876,7 @@ impl RtInner {
         let Some(groups) = guard.take() else { return Ok(()) };
         let mut first_err = None;
         for Group { space, pending, entries, landing } in groups {
-            if let Err(e) = self.install_group(space, pending, &entries, &landing) {
+            if let Err(e) = self.install_group(space, pending, &entries, landing.as_deref()) {
                 first_err.get_or_insert(e);
             }
             // Only once its objects are published: a thread that finds them busy looks the fetch up here.
@@ -876,14 +893,14 @@ impl RtInner {
         space: u16,
         pending: Pending,
         entries: &Claimed,
-        landing: &Landing,
+        landing: Option<&Landing>,
     ) -> Result<(), ObjError> {
         let ds = self.ds(space);
         let reply = pending.wait();
         // After the reply: whoever read it is done with the landing.
-        let placed = landing.close();
-        let batch = match (reply, placed) {
-            (Ok(Reply::Placed), Some(addrs)) if addrs.len() == entries.len() => {
+        let placed = landing.and_then(Landing::close);
+        let batch = match (reply, placed, landing) {
+            (Ok(Reply::Placed), Some(addrs), Some(landing)) if addrs.len() == entries.len() => {
                 for (&(s, _), &a) in entries.iter().zip(&addrs) {
                     // Arrives cold and fresh, as in `install`.
                     s.set_flags(word::CLEAN | word::HAS_REMOTE | (s.flags() & word::SHARED));
@@ -894,10 +911,10 @@ impl RtInner {
                 Counters::add_usize(&self.ctr.bytes_in, bytes);
                 return Ok(());
             }
-            (reply, placed) => {
+            (reply, placed, landing) => {
                 // Values received in place but then not delivered (the connection was re-established and the
                 // request answered again the ordinary way): their space goes back.
-                if let Some(addrs) = placed {
+                if let (Some(addrs), Some(landing)) = (placed, landing) {
                     landing.give_back(&addrs);
                 }
                 reply
