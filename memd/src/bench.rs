@@ -287,6 +287,11 @@ impl CpuByName {
         }
     }
 
+    /// CPU time of all threads together, in ns.
+    pub fn total_ns(&self) -> u64 {
+        self.0.values().sum()
+    }
+
     /// `total T = name a, name b, ...` in µs per unit of work (`units` of them), busiest thread first, with
     /// `decimals` decimal places.
     pub fn per_unit(&self, units: u64, decimals: usize) -> String {

@@ -20,11 +20,11 @@
 
 use crate::auth;
 use crate::config::{self, Addr, ConfigError, Credential};
-use crate::far::{reply_from_frame, FarStore, Pending, PendingInner, StoreError};
+use crate::far::{reply_from_frame, FarStore, ObjectSink, Pending, PendingInner, StoreError};
 use crate::proto::{self, Header, Op, OwnKind, Reply, Request, Status, HEADER_LEN, MAX_FRAME, NONCE_LEN, PAGE_SIZE};
 use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, HashSet};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, IoSliceMut, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -124,6 +124,12 @@ impl Read for Stream {
             Stream::Unix(s) => s.read(b),
         }
     }
+    fn read_vectored(&mut self, b: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read_vectored(b),
+            Stream::Unix(s) => s.read_vectored(b),
+        }
+    }
 }
 
 impl Write for Stream {
@@ -160,6 +166,8 @@ pub(crate) enum Body {
     Bytes(Vec<u8>),
     /// A successful READ_PAGES reply.
     Pages { present: Vec<bool>, data: Vec<u8> },
+    /// A successful READ_OBJECTS reply whose values went into the request's [`ObjectSink`].
+    Placed,
 }
 
 fn invalid(m: String) -> io::Error {
@@ -172,6 +180,25 @@ pub(crate) trait FrameRead: Read {
     fn read_bulk(&mut self, buf: &mut [u8]) -> io::Result<()> {
         self.read_exact(buf)
     }
+
+    /// Fills every buffer of `bufs` completely, in order (vectored reads: a reply's headers and values go
+    /// where they belong in one system call per socket read, not one per piece).
+    fn read_bulk_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+        read_vectored_exact(self, bufs)
+    }
+}
+
+fn read_vectored_exact<R: Read + ?Sized>(r: &mut R, mut bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+    IoSliceMut::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match r.read_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => IoSliceMut::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl FrameRead for Stream {}
@@ -188,10 +215,32 @@ impl<R: Read> FrameRead for BufReader<R> {
         }
         Ok(())
     }
+
+    /// Takes what is already buffered, then reads the rest straight from the socket into `bufs`.
+    fn read_bulk_vectored(&mut self, mut bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+        let mut have = self.buffer();
+        let mut took = 0;
+        while !have.is_empty() && !bufs.is_empty() {
+            let n = have.read_vectored(bufs)?;
+            took += n;
+            IoSliceMut::advance_slices(&mut bufs, n);
+        }
+        self.consume(took);
+        read_vectored_exact(self.get_mut(), bufs)
+    }
 }
 
 /// Reads one frame: returns the header and body.
 fn read_frame(r: &mut impl FrameRead) -> io::Result<(Header, Body)> {
+    read_frame_with(r, &mut |_| None)
+}
+
+/// Reads one frame, receiving a successful READ_OBJECTS reply into the sink `sink_for` gives for its request
+/// id, if any (and if the reply has the sink's expected length).
+fn read_frame_with(
+    r: &mut impl FrameRead,
+    sink_for: &mut dyn FnMut(u64) -> Option<Arc<dyn ObjectSink>>,
+) -> io::Result<(Header, Body)> {
     let mut head = [0u8; 4 + HEADER_LEN];
     r.read_exact(&mut head)?;
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
@@ -224,10 +273,80 @@ fn read_frame(r: &mut impl FrameRead) -> io::Result<(Header, Body)> {
         }
         return Ok((h, Body::Pages { present, data }));
     }
+    if h.op == Op::ReadObjects as u8 && h.status == Status::Ok as u8 {
+        if let Some(sink) = sink_for(h.id) {
+            if let Some(body) = read_objects_into(r, payload, &*sink)? {
+                return Ok((h, body));
+            }
+        }
+    }
     let mut body = reply_buffer(payload);
     r.read_bulk(&mut body)?;
     Ok((h, Body::Bytes(body)))
 }
+
+/// Reads a READ_OBJECTS reply payload of `payload` bytes into `sink`, if it has the expected length and the sink
+/// lends its destinations; `None` when nothing was read (the caller reads it the ordinary way). A reply that
+/// differs from the expected one only in its ids or lengths comes back as ordinary bytes.
+fn read_objects_into(r: &mut impl FrameRead, payload: usize, sink: &dyn ObjectSink) -> io::Result<Option<Body>> {
+    const ENTRY: usize = 12;
+    let exp = sink.expected();
+    let want = 4 + exp.iter().map(|&(_, l)| ENTRY + l as usize).sum::<usize>();
+    if exp.is_empty() || want != payload {
+        return Ok(None);
+    }
+    // Count and entry headers land here, values in the sink's destinations: count, head 0, value 0, head 1, …
+    let mut heads = vec![0u8; 4 + ENTRY * exp.len()];
+    let mut linear: Option<Vec<u8>> = None;
+    let res = sink.receive(&mut |dests: &mut [&mut [u8]]| {
+        if dests.len() != exp.len() || dests.iter().zip(exp).any(|(d, &(_, l))| d.len() != l as usize) {
+            return Err(invalid("object sink lent destinations of the wrong shape".into()));
+        }
+        {
+            let (first, mut rest) = heads.split_at_mut(4 + ENTRY);
+            let mut bufs = Vec::with_capacity(2 * dests.len());
+            bufs.push(IoSliceMut::new(first));
+            for (i, d) in dests.iter_mut().enumerate() {
+                bufs.push(IoSliceMut::new(d));
+                if i + 1 < exp.len() {
+                    let (h, tail) = rest.split_at_mut(ENTRY);
+                    bufs.push(IoSliceMut::new(h));
+                    rest = tail;
+                }
+            }
+            r.read_bulk_vectored(&mut bufs)?;
+        }
+        let count_ok = heads[..4] == u32::try_from(exp.len()).unwrap_or(u32::MAX).to_le_bytes();
+        let entries_ok = exp.iter().enumerate().all(|(i, &(id, len))| {
+            let h = &heads[4 + i * ENTRY..4 + (i + 1) * ENTRY];
+            h[..8] == id.to_le_bytes() && h[8..] == len.to_le_bytes()
+        });
+        if count_ok && entries_ok {
+            return Ok(true);
+        }
+        // Not the expected reply: give its bytes back in order for the ordinary decoder.
+        let mut v = Vec::with_capacity(payload);
+        v.extend_from_slice(&heads[..4]);
+        for (i, d) in dests.iter().enumerate() {
+            v.extend_from_slice(&heads[4 + i * ENTRY..4 + (i + 1) * ENTRY]);
+            v.extend_from_slice(d);
+        }
+        linear = Some(v);
+        Ok(false)
+    });
+    match res {
+        None => Ok(None),
+        Some(Ok(true)) => Ok(Some(Body::Placed)),
+        Some(Ok(false)) => Ok(Some(Body::Bytes(linear.unwrap_or_default()))),
+        Some(Err(e)) => Err(e),
+    }
+}
+
+/// Bytes of the socket buffered at a time. Small: reading a frame's header fills the buffer with as much of
+/// what follows as it holds, and a large reply's bytes that landed there are copied again on their way to their
+/// destination (with 256 KiB, most of every 256 KiB object or page reply was); the rest is read straight from
+/// the socket. 16 KiB still takes a burst of small replies in one system call.
+const READ_BUFFER: usize = 16 << 10;
 
 /// Reply bodies at least this large come from (and may go back to) the spare-buffer list.
 const SPARE_MIN_BYTES: usize = 64 << 10;
@@ -273,7 +392,7 @@ pub fn recycle_reply_buffer(buf: Vec<u8>) {
 fn body_bytes(b: Body) -> Vec<u8> {
     match b {
         Body::Bytes(v) => v,
-        Body::Pages { .. } => Vec::new(),
+        Body::Pages { .. } | Body::Placed => Vec::new(),
     }
 }
 
@@ -283,6 +402,11 @@ fn finish(op: Op, h: &Header, b: Body, server: &str) -> Result<Reply, StoreError
         Body::Pages { .. } => Err(StoreError::Protocol {
             server: server.to_string(),
             msg: format!("page data in reply to a {op:?} request"),
+        }),
+        Body::Placed if op == Op::ReadObjects => Ok(Reply::Placed),
+        Body::Placed => Err(StoreError::Protocol {
+            server: server.to_string(),
+            msg: format!("placed objects in reply to a {op:?} request"),
         }),
         Body::Bytes(p) => reply_from_frame(op, h, p.into(), server),
     }
@@ -470,6 +594,9 @@ struct Conn {
     writer: Mutex<Writer>,
     shared: Mutex<Shared>,
     next_id: AtomicU64,
+    /// Sinks of READ_OBJECTS requests in flight, by request id (see [`FarStore::submit_into`]); the reader that
+    /// reads the reply takes its sink out.
+    sinks: Mutex<HashMap<u64, Arc<dyn ObjectSink>>>,
 }
 
 impl Conn {
@@ -491,6 +618,7 @@ impl Conn {
                 waiters: HashMap::new(),
             }),
             next_id: AtomicU64::new(1),
+            sinks: Mutex::new(HashMap::new()),
             cfg,
             lease,
         });
@@ -549,7 +677,7 @@ impl Conn {
         w.stream = Some(stream);
         let mut sh = self.shared.lock();
         sh.gen = w.gen;
-        sh.reader = Some(BufReader::with_capacity(256 * 1024, read_half));
+        sh.reader = Some(BufReader::with_capacity(READ_BUFFER, read_half));
         sh.reading = false;
         sh.outstanding = 0;
         sh.failed = None;
@@ -649,7 +777,7 @@ fn read_one(c: &Conn, sh: &mut parking_lot::MutexGuard<'_, Shared>, gen: u64, mi
         return false;
     };
     sh.reading = true;
-    let res = parking_lot::MutexGuard::unlocked(sh, || read_frame(&mut rd));
+    let res = parking_lot::MutexGuard::unlocked(sh, || read_frame_with(&mut rd, &mut |id| c.sinks.lock().remove(&id)));
     if sh.gen == gen {
         sh.reading = false;
         sh.reader = Some(rd);
@@ -698,12 +826,18 @@ pub struct Ticket {
     /// The encoded request, kept for re-sending after a reconnect (idempotent requests only).
     frame: Option<Vec<u8>>,
     finished: bool,
+    /// Submitted with an [`ObjectSink`] (registered in the connection's table until its reply is read).
+    sink: bool,
 }
 
 impl Ticket {
     pub(crate) fn wait(mut self) -> Result<Reply, StoreError> {
         let r = self.wait_inner();
         self.finished = true;
+        // A reply read the ordinary way (an error, an unexpected shape) left its sink behind.
+        if self.sink {
+            self.conn.sinks.lock().remove(&self.id);
+        }
         r
     }
 
@@ -765,6 +899,9 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if !self.finished {
+            if self.sink {
+                self.conn.sinks.lock().remove(&self.id);
+            }
             let mut sh = self.conn.shared.lock();
             if sh.done.remove(&self.id).is_none() && sh.gen == self.gen {
                 sh.abandoned.insert(self.id);
@@ -882,9 +1019,48 @@ impl FarStore for Client {
             .into_iter()
             .map(|(id, op, frame)| {
                 let frame = op.is_idempotent().then_some(frame);
-                Pending(PendingInner::Remote(Ticket { conn: conn.clone(), id, op, gen, frame, finished: false }))
+                Pending(PendingInner::Remote(Ticket {
+                    conn: conn.clone(),
+                    id,
+                    op,
+                    gen,
+                    frame,
+                    finished: false,
+                    sink: false,
+                }))
             })
             .collect())
+    }
+
+    /// Registers `sink` under the request's id before sending it, so that whichever thread reads the reply
+    /// receives the values into it.
+    fn submit_into(&self, req: Request, sink: Arc<dyn ObjectSink>) -> Result<Pending, StoreError> {
+        if !matches!(req, Request::ReadObjects { .. }) {
+            return self.submit(req);
+        }
+        req.validate().map_err(|e| StoreError::Invalid(e.msg))?;
+        let conn = self.conn();
+        let id = conn.next_id.fetch_add(1, Relaxed);
+        let mut frame = Vec::new();
+        proto::encode_request(&mut frame, id, &req);
+        conn.sinks.lock().insert(id, sink);
+        let gen = match conn.send(&[&frame]) {
+            Ok(g) => g,
+            Err(e) => {
+                conn.sinks.lock().remove(&id);
+                return Err(e);
+            }
+        };
+        let op = req.op();
+        Ok(Pending(PendingInner::Remote(Ticket {
+            conn: conn.clone(),
+            id,
+            op,
+            gen,
+            frame: Some(frame),
+            finished: false,
+            sink: true,
+        })))
     }
 
     fn describe(&self) -> String {

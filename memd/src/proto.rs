@@ -972,6 +972,9 @@ pub enum Reply {
     },
     /// Answer to READ_OBJECTS.
     Objects(ObjBatch),
+    /// Answer to READ_OBJECTS submitted with [`FarStore::submit_into`](crate::far::FarStore::submit_into) whose
+    /// values were received into the sink: every object present, as expected.
+    Placed,
     /// Answer to COMPUTE.
     Output(Vec<u8>),
 }

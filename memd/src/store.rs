@@ -10,7 +10,9 @@
 //! of two (at most 25% internal waste) from 16 B to 2 KiB — and are copied into replies, which for them is cheaper
 //! than a heap allocation and a separate piece of a vectored write. Each tenant's keys are spread over [`SHARDS`]
 //! independently locked shards so that connections on different cores rarely contend; pages go to shards in
-//! aligned runs of [`PAGE_RUN`], so that a batch of consecutive pages takes a few locks, not one per page.
+//! aligned runs of [`PAGE_RUN`], so that a batch of consecutive pages takes a few locks, not one per page, and
+//! objects in aligned runs of [`OBJ_RUN`] ids (a container's chunks have consecutive ids: a read of 64 of them
+//! took 64 shard locks, now 4 or 5).
 //!
 //! [`Engine::dispatch_into`] is the one place a request turns into a reply frame: the TCP server and the
 //! in-process store both call it, so the two cannot drift apart.
@@ -30,6 +32,9 @@ pub const SHARDS: usize = 16;
 /// Pages `k * PAGE_RUN .. (k + 1) * PAGE_RUN` of a region live in one shard, in one run.
 pub const PAGE_RUN: u64 = RUN_LEN as u64;
 const RUN_LEN: usize = 16;
+
+/// Objects `k * OBJ_RUN .. (k + 1) * OBJ_RUN` of a space live in one shard.
+pub const OBJ_RUN: u64 = 16;
 
 /// Object values of at least this many bytes are reference-counted and sent by reference; smaller ones live in
 /// slabs and are copied into replies.
@@ -78,6 +83,10 @@ fn shard_of(space: u64, key: u64) -> usize {
 
 fn page_shard(region: u64, page: u64) -> usize {
     shard_of(region, page / PAGE_RUN)
+}
+
+fn obj_shard(ds: u64, id: u64) -> usize {
+    shard_of(ds, id / OBJ_RUN)
 }
 
 fn new_page(data: &[u8]) -> Page {
@@ -653,7 +662,7 @@ impl Engine {
                 let mut walk = ShardWalk::new(&t.objects);
                 for id in ids.iter() {
                     out.extend_from_slice(&id.to_le_bytes());
-                    match walk.at(shard_of(ds, id)).get(ds, id) {
+                    match walk.at(obj_shard(ds, id)).get(ds, id) {
                         Some(v) => {
                             let len = u32::try_from(v.as_slice().len()).expect("bounded");
                             out.extend_from_slice(&len.to_le_bytes());
@@ -673,12 +682,14 @@ impl Engine {
             RequestView::DeleteObjects { ds, ids } => {
                 self.count_op(t, 2);
                 let (mut bytes, mut n) = (0u64, 0u64);
+                let mut walk = ShardWalk::new(&t.objects);
                 for id in ids.iter() {
-                    if let Some(l) = t.objects[shard_of(ds, id)].lock().remove(ds, id) {
+                    if let Some(l) = walk.at(obj_shard(ds, id)).remove(ds, id) {
                         bytes += u64::from(l);
                         n += 1;
                     }
                 }
+                drop(walk);
                 self.release_objects(t, bytes, n);
             }
             RequestView::DropObjects { ds } => {
@@ -760,16 +771,19 @@ impl Engine {
     ) -> Result<(), ProtoError> {
         // Growth if every entry replaced what is stored now (shrinking entries give room back only afterwards).
         let mut grow = 0u64;
+        let mut walk = ShardWalk::new(&t.objects);
         for (id, len) in entries.clone() {
-            let old = t.objects[shard_of(ds, id)].lock().len_of(ds, id).unwrap_or(0);
+            let old = walk.at(obj_shard(ds, id)).len_of(ds, id).unwrap_or(0);
             grow += u64::from(len.saturating_sub(old));
         }
+        drop(walk);
         let res = self.reserve(grow)?;
         let (mut added_bytes, mut freed_bytes, mut added, mut off) = (0u64, 0u64, 0u64, 0usize);
+        let mut walk = ShardWalk::new(&t.objects);
         for (id, len) in entries {
             let v = &data[off..off + len as usize];
             off += len as usize;
-            let old = t.objects[shard_of(ds, id)].lock().put(&self.sizes, ds, id, v);
+            let old = walk.at(obj_shard(ds, id)).put(&self.sizes, ds, id, v);
             if old.is_none() {
                 added += 1;
             }
@@ -777,6 +791,7 @@ impl Engine {
             added_bytes += u64::from(len.saturating_sub(old));
             freed_bytes += u64::from(old.saturating_sub(len));
         }
+        drop(walk);
         // Settle the reservation against what really changed (a concurrent writer may have raced us).
         std::mem::forget(res);
         if added_bytes > grow {
@@ -790,11 +805,11 @@ impl Engine {
     }
 
     pub(crate) fn read_object(&self, t: &Tenant, ds: u64, id: u64) -> Option<Vec<u8>> {
-        t.objects[shard_of(ds, id)].lock().get(ds, id).map(|v| v.as_slice().to_vec())
+        t.objects[obj_shard(ds, id)].lock().get(ds, id).map(|v| v.as_slice().to_vec())
     }
 
     pub(crate) fn with_object<R>(&self, t: &Tenant, ds: u64, id: u64, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
-        f(t.objects[shard_of(ds, id)].lock().get(ds, id).as_ref().map(ObjRef::as_slice))
+        f(t.objects[obj_shard(ds, id)].lock().get(ds, id).as_ref().map(ObjRef::as_slice))
     }
 
     /// Kind of op for counting, used by transports that answer some ops themselves.

@@ -681,3 +681,122 @@ fn replies_into_recycled_buffers_hold_the_right_values() {
         farmem_memd::client::recycle_reply_buffer(spent);
     }
 }
+
+/// A sink that lends plain buffers (an object runtime lends its heap); counts its calls and keeps the outcome.
+#[derive(Debug)]
+struct VecSink {
+    expected: Vec<(u64, u32)>,
+    bufs: std::sync::Mutex<Vec<Vec<u8>>>,
+    calls: std::sync::atomic::AtomicUsize,
+    outcome: std::sync::Mutex<Option<bool>>,
+    lend: bool,
+}
+
+impl VecSink {
+    fn new(expected: Vec<(u64, u32)>, lend: bool) -> Arc<VecSink> {
+        let bufs = expected.iter().map(|&(_, l)| vec![0u8; l as usize]).collect();
+        Arc::new(VecSink {
+            expected,
+            bufs: std::sync::Mutex::new(bufs),
+            calls: 0.into(),
+            outcome: std::sync::Mutex::new(None),
+            lend,
+        })
+    }
+    fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl farmem_memd::far::ObjectSink for VecSink {
+    fn expected(&self) -> &[(u64, u32)] {
+        &self.expected
+    }
+    fn receive(
+        &self,
+        fill: &mut dyn FnMut(&mut [&mut [u8]]) -> std::io::Result<bool>,
+    ) -> Option<std::io::Result<bool>> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !self.lend {
+            return None;
+        }
+        let mut bufs = self.bufs.lock().unwrap();
+        let mut dests: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+        let r = fill(&mut dests);
+        *self.outcome.lock().unwrap() = r.as_ref().ok().copied();
+        Some(r)
+    }
+}
+
+fn value(id: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (id as u8).wrapping_mul(31).wrapping_add(i as u8)).collect()
+}
+
+#[test]
+fn object_reads_are_received_in_place_when_the_reply_is_as_expected() {
+    let s = TestServer::start(1 << 30);
+    let c = s.client();
+    // Shared (≥ 2 KiB) and slab-stored values alike.
+    let lens: Vec<usize> = vec![4096, 100, 3000, 4096, 16, 2048, 777, 4096];
+    let mut b = ObjBatch::new();
+    for (id, &l) in lens.iter().enumerate() {
+        b.push(id as u64, &value(id as u64, l));
+    }
+    c.write_objects(9, b).unwrap();
+    let expect_all = |ids: &[u64]| ids.iter().map(|&i| (i, lens[i as usize] as u32)).collect::<Vec<_>>();
+    let fetch = |ids: Vec<u64>, sink: Arc<VecSink>| c.submit_into(Request::ReadObjects { ds: 9, ids }, sink).unwrap();
+
+    // As expected: placed, values in the sink's buffers. Several in flight, waited in reverse order, so that
+    // one wait reads the other requests' replies too (the sink travels with the request, not with its waiter).
+    let sinks: Vec<Arc<VecSink>> = (0..4).map(|k| VecSink::new(expect_all(&[k, 7 - k, 3]), true)).collect();
+    let pend: Vec<_> = sinks.iter().map(|sk| fetch(sk.expected.iter().map(|e| e.0).collect(), sk.clone())).collect();
+    for (sk, p) in sinks.iter().zip(pend).rev() {
+        assert_eq!(p.wait().unwrap(), farmem_memd::Reply::Placed);
+        assert_eq!(sk.calls(), 1);
+        assert_eq!(*sk.outcome.lock().unwrap(), Some(true));
+        for (&(id, _), got) in sk.expected.iter().zip(sk.bufs.lock().unwrap().iter()) {
+            assert_eq!(got, &value(id, lens[id as usize]), "object {id}");
+        }
+    }
+
+    // An absent object changes the reply's length: read the ordinary way, the sink never asked.
+    let sk = VecSink::new(vec![(0, 4096), (42, 4096)], true);
+    match fetch(vec![0, 42], sk.clone()).wait().unwrap() {
+        farmem_memd::Reply::Objects(b) => {
+            let got: Vec<_> = b.iter().map(|(id, v)| (id, v.map(<[u8]>::to_vec))).collect();
+            assert_eq!(got, vec![(0, Some(value(0, 4096))), (42, None)]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sk.calls(), 0);
+
+    // Same total length, other lengths per object: received, found different, handed back as ordinary bytes.
+    let sk = VecSink::new(vec![(1, 3000), (2, 100)], true);
+    match fetch(vec![1, 2], sk.clone()).wait().unwrap() {
+        farmem_memd::Reply::Objects(b) => {
+            let got: Vec<_> = b.iter().map(|(id, v)| (id, v.map(<[u8]>::to_vec))).collect();
+            assert_eq!(got, vec![(1, Some(value(1, 100))), (2, Some(value(2, 3000)))]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!((sk.calls(), *sk.outcome.lock().unwrap()), (1, Some(false)));
+
+    // A sink that has no room: the ordinary reply.
+    let sk = VecSink::new(expect_all(&[0, 1]), false);
+    assert!(matches!(fetch(vec![0, 1], sk.clone()).wait().unwrap(), farmem_memd::Reply::Objects(_)));
+    assert_eq!(sk.calls(), 1);
+
+    // A dropped request leaves no sink behind; the connection goes on.
+    let sk = VecSink::new(expect_all(&[5]), true);
+    drop(fetch(vec![5], sk.clone()));
+    assert_eq!(c.read_object(9, 6).unwrap(), Some(value(6, 777)));
+    assert_eq!(Arc::strong_count(&sk), 1, "the client let go of the sink");
+
+    // The in-process store has no socket: always the ordinary reply.
+    let m = farmem_memd::MemStore::new(1 << 20);
+    m.write_object(9, 3, &value(3, 4096)).unwrap();
+    let sk = VecSink::new(vec![(3, 4096)], true);
+    let r = m.submit_into(Request::ReadObjects { ds: 9, ids: vec![3] }, sk.clone()).unwrap().wait().unwrap();
+    assert!(matches!(r, farmem_memd::Reply::Objects(_)));
+    assert_eq!(sk.calls(), 0);
+}

@@ -239,6 +239,51 @@ impl Heap {
         }
     }
 
+    /// Allocates the objects `objs` — (slot, size) each, in `space` — in order, never waiting: what
+    /// [`Heap::alloc`] would do one by one, but with the lane's lock taken and the live bytes counted once per
+    /// region instead of once per object (a fetch lands a window of objects at once, and each locked
+    /// instruction waited for the stores before it). On `Exhausted` nothing stays allocated.
+    pub(crate) fn alloc_many(&self, objs: &[(u64, u32)], space: u16) -> Result<Vec<u64>, HeapFull> {
+        let lane = &self.lanes[lane_index(self.lanes.len())];
+        let mut out = Vec::with_capacity(objs.len());
+        while out.len() < objs.len() {
+            {
+                let mut l = lane.lock();
+                if let Some(r) = l.region {
+                    let base = self.region_base(r);
+                    let mut added = 0;
+                    for &(slot, size) in &objs[out.len()..] {
+                        let need = footprint(size as usize);
+                        if l.off + need > self.region_size {
+                            break;
+                        }
+                        // Headers under the lane's lock, as `alloc` writes them: the region cannot be sealed
+                        // (and walked) before they are there.
+                        out.push(self.place(base + l.off as u64, Header { slot, size: size as usize, space }));
+                        l.off += need;
+                        added += need;
+                    }
+                    if added > 0 {
+                        self.regions[r as usize].live.fetch_add(added, Relaxed);
+                    }
+                }
+            }
+            if let Some(&(slot, size)) = objs.get(out.len()) {
+                // The lane's region is full (or it has none): this one the ordinary way, which installs a new one.
+                match self.alloc(size as usize, slot, space, false) {
+                    Ok(a) => out.push(a),
+                    Err(e) => {
+                        for (&a, &(_, size)) in out.iter().zip(objs) {
+                            self.sub_live(a, size as usize);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Allocation for the evacuator's compaction: never waits, and fails rather than go below the hard
     /// watermark (the caller then evicts the object instead of keeping it).
     pub(crate) fn evac_alloc(&self, h: Header) -> Option<u64> {
@@ -502,6 +547,31 @@ mod tests {
         assert_eq!(objs.iter().map(|o| o.1.slot).collect::<Vec<_>>(), vec![7, 8]);
         h.release_region(v[0]);
         assert_eq!(h.in_use(), 0);
+    }
+
+    #[test]
+    fn alloc_many_fills_regions_in_order_and_gives_back_on_failure() {
+        let h = small();
+        // A region holds `per` objects of 1000 bytes: 7 objects span several regions.
+        let per = (h.region_size - FIRST) / footprint(1000);
+        let objs: Vec<(u64, u32)> = (0..7).map(|i| (100 + i, 1000)).collect();
+        let a = h.alloc_many(&objs, 3).unwrap();
+        assert_eq!(a.len(), 7);
+        for (k, (&addr, &(slot, size))) in a.iter().zip(&objs).enumerate() {
+            assert_eq!(h.header(addr), Header { slot, size: size as usize, space: 3 }, "object {k}");
+            if k > 0 && h.region_of(addr) == h.region_of(a[k - 1]) {
+                assert_eq!(addr - a[k - 1], footprint(1000) as u64, "back to back within a region");
+            }
+        }
+        assert_eq!(h.in_use(), 7usize.div_ceil(per));
+        let live_bytes = || (0..u32::try_from(h.total_regions).unwrap()).map(|r| h.region_live(r)).sum::<usize>();
+        let live = live_bytes();
+        assert_eq!(live, 7 * footprint(1000));
+        // Too many for what is left: nothing of this batch stays live.
+        let lots: Vec<(u64, u32)> = (0..1000).map(|i| (i, 2024)).collect();
+        assert_eq!(h.alloc_many(&lots, 0), Err(HeapFull::Exhausted));
+        assert_eq!(live_bytes(), live, "the failed batch gave its space back");
+        h.leave_pressure();
     }
 
     #[test]

@@ -243,6 +243,19 @@ impl<T: Pod> FarBox<T> {
         Some(Ref(raw::obj_ref(a)))
     }
 
+    /// If the object is local and free to use right now, lends it in place for the life of `scope` without
+    /// warming it (a non-temporal read that finds it local need not copy it out); `None` otherwise.
+    #[inline]
+    pub(crate) fn peek_nt<'s>(&'s self, scope: &'s DerefScope) -> Option<Ref<'s, T>> {
+        match word::touch(&self.slot.word, false) {
+            word::Found::Local(a) => {
+                count_deref(scope);
+                Some(Ref(raw::obj_ref(a)))
+            }
+            word::Found::Remote(_) | word::Found::Busy(_) => None,
+        }
+    }
+
     /// Like [`FarBox::deref`], but a failed fetch (memd gone, local heap exhausted) is returned, not a panic.
     #[inline]
     pub fn try_deref<'s>(&'s self, scope: &'s DerefScope) -> Result<Ref<'s, T>, ObjError> {

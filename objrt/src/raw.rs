@@ -23,7 +23,10 @@
 //!   freed (a freed object has no references: freeing takes the far pointer by value).
 //! - **P4 (claims).** [`read_bytes`]/[`write_bytes`] are called on an object only by the thread that holds it
 //!   `BUSY` ([`crate::word::claim`]), by its owner holding `&mut`, or (for headers) on headers that are written
-//!   once before the object is published and never again until the region is reused.
+//!   once before the object is published and never again until the region is reused. [`HeapMem::with_fresh`]
+//!   lends payloads of objects allocated for a fetch and not yet published to the one thread that reads the
+//!   fetch's reply (`runtime.rs`, `Landing::receive`, under the landing's lock, which the fetch takes before
+//!   it publishes the objects or gives their space back).
 //!
 //! - **P5 (a slot's runtime).** A far pointer is only the address of its slot; its runtime is kept beside the
 //!   slot, in an [`RtCell`] of the slot table, as one strong count of the runtime's `Arc<RtInner>` (this is how
@@ -34,8 +37,8 @@
 //!   live pointer (`FarBox::rt` and friends), whose borrow bounds the reference `get` returns.
 //!
 //! Callers: `ptr.rs` (dereferences: P1–P3; the runtime of a pointer: P5), `runtime.rs` (allocation, fetch
-//! install, write-back, free: P1, P2, P4), `evac.rs` (copying marked-then-busy objects: P1, P4), `heap.rs`
-//! (headers: P4), `slots.rs` (the cells: P5).
+//! install and in-place receive, write-back, free: P1, P2, P4), `evac.rs` (copying marked-then-busy objects: P1,
+//! P4), `heap.rs` (headers: P4), `slots.rs` (the cells: P5).
 //!
 //! Addresses are plain `u64`s because the pointer word stores them; they are turned back into pointers with the
 //! exposed provenance of the heap allocation (`with_exposed_provenance`), which Miri accepts.
@@ -114,6 +117,29 @@ impl HeapMem {
         // SAFETY: in bounds (checked); the caller holds the object exclusively (P4), so nobody reads or writes
         // these bytes meanwhile.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+    }
+
+    /// Lends the byte ranges `spans` (address, length) to `f` as mutable slices, in order: a fetch receives
+    /// objects' values from the socket straight into their payloads (P1, P4). Each span is the payload of an
+    /// object allocated from this heap and not published yet (no pointer word holds its address), which the
+    /// caller alone writes until `f` returns — as a thread holding an object `BUSY` does (P4) — and whose
+    /// region is not reused meanwhile (its live bytes are counted, P3). Bounds and pairwise disjointness are
+    /// checked here (a panic otherwise).
+    pub(crate) fn with_fresh<R>(&self, spans: &[(u64, usize)], f: impl FnOnce(&mut [&mut [u8]]) -> R) -> R {
+        let mut sorted: Vec<(u64, usize)> = spans.to_vec();
+        sorted.sort_unstable();
+        for w in sorted.windows(2) {
+            assert!(w[0].0 + w[0].1 as u64 <= w[1].0, "overlapping spans {:?} and {:?}", w[0], w[1]);
+        }
+        let mut v: Vec<&mut [u8]> = Vec::with_capacity(spans.len());
+        for &(addr, len) in spans {
+            self.check(addr, len);
+            let p = std::ptr::with_exposed_provenance_mut::<u8>(addr as usize);
+            // SAFETY: in bounds (checked), initialised (zeroed allocation), disjoint from every other span
+            // (checked), and nobody else touches an unpublished object's payload while `f` runs (P4).
+            v.push(unsafe { std::slice::from_raw_parts_mut(p, len) });
+        }
+        f(&mut v)
     }
 
     /// Copies `len` bytes from `from` to `to`, both inside this heap and not overlapping (evacuator compaction:

@@ -9,6 +9,7 @@ use crate::stats::{Counters, Stats};
 use crate::word::{self, Found};
 use farmem_memd::config::{env_size, env_str, ConfigError};
 use farmem_memd::far::fresh_space_id;
+use farmem_memd::far::ObjectSink;
 use farmem_memd::proto::OwnKind;
 use farmem_memd::{FarStore, ObjBatch, Pending, Reply, Request};
 use parking_lot::{Mutex, RwLock};
@@ -173,6 +174,84 @@ struct Group {
     space: u16,
     pending: Pending,
     entries: Claimed,
+    /// Where the reply may be received in place (fetches of at least [`LANDING_MIN_BYTES`]).
+    landing: Option<Arc<Landing>>,
+}
+
+/// Fetches of fewer bytes are received the ordinary way: for a single small object (a hash-map bucket) the copy
+/// out of the reply buffer costs less than a landing and its registration with the client.
+const LANDING_MIN_BYTES: usize = 16 << 10;
+
+/// Where a fetch group's values may be received in place ([`ObjectSink`]): the thread that reads the reply —
+/// any thread, the fetcher or not — allocates the objects in the heap just before it reads their values and
+/// reads them straight into their payloads, which saves copying each value out of a reply buffer. The objects
+/// stay unpublished (their words claimed `BUSY` by the fetch) until [`RtInner::install_group`] publishes them;
+/// until then their live bytes keep their regions from being reused.
+#[derive(Debug)]
+struct Landing {
+    heap: Arc<Heap>,
+    space: u16,
+    /// (id, size) of each object, in request order.
+    expected: Vec<(u64, u32)>,
+    state: Mutex<LandingState>,
+}
+
+#[derive(Debug)]
+enum LandingState {
+    /// Nothing received yet.
+    Open,
+    /// The values are at these payload addresses (in request order), not yet published.
+    Placed(Vec<u64>),
+    /// Closed by the fetch: no value will be received any more.
+    Closed,
+}
+
+impl Landing {
+    /// Closes the landing (no `receive` runs after this) and returns the addresses of the values it received.
+    fn close(&self) -> Option<Vec<u64>> {
+        match std::mem::replace(&mut *self.state.lock(), LandingState::Closed) {
+            LandingState::Placed(a) => Some(a),
+            LandingState::Open | LandingState::Closed => None,
+        }
+    }
+
+    /// Gives back the space of objects allocated but not published.
+    fn give_back(&self, addrs: &[u64]) {
+        for (&a, &(_, len)) in addrs.iter().zip(&self.expected) {
+            self.heap.sub_live(a, len as usize);
+        }
+    }
+}
+
+impl ObjectSink for Landing {
+    fn expected(&self) -> &[(u64, u32)] {
+        &self.expected
+    }
+
+    fn receive(
+        &self,
+        fill: &mut dyn FnMut(&mut [&mut [u8]]) -> std::io::Result<bool>,
+    ) -> Option<std::io::Result<bool>> {
+        // Held through the read: `close` waits for it, so the space is never given back while being written.
+        let mut st = self.state.lock();
+        if !matches!(*st, LandingState::Open) {
+            return None;
+        }
+        // Never waits: this may be any thread waiting for a reply, possibly inside a scope.
+        let addrs = self.heap.alloc_many(&self.expected, self.space).ok()?;
+        let spans: Vec<(u64, usize)> = addrs.iter().zip(&self.expected).map(|(&a, &(_, l))| (a, l as usize)).collect();
+        // P4 (raw.rs): each span is the payload of an object just allocated above, for this landing alone, and
+        // not published (no word holds its address), so no other thread reads or writes it; its live bytes keep
+        // its region from being reused until `install_group` publishes it or gives it back, which happens only
+        // after `close`, which waits for this lock.
+        let r = self.heap.mem.with_fresh(&spans, |d| fill(d));
+        if matches!(r, Ok(true)) {
+            *st = LandingState::Placed(addrs);
+        } else {
+            self.give_back(&addrs);
+        }
+        Some(r)
+    }
 }
 
 /// Hashes object ids (already spread by the slot allocator) with one multiply: the in-flight table is on every
@@ -200,6 +279,8 @@ type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// Shards of the in-flight table (a power of two): threads fetching different objects rarely share a lock.
 const INFLIGHT_SHARDS: usize = 64;
+/// Consecutive ids per run of the in-flight table (see [`InflightTable::shard_index`]).
+const INFLIGHT_RUN: u64 = 16;
 
 /// Object id → the fetch that is bringing it in, sharded by id so that the many threads of a miss-heavy load
 /// do not serialise on one lock (each fetch registers and unregisters every object it carries).
@@ -213,18 +294,44 @@ impl InflightTable {
         InflightTable { shards: (0..INFLIGHT_SHARDS).map(|_| Mutex::new(IdMap::default())).collect() }
     }
 
+    fn shard_index(id: u64) -> usize {
+        // Aligned runs of consecutive ids (a container's chunks) share a shard, so that a fetch of a window of
+        // chunks registers and unregisters them under a few locks, not one per chunk; runs spread over shards.
+        usize::try_from((id / INFLIGHT_RUN) % INFLIGHT_SHARDS as u64).unwrap_or(0)
+    }
+
     fn shard(&self, id: u64) -> &Mutex<IdMap<Arc<Inflight>>> {
-        // Low bits: consecutive ids (a container's chunks) land on different shards.
-        let i = usize::try_from(id % INFLIGHT_SHARDS as u64).unwrap_or(0);
-        &self.shards[i]
+        &self.shards[Self::shard_index(id)]
+    }
+
+    /// Registers every object of `entries` as brought in by `inf`, locking each shard once per run of ids.
+    fn insert_all(&self, entries: &Claimed, inf: &Arc<Inflight>) {
+        let mut i = 0;
+        while i < entries.len() {
+            let k = Self::shard_index(entries[i].0.id());
+            let mut m = self.shards[k].lock();
+            while i < entries.len() && Self::shard_index(entries[i].0.id()) == k {
+                m.insert(entries[i].0.id(), Arc::clone(inf));
+                i += 1;
+            }
+        }
+    }
+
+    /// Unregisters every object of `entries`, locking each shard once per run of ids.
+    fn remove_all(&self, entries: &Claimed) {
+        let mut i = 0;
+        while i < entries.len() {
+            let k = Self::shard_index(entries[i].0.id());
+            let mut m = self.shards[k].lock();
+            while i < entries.len() && Self::shard_index(entries[i].0.id()) == k {
+                m.remove(&entries[i].0.id());
+                i += 1;
+            }
+        }
     }
 
     fn get(&self, id: u64) -> Option<Arc<Inflight>> {
         self.shard(id).lock().get(&id).cloned()
-    }
-
-    fn insert(&self, id: u64, inf: &Arc<Inflight>) {
-        self.shard(id).lock().insert(id, Arc::clone(inf));
     }
 
     fn remove(&self, id: u64) {
@@ -236,7 +343,8 @@ impl InflightTable {
 /// The shared state behind a [`Runtime`] and its far pointers (opaque).
 #[doc(hidden)]
 pub struct RtInner {
-    pub(crate) heap: Heap,
+    /// Shared with the fetches' landings (see [`Landing`]), which allocate in it from the thread that reads a reply.
+    pub(crate) heap: Arc<Heap>,
     pub(crate) store: Arc<dyn FarStore>,
     spaces: RwLock<Vec<u64>>,
     pub(crate) ctr: Counters,
@@ -271,7 +379,7 @@ impl Runtime {
         heap.global_pressure.store(cfg.evacuator_threads > 0, Relaxed);
         let background = cfg.evacuator_threads > 0;
         let inner = Arc::new(RtInner {
-            heap,
+            heap: Arc::new(heap),
             store,
             spaces: RwLock::new(vec![fresh_space_id()]),
             ctr: Counters::default(),
@@ -676,9 +784,7 @@ impl RtInner {
         let inf = Arc::new(Inflight { groups: Mutex::new(None) });
         let mut sent = inf.groups.lock();
         for (_, entries) in &by_space {
-            for (s, _) in entries {
-                self.inflight.insert(s.id(), &inf);
-            }
+            self.inflight.insert_all(entries, &inf);
         }
         let mut groups = Vec::with_capacity(by_space.len());
         let mut failed = None;
@@ -688,8 +794,29 @@ impl RtInner {
                 continue;
             }
             let req = Request::ReadObjects { ds: self.ds(space), ids: entries.iter().map(|(s, _)| s.id()).collect() };
-            match self.store.submit(req) {
-                Ok(pending) => groups.push(Group { space, pending, entries }),
+            let bytes: usize = entries.iter().map(|&(_, seen)| word::remote_size(seen)).sum();
+            if bytes < LANDING_MIN_BYTES {
+                // Small: the copy a landing saves costs less than setting one up.
+                match self.store.submit(req) {
+                    Ok(pending) => groups.push(Group { space, pending, entries, landing: None }),
+                    Err(e) => {
+                        self.unclaim(&entries);
+                        failed = Some(e);
+                    }
+                }
+                continue;
+            }
+            let landing = Arc::new(Landing {
+                heap: Arc::clone(&self.heap),
+                space,
+                expected: entries
+                    .iter()
+                    .map(|&(s, seen)| (s.id(), u32::try_from(word::remote_size(seen)).unwrap_or(u32::MAX)))
+                    .collect(),
+                state: Mutex::new(LandingState::Open),
+            });
+            match self.store.submit_into(req, Arc::clone(&landing) as Arc<dyn ObjectSink>) {
+                Ok(pending) => groups.push(Group { space, pending, entries, landing: Some(landing) }),
                 Err(e) => {
                     self.unclaim(&entries);
                     failed = Some(e);
@@ -748,14 +875,12 @@ impl RtInner {
         let mut guard = inf.groups.lock();
         let Some(groups) = guard.take() else { return Ok(()) };
         let mut first_err = None;
-        for Group { space, pending, entries } in groups {
-            if let Err(e) = self.install_group(space, pending, &entries) {
+        for Group { space, pending, entries, landing } in groups {
+            if let Err(e) = self.install_group(space, pending, &entries, landing.as_deref()) {
                 first_err.get_or_insert(e);
             }
             // Only once its objects are published: a thread that finds them busy looks the fetch up here.
-            for (s, _) in &entries {
-                self.inflight.remove(s.id());
-            }
+            self.inflight.remove_all(&entries);
         }
         drop(guard);
         first_err.map_or(Ok(()), Err)
@@ -763,9 +888,39 @@ impl RtInner {
 
     /// Waits for one group's reply and installs its objects (publishing the old word of any it cannot);
     /// returns the first error.
-    fn install_group(&self, space: u16, pending: Pending, entries: &Claimed) -> Result<(), ObjError> {
+    fn install_group(
+        &self,
+        space: u16,
+        pending: Pending,
+        entries: &Claimed,
+        landing: Option<&Landing>,
+    ) -> Result<(), ObjError> {
         let ds = self.ds(space);
-        let batch = match pending.wait() {
+        let reply = pending.wait();
+        // After the reply: whoever read it is done with the landing.
+        let placed = landing.and_then(Landing::close);
+        let batch = match (reply, placed, landing) {
+            (Ok(Reply::Placed), Some(addrs), Some(landing)) if addrs.len() == entries.len() => {
+                for (&(s, _), &a) in entries.iter().zip(&addrs) {
+                    // Arrives cold and fresh, as in `install`.
+                    s.set_flags(word::CLEAN | word::HAS_REMOTE | (s.flags() & word::SHARED));
+                    word::publish(&s.word, word::local(a, word::COLD | word::FRESH));
+                }
+                let bytes = landing.expected.iter().map(|&(_, l)| l as usize).sum();
+                Counters::add(&self.ctr.misses, entries.len() as u64);
+                Counters::add_usize(&self.ctr.bytes_in, bytes);
+                return Ok(());
+            }
+            (reply, placed, landing) => {
+                // Values received in place but then not delivered (the connection was re-established and the
+                // request answered again the ordinary way): their space goes back.
+                if let (Some(addrs), Some(landing)) = (placed, landing) {
+                    landing.give_back(&addrs);
+                }
+                reply
+            }
+        };
+        let batch = match batch {
             Ok(Reply::Objects(b)) => b,
             Ok(r) => {
                 entries.iter().for_each(|&(s, seen)| word::publish(&s.word, seen));
@@ -780,22 +935,30 @@ impl RtInner {
             }
         };
         let mut first_err = None;
+        let (mut installed, mut bytes) = (0u64, 0usize);
         let mut vals = batch.iter();
         for &(s, seen) in entries {
             let size = word::remote_size(seen);
             match vals.next() {
-                Some((id, Some(v))) if id == s.id() && v.len() == size => {
-                    if let Err(e) = self.install(s, seen, v) {
+                Some((id, Some(v))) if id == s.id() && v.len() == size => match self.install(s, seen, v) {
+                    Ok(()) => {
+                        installed += 1;
+                        bytes += v.len();
+                    }
+                    Err(e) => {
                         word::publish(&s.word, seen);
                         first_err.get_or_insert(e);
                     }
-                }
+                },
                 _ => {
                     word::publish(&s.word, seen);
                     first_err.get_or_insert(ObjError::Missing { ds, id: s.id() });
                 }
             }
         }
+        // Counted once per reply, not per object: each locked add waited for the copy before it to drain.
+        Counters::add(&self.ctr.misses, installed);
+        Counters::add_usize(&self.ctr.bytes_in, bytes);
         // The values are copied into the heap: the next reply can reuse the buffer.
         drop(vals);
         farmem_memd::client::recycle_reply_buffer(batch.data);
@@ -810,8 +973,6 @@ impl RtInner {
         // Arrives cold and fresh: the access it was fetched for is its first use, a second one makes it hot.
         s.set_flags(word::CLEAN | word::HAS_REMOTE | (s.flags() & word::SHARED));
         word::publish(&s.word, word::local(addr, word::COLD | word::FRESH));
-        Counters::add(&self.ctr.misses, 1);
-        Counters::add_usize(&self.ctr.bytes_in, bytes.len());
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 
 #![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "small test indices and seeds")]
 
-use crate::{DerefScope, FarArc, FarBox, ObjError, Runtime, RuntimeConfig, Space};
+use crate::{DerefScope, FarArc, FarBox, FetchHandle, ObjError, Runtime, RuntimeConfig, Space};
 use farmem_memd::{FarStore, MemStore};
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -507,6 +507,67 @@ fn against_a_real_memd() {
     assert!(st.written_back > 0 && st.misses > 0, "{st:?}");
     drop(objs);
     rt.flush_deletes().unwrap();
+}
+
+/// Over a socket, a fetch's values are received straight into the heap (`Landing`): values, counters and the
+/// heap's accounting are the same as with a copy — every region is reclaimed once the objects leave again —
+/// including for objects of several sizes in one request, fetches whose handles are dropped unwaited, and
+/// fetches that find the heap too full to land in.
+#[test]
+fn fetches_received_in_place_from_a_real_memd() {
+    let srv = farmem_memd::testing::TestServer::start(1 << 30);
+    let mut cfg = RuntimeConfig::new(1 << 20);
+    cfg.evacuator_threads = 0;
+    cfg.lanes = 2;
+    cfg.region_size = 64 << 10;
+    let rt = Runtime::new(cfg, Arc::new(srv.client())).unwrap();
+    let big = |i: u64| -> [u64; 512] { std::array::from_fn(|k| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ k as u64) };
+    let bigs: Vec<FarBox<[u64; 512]>> = (0..100).map(|i| FarBox::new_in(&rt, big(i))).collect();
+    let smalls: Vec<FarBox<[u64; 16]>> = (0..100).map(|i| FarBox::new_in(&rt, pattern(i))).collect();
+    for round in 0..3 {
+        rt.evacuate_all().unwrap();
+        assert!(bigs.iter().all(|b| !b.is_local()) && smalls.iter().all(|b| !b.is_local()));
+        let st0 = rt.stats();
+        // Mixed sizes in one request each.
+        let h1 = rt.fetch(bigs.iter().take(50)).unwrap();
+        let h2 = rt.fetch(smalls.iter().take(50)).unwrap();
+        if round == 1 {
+            // Dropping a handle completes its fetch.
+            drop(h1);
+            drop(h2);
+        } else {
+            h2.wait().unwrap();
+            h1.wait().unwrap();
+        }
+        assert!(bigs[..50].iter().all(FarBox::is_local) && smalls[..50].iter().all(FarBox::is_local));
+        for (i, b) in bigs.iter().enumerate() {
+            assert_eq!(b.read(), big(i as u64), "round {round}, object {i}");
+        }
+        for (i, b) in smalls.iter().enumerate() {
+            assert_eq!(b.read(), pattern(i as u64), "round {round}, object {i}");
+        }
+        let st = rt.stats();
+        assert_eq!(st.misses - st0.misses, 200, "{st:?}");
+        assert_eq!(st.bytes_in - st0.bytes_in, 100 * 4096 + 100 * 128, "{st:?}");
+    }
+    rt.evacuate_all().unwrap();
+    assert_eq!(rt.stats().regions_in_use, 0, "every landed object's space was reclaimed");
+
+    // A heap too full to land in: the fetch fails cleanly (as a copying install would) and the objects stay
+    // remote and readable once there is room again.
+    // (Inside a scope an allocation that finds the heap full fails instead of evacuating for itself.)
+    let fill: Vec<FarBox<[u64; 512]>> = {
+        let _s = DerefScope::new();
+        std::iter::from_fn(|| FarBox::try_new_in(&rt, Space::DEFAULT, big(7)).ok()).take(10_000).collect()
+    };
+    assert!(!fill.is_empty());
+    let r = rt.fetch(bigs.iter()).and_then(FetchHandle::wait);
+    assert!(matches!(r, Err(ObjError::HeapExhausted { .. })), "{r:?}");
+    drop(fill);
+    rt.evacuate_all().unwrap();
+    for (i, b) in bigs.iter().enumerate() {
+        assert_eq!(b.read(), big(i as u64), "object {i} after a failed fetch");
+    }
 }
 
 #[test]

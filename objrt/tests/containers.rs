@@ -718,3 +718,42 @@ fn explicit_prefetch_batches_list_nodes_and_map_buckets() {
     let s = l.prefetch_stats();
     assert_eq!(store.reads.load(Relaxed), 2 + s.batches, "{s:?}");
 }
+
+/// `for_each_slice_nt` sees the same elements as a caching scan, brings nothing into local memory, and sends a
+/// request per window of remote chunks — in memory and over a socket (where replies are received in place),
+/// with some chunks local (read in place), some dirty, and a partial last chunk.
+#[test]
+fn non_temporal_scan_matches_and_caches_nothing() {
+    let server = farmem_memd::testing::TestServer::start(1 << 30);
+    let (counted_rt, store) = counted(4 << 20);
+    let mut cfg = RuntimeConfig::new(4 << 20);
+    cfg.lanes = 2;
+    let remote_rt = Runtime::new(cfg, Arc::new(server.client())).unwrap();
+    for (name, rt) in [("in-process", &counted_rt), ("memd", &remote_rt)] {
+        let n = 512 * 600 + 77;
+        let data: Vec<u64> = (0..n as u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
+        let mut a = Array::from_slice(rt, &data).unwrap();
+        rt.evacuate_all().unwrap();
+        // Some chunks local again (one of them dirty, so memd's copy is stale until written back).
+        for c in (0..600).step_by(7) {
+            assert_eq!(a.read(c * 512 + 3), Some(data[c * 512 + 3]));
+        }
+        a.set(7 * 512, 42).unwrap();
+        let mut want = data.clone();
+        want[7 * 512] = 42;
+        let remote = a.remote_chunks();
+        assert!(remote > 400 && remote < a.chunk_count(), "{name}: {remote} remote chunks");
+        store.reads.store(0, Relaxed);
+        let mut got = Vec::with_capacity(n);
+        a.for_each_slice_nt(|s| got.extend_from_slice(s)).unwrap();
+        assert_eq!(got.len(), n, "{name}");
+        assert!(got == want, "{name}: the non-temporal scan differs");
+        assert_eq!(a.remote_chunks(), remote, "{name}: nothing was brought in");
+        if name == "in-process" {
+            let reads = store.reads.load(Relaxed);
+            // A window is the prefetcher's max_window: here half its max_ahead (a 16th of the budget), 32 chunks.
+            let window = (4 << 20) / 16 / 4096 / 2;
+            assert!(reads <= (a.chunk_count() / window) as u64 + 2, "{name}: {reads} requests");
+        }
+    }
+}

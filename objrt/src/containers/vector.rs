@@ -1,6 +1,7 @@
 //! [`Vector`]: a growable far array in 4 KiB chunks — also the DataFrame column type, whose operations run
 //! locally or in memd.
 
+use super::CHUNK_BYTES;
 use super::{
     check_elem, elems, elems_mut, new_chunk, per_chunk, warm, Chunk, ContainerError, ElemMut, ElemRef, Offload,
     SpaceHandle,
@@ -10,12 +11,14 @@ use crate::prefetch::{PrefetchConfig, PrefetchStats, Prefetcher};
 use crate::ptr::FarBox;
 use crate::runtime::{FetchHandle, Runtime};
 use bytemuck::Pod;
+use farmem_memd::far::ObjectSink;
 use farmem_memd::offload::layout::{
     self, col_op, put_ids, put_u64s, reducer, ColumnInput, Num, Pred, Reader, Sum, COLUMN_TYPE,
 };
 use farmem_memd::proto::Status;
 use farmem_memd::StoreError;
 use parking_lot::Mutex;
+use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -328,6 +331,68 @@ impl<'rt, T: Pod> Vector<'rt, T> {
             let s = DerefScope::new();
             f(elems::<T>(&self.chunks[c].deref(&s), self.rows_in(c)));
         }
+    }
+
+    /// Calls `f` on every chunk's elements in order without bringing chunks into local memory (non-temporal):
+    /// for a scan of more than the budget, caching buys nothing — with any recency-based eviction the chunks a
+    /// scan caches are gone before it comes back to them — and costs a copy into cold heap memory per chunk plus
+    /// the evacuator's work to drop it again. Remote chunks are read a prefetch window per request, with as many
+    /// requests in flight as the prefetcher keeps ahead, each received straight into a buffer that later
+    /// windows reuse (so it stays in cache); local chunks are copied without warming them.
+    pub fn for_each_slice_nt(&self, mut f: impl FnMut(&[T])) -> Result<(), ContainerError> {
+        let w = self.pf_cfg.max_window.max(1);
+        let depth = (self.pf_cfg.max_ahead / w).max(2);
+        let n = self.chunks.len();
+        let mut spare: Vec<Vec<Chunk>> = Vec::new();
+        let mut inflight: VecDeque<NtWindow> = VecDeque::new();
+        let mut next = 0;
+        while next < n || !inflight.is_empty() {
+            while next < n && inflight.len() < depth {
+                let end = (next + w).min(n);
+                inflight.push_back(self.nt_request(next..end, spare.pop().unwrap_or_default())?);
+                next = end;
+            }
+            let Some(mut win) = inflight.pop_front() else { break };
+            let buf = win.finish(self)?;
+            let mut r = 0;
+            for k in win.range {
+                let rows = self.rows_in(k);
+                if win.remote.get(r) == Some(&k) {
+                    f(elems::<T>(&buf[r], rows));
+                    r += 1;
+                } else {
+                    // Read in place if still local; `&self` excludes writers, so if it was evicted meanwhile,
+                    // memd's copy is the same.
+                    let s = DerefScope::new();
+                    match self.chunks[k].peek_nt(&s) {
+                        Some(c) => f(elems::<T>(&c, rows)),
+                        None => {
+                            drop(s);
+                            f(elems::<T>(&self.chunks[k].read_nt()?, rows));
+                        }
+                    }
+                }
+            }
+            spare.push(buf);
+        }
+        Ok(())
+    }
+
+    /// Sends the read of the remote chunks of `range` (none if all are local), to be received into `buf`.
+    fn nt_request(&self, range: Range<usize>, buf: Vec<Chunk>) -> Result<NtWindow, ContainerError> {
+        let remote: Vec<usize> = range.clone().filter(|&k| !self.chunks[k].is_local()).collect();
+        if remote.is_empty() {
+            return Ok(NtWindow { range, remote, sent: None, buf });
+        }
+        let bytes = u32::try_from(CHUNK_BYTES).unwrap_or(u32::MAX);
+        let sink = Arc::new(NtSink {
+            expected: remote.iter().map(|&k| (self.chunks[k].id(), bytes)).collect(),
+            buf: Mutex::new(buf),
+        });
+        let req =
+            farmem_memd::Request::ReadObjects { ds: self.sp.ds, ids: sink.expected.iter().map(|e| e.0).collect() };
+        let pending = self.sp.rt.store().submit_into(req, Arc::clone(&sink) as Arc<dyn ObjectSink>)?;
+        Ok(NtWindow { range, remote, sent: Some((pending, sink)), buf: Vec::new() })
     }
 
     /// Copies every element into a `Vec`.
@@ -654,5 +719,79 @@ impl<T: Pod> Iterator for IterNt<'_, '_, T> {
         let x = self.buf[self.i - self.buf_start];
         self.i += 1;
         Some(Ok(x))
+    }
+}
+
+/// One window of a non-temporal scan ([`Vector::for_each_slice_nt`]): its chunks, the remote ones among them,
+/// and the read in flight for those.
+struct NtWindow {
+    range: Range<usize>,
+    remote: Vec<usize>,
+    sent: Option<(farmem_memd::Pending, Arc<NtSink>)>,
+    buf: Vec<Chunk>,
+}
+
+impl NtWindow {
+    /// Waits for the read; returns the values of the remote chunks, in order.
+    fn finish<T: Pod>(&mut self, v: &Vector<'_, T>) -> Result<Vec<Chunk>, ContainerError> {
+        let remote = &self.remote;
+        let Some((pending, sink)) = self.sent.take() else { return Ok(std::mem::take(&mut self.buf)) };
+        let reply = pending.wait()?;
+        let mut buf = std::mem::take(&mut *sink.buf.lock());
+        buf.resize(remote.len(), [0u128; CHUNK_BYTES / 16]);
+        match reply {
+            farmem_memd::Reply::Placed => {}
+            farmem_memd::Reply::Objects(b) => {
+                let mut vals = b.iter();
+                for (slot, &(id, len)) in buf.iter_mut().zip(&sink.expected) {
+                    match vals.next() {
+                        Some((got, Some(bytes))) if got == id && bytes.len() == len as usize => {
+                            bytemuck::bytes_of_mut(slot)[..bytes.len()].copy_from_slice(bytes);
+                        }
+                        _ => return Err(crate::ObjError::Missing { ds: v.sp.ds, id }.into()),
+                    }
+                }
+                drop(vals);
+                farmem_memd::client::recycle_reply_buffer(b.data);
+            }
+            other => {
+                return Err(StoreError::Protocol {
+                    server: v.sp.rt.store().describe(),
+                    msg: format!("expected objects, got {other:?}"),
+                }
+                .into())
+            }
+        }
+        let ctr = &v.sp.rt.inner.ctr;
+        crate::stats::Counters::add(&ctr.misses, remote.len() as u64);
+        crate::stats::Counters::add_usize(&ctr.bytes_in, remote.len() * CHUNK_BYTES);
+        Ok(buf)
+    }
+}
+
+/// Receives a non-temporal window's chunks into a reusable buffer ([`ObjectSink`]).
+#[derive(Debug)]
+struct NtSink {
+    expected: Vec<(u64, u32)>,
+    buf: Mutex<Vec<Chunk>>,
+}
+
+impl ObjectSink for NtSink {
+    fn expected(&self) -> &[(u64, u32)] {
+        &self.expected
+    }
+
+    fn receive(
+        &self,
+        fill: &mut dyn FnMut(&mut [&mut [u8]]) -> std::io::Result<bool>,
+    ) -> Option<std::io::Result<bool>> {
+        let mut buf = self.buf.lock();
+        buf.resize(self.expected.len(), [0u128; CHUNK_BYTES / 16]);
+        let mut dests: Vec<&mut [u8]> = buf
+            .iter_mut()
+            .zip(&self.expected)
+            .map(|(c, &(_, len))| &mut bytemuck::bytes_of_mut(c)[..len as usize])
+            .collect();
+        Some(fill(&mut dests))
     }
 }
