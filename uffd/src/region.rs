@@ -321,6 +321,10 @@ pub(crate) struct Shared {
     c: Counters,
     hist: Mutex<hdrhistogram::Histogram<u64>>,
     trace: Option<Mutex<Vec<u64>>>,
+    /// In-place drops (`MADV_DONTNEED` by an eviction thread) under way. While one is, the event thread's
+    /// ioctls fail with EAGAIN until the dropping thread runs again after its REMOVE event is read: the event
+    /// thread then sleeps until the drop is over (the eviction thread signals `efd`) instead of spinning.
+    drops: AtomicU32,
     /// Stops the eviction threads (and store retries).
     stop: AtomicBool,
     /// Stops the event thread; set only after the eviction threads are gone, since their `MADV_DONTNEED`
@@ -377,6 +381,15 @@ impl Shared {
         self.frames.at(as_usize(u64::from(f))).store(0, Relaxed);
         self.free.at(core.free_len).store(f, Relaxed);
         core.free_len += 1;
+    }
+    /// `MADV_DONTNEED` by an eviction thread, counted in `drops` while it is under way; the event thread is told
+    /// when it is over.
+    fn evictor_dontneed(&self, start: u64, len: u64) -> Result<(), RawError> {
+        self.drops.fetch_add(1, Relaxed);
+        let r = raw::dontneed(start, len);
+        self.drops.fetch_sub(1, Relaxed);
+        self.notify_event_thread();
+        r
     }
     fn notify_event_thread(&self) {
         let one: u64 = 1;
@@ -638,7 +651,13 @@ impl EventLoop {
         self.absorb(&msgs, &mut faults);
         self.deferred.extend(faults);
         if msgs.is_empty() {
-            std::thread::yield_now();
+            if self.sh.drops.load(Relaxed) > 0 {
+                // An eviction thread's drop holds the ioctls off until it runs again: sleep until it says the
+                // drop is over (or another event arrives) rather than spin against it for the CPU.
+                self.poll(1);
+            } else {
+                std::thread::yield_now();
+            }
         }
     }
 
@@ -1389,7 +1408,7 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
     }
     // The staging copies go in one call; its REMOVE event lies outside the region and is ignored.
     if let (Some(st0), false) = (stage, moved.is_empty()) {
-        if let Err(e) = retry_busy(|| raw::dontneed(st0, as_u64(victims.len()) * PS)) {
+        if let Err(e) = retry_busy(|| sh.evictor_dontneed(st0, as_u64(victims.len()) * PS)) {
             limited!(error, error = %e, "cannot free the eviction staging area");
         }
     }
@@ -1413,7 +1432,7 @@ fn drop_in_place(sh: &Shared, pages: &[u64]) {
     for (s, n) in runs(pages) {
         let (a, l) = (sh.addr(s), as_u64(n) * PS);
         sh.core.lock().self_removes.push((a, a + l));
-        if let Err(e) = raw::dontneed(a, l) {
+        if let Err(e) = sh.evictor_dontneed(a, l) {
             limited!(error, error = %e, "cannot drop evicted pages");
             let mut core = sh.core.lock();
             if let Some(i) = core.self_removes.iter().position(|&r| r == (a, a + l)) {
@@ -1560,6 +1579,7 @@ impl Region {
             zero: Mapping::new(64 * PAGE_SIZE).map_err(meta("a zero page buffer"))?,
             staging,
             c: Counters::default(),
+            drops: AtomicU32::new(0),
             hist: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3)
                     .map_err(|e| RegionError::Config(format!("histogram: {e}")))?,
