@@ -214,13 +214,15 @@ fn read_frame(r: &mut impl FrameRead) -> io::Result<(Header, Body)> {
         if 4 + bits.len() + k * PAGE_SIZE != payload {
             return Err(invalid(format!("page reply of {payload} bytes does not match its {k} present pages")));
         }
-        let mut data = vec![0u8; n * PAGE_SIZE];
         if k == n {
+            // Every byte is overwritten: a spare buffer saves zeroing it (see `recycle_reply_buffer`).
+            let mut data = reply_buffer(n * PAGE_SIZE);
             r.read_bulk(&mut data)?;
-        } else {
-            for (i, _) in present.iter().enumerate().filter(|(_, &p)| p) {
-                r.read_exact(&mut data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE])?;
-            }
+            return Ok((h, Body::Pages { present, data }));
+        }
+        let mut data = vec![0u8; n * PAGE_SIZE];
+        for (i, _) in present.iter().enumerate().filter(|(_, &p)| p) {
+            r.read_exact(&mut data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE])?;
         }
         return Ok((h, Body::Pages { present, data }));
     }
@@ -228,6 +230,11 @@ fn read_frame(r: &mut impl FrameRead) -> io::Result<(Header, Body)> {
     r.read_bulk(&mut body)?;
     Ok((h, Body::Bytes(body)))
 }
+
+/// Capacity of a connection's read buffer. Small frames are read many at a time through it; the bulk of a large
+/// reply goes straight from the socket into its own buffer (`FrameRead::read_bulk`), and only what the buffer
+/// happened to read ahead is copied twice, so a buffer much larger than a frame header only adds copying.
+const READ_BUFFER: usize = 16 << 10;
 
 /// Reply bodies at least this large come from (and may go back to) the spare-buffer list.
 const SPARE_MIN_BYTES: usize = 64 << 10;
@@ -470,6 +477,8 @@ struct Conn {
     writer: Mutex<Writer>,
     shared: Mutex<Shared>,
     next_id: AtomicU64,
+    /// The drain thread sleeps on this while nothing is outstanding; `send` wakes it.
+    drain_cv: Condvar,
 }
 
 impl Conn {
@@ -491,6 +500,7 @@ impl Conn {
                 waiters: HashMap::new(),
             }),
             next_id: AtomicU64::new(1),
+            drain_cv: Condvar::new(),
             cfg,
             lease,
         });
@@ -549,7 +559,7 @@ impl Conn {
         w.stream = Some(stream);
         let mut sh = self.shared.lock();
         sh.gen = w.gen;
-        sh.reader = Some(BufReader::with_capacity(256 * 1024, read_half));
+        sh.reader = Some(BufReader::with_capacity(READ_BUFFER, read_half));
         sh.reading = false;
         sh.outstanding = 0;
         sh.failed = None;
@@ -573,6 +583,9 @@ impl Conn {
                     // slip in between.
                     let mut sh = self.shared.lock();
                     if sh.gen == gen {
+                        if sh.outstanding == 0 {
+                            self.drain_cv.notify_one();
+                        }
                         sh.outstanding += frames.len();
                     }
                     return Ok(gen);
@@ -616,8 +629,19 @@ fn drain_loop(conn: Weak<Conn>) {
         std::thread::sleep(tick);
         let Some(c) = conn.upgrade() else { return };
         let mut sh = c.shared.lock();
+        // An idle connection costs no wake-ups: sleep until a request goes out (or the client is dropped), then
+        // give its sender a whole tick to read the reply itself.
+        let mut slept = false;
+        while sh.outstanding == 0 && !sh.closed {
+            c.drain_cv.wait(&mut sh);
+            slept = true;
+        }
         if sh.closed {
             return;
+        }
+        if slept {
+            last = (sh.received, sh.gen);
+            continue;
         }
         let idle = sh.outstanding > 0 && !sh.reading && sh.reader.is_some();
         let state = (sh.received, sh.gen);
@@ -840,6 +864,7 @@ impl Drop for Client {
     fn drop(&mut self) {
         for c in &self.conns {
             c.shared.lock().closed = true;
+            c.drain_cv.notify_one();
             if let Some(s) = c.writer.lock().stream.take() {
                 s.shutdown();
             }

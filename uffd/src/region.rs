@@ -1072,6 +1072,7 @@ impl EventLoop {
                 i = j;
             }
             sh.c.fetched.fetch_add(as_u64(pages.len()), Relaxed);
+            farmem_memd::client::recycle_reply_buffer(data);
             return;
         }
         let mut k = 0;
@@ -1092,6 +1093,8 @@ impl EventLoop {
             sh.c.ra_pages.fetch_add(as_u64(n), Relaxed);
             k += n;
         }
+        // The next reply reuses the buffer rather than a fresh zeroed one.
+        farmem_memd::client::recycle_reply_buffer(data);
     }
 
     /// A read failed for good: poison the demand pages (after saying why), return readahead frames.
