@@ -758,12 +758,7 @@ impl EventLoop {
                 sh.evict_cv.notify_all();
             }
         }
-        for (s, n) in runs(&unprotect.iter().map(|f| f.page).collect::<Vec<_>>()) {
-            let r = self.retry_eagain(|u| u.writeprotect(sh.addr(s), as_u64(n) * PS, 0));
-            if let Err(e) = r {
-                limited!(error, error = %e, "cannot un-write-protect a page");
-            }
-        }
+        self.unprotect(&unprotect.iter().map(|f| f.page).collect::<Vec<_>>());
         for f in &unprotect {
             sh.record(f.t0);
         }
@@ -782,6 +777,40 @@ impl EventLoop {
             ra.sort_unstable();
             triggers.sort_unstable();
             self.submit_fetch(&fetch, &ra, &triggers);
+        }
+    }
+
+    /// Lifts write protection from `pages` (sorted; marked dirty by their write-protect faults) that are still
+    /// mapped. The check and the ioctl happen under `core`: between a fault's `serve` and its un-protect, eviction
+    /// may take the page (it was referenced, but a second round can clear that and pick it), write-protect it
+    /// and copy it out; lifting the protection then would let the woken writer write into a page about to be
+    /// dropped, and the write would be lost. A page no longer mapped is left to the wake-up its eviction sends.
+    fn unprotect(&mut self, pages: &[u64]) {
+        let sh = Arc::clone(&self.sh);
+        let mut i = 0;
+        while i < pages.len() {
+            let core = sh.core.lock();
+            // Still mapped and still marked dirty (not evicted and fetched again clean meanwhile).
+            let mapped_dirty = |p: u64| sh.st(p) & (LOC | DIRTY) == PRESENT | DIRTY;
+            if !mapped_dirty(pages[i]) {
+                i += 1;
+                continue;
+            }
+            let mut n = 1;
+            while i + n < pages.len() && pages[i + n] == pages[i] + as_u64(n) && mapped_dirty(pages[i + n]) {
+                n += 1;
+            }
+            match sh.uffd.writeprotect(sh.addr(pages[i]), as_u64(n) * PS, 0) {
+                Err(e) if e.errno == libc::EAGAIN => {
+                    // Reading the pending event may take `core` (a release): not while holding it.
+                    drop(core);
+                    self.pump();
+                    continue;
+                }
+                Err(e) => limited!(error, error = %e, "cannot un-write-protect a page"),
+                Ok(()) => {}
+            }
+            i += n;
         }
     }
 
