@@ -280,8 +280,11 @@ struct Counters {
 struct Core {
     /// CLOCK hand (a frame index).
     hand: usize,
-    /// Free frames on the `free` stack.
+    /// Free frames: `free_len` entries of the `free` ring starting at `free_head`. Frames are handed out in the
+    /// order they came back (FIFO), which the CLOCK relies on for long eviction runs (see `evict_round`).
     free_len: usize,
+    /// First entry of the free ring.
+    free_head: usize,
     /// `MADV_DONTNEED` ranges issued by eviction whose REMOVE event has not been read yet.
     self_removes: Vec<(u64, u64)>,
 }
@@ -368,8 +371,9 @@ impl Shared {
         if core.free_len == 0 {
             return false;
         }
+        let f = self.free.at(core.free_head).load(Relaxed);
+        core.free_head = (core.free_head + 1) % self.budget;
         core.free_len -= 1;
-        let f = self.free.at(core.free_len).load(Relaxed);
         self.frames.at(as_usize(u64::from(f))).store(u32::try_from(p + 1).unwrap_or(0), Relaxed);
         self.frame_of.at(as_usize(p)).store(f, Relaxed);
         let r = as_u64(self.resident(core));
@@ -379,7 +383,7 @@ impl Shared {
     fn free_frame(&self, core: &mut Core, p: u64) {
         let f = self.frame_of.at(as_usize(p)).load(Relaxed);
         self.frames.at(as_usize(u64::from(f))).store(0, Relaxed);
-        self.free.at(core.free_len).store(f, Relaxed);
+        self.free.at((core.free_head + core.free_len) % self.budget).store(f, Relaxed);
         core.free_len += 1;
     }
     /// `MADV_DONTNEED` by an eviction thread, counted in `drops` while it is under way; the event thread is told
@@ -1232,8 +1236,10 @@ fn move_all(sh: &Shared, dst: u64, src: u64, len: u64) -> Result<(), RawError> {
 fn evict_round(sh: &Shared, slot: usize) -> usize {
     let mut victims = Vec::new();
     let mut rearm = Vec::new();
+    let hand0;
     {
         let mut core = sh.core.lock();
+        hand0 = core.hand;
         let want = sh.high.saturating_sub(core.free_len).clamp(1, EVICT_BATCH);
         let mut steps = 0;
         while victims.len() < want && steps < 2 * sh.budget + 1 {
@@ -1404,12 +1410,20 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
     let gone = |p: u64, st: u8| st & RELEASED != 0 || unmapped.contains(&p);
     let early: Vec<u64> = victims.iter().copied().filter(|&p| gone(p, sh.st(p))).collect();
     sh.delete_remote(&early);
-    // 6. New states, frames back, waiters woken.
+    // 6. New states, frames back, waiters woken. Frames go back to the free ring in the order the hand met them,
+    //    and the ring hands them out in that order: a stream's pages then sit in frames in the order they were
+    //    fetched, the hand meets them again in that order one revolution later, and a round's victims form
+    //    long runs of pages (few in-place drops, each with its REMOVE event and TLB shootdown) instead of runs
+    //    scattered over the resident window.
     let mut doomed = Vec::new();
     let (mut clean, mut written) = (0u64, 0u64);
+    let mut by_frame = victims.clone();
+    by_frame.sort_unstable_by_key(|&p| {
+        (as_usize(u64::from(sh.frame_of.at(as_usize(p)).load(Relaxed))) + sh.budget - hand0) % sh.budget
+    });
     {
         let mut core = sh.core.lock();
-        for &p in &victims {
+        for &p in &by_frame {
             let st = sh.st(p) & !INPLACE;
             sh.free_frame(&mut core, p);
             if st & DIRTY != 0 {
@@ -1602,7 +1616,7 @@ impl Region {
             efd: eventfd().map_err(RegionError::Thread)?,
             store,
             region_id: farmem_memd::far::fresh_space_id(),
-            core: Mutex::new(Core { hand: 0, free_len: budget, self_removes: Vec::new() }),
+            core: Mutex::new(Core { hand: 0, free_len: budget, free_head: 0, self_removes: Vec::new() }),
             evict_cv: Condvar::new(),
             state: Table::new(npages).map_err(meta("page states"))?,
             frame_of: Table::new(npages).map_err(meta("page frames"))?,
