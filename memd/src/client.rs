@@ -263,13 +263,15 @@ fn read_frame_with(
         if 4 + bits.len() + k * PAGE_SIZE != payload {
             return Err(invalid(format!("page reply of {payload} bytes does not match its {k} present pages")));
         }
-        let mut data = vec![0u8; n * PAGE_SIZE];
         if k == n {
+            // Every byte is overwritten: a spare buffer saves zeroing it (see `recycle_reply_buffer`).
+            let mut data = reply_buffer(n * PAGE_SIZE);
             r.read_bulk(&mut data)?;
-        } else {
-            for (i, _) in present.iter().enumerate().filter(|(_, &p)| p) {
-                r.read_exact(&mut data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE])?;
-            }
+            return Ok((h, Body::Pages { present, data }));
+        }
+        let mut data = vec![0u8; n * PAGE_SIZE];
+        for (i, _) in present.iter().enumerate().filter(|(_, &p)| p) {
+            r.read_exact(&mut data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE])?;
         }
         return Ok((h, Body::Pages { present, data }));
     }
@@ -597,6 +599,8 @@ struct Conn {
     /// Sinks of READ_OBJECTS requests in flight, by request id (see [`FarStore::submit_into`]); the reader that
     /// reads the reply takes its sink out.
     sinks: Mutex<HashMap<u64, Arc<dyn ObjectSink>>>,
+    /// The drain thread sleeps on this while nothing is outstanding; `send` wakes it.
+    drain_cv: Condvar,
 }
 
 impl Conn {
@@ -619,6 +623,7 @@ impl Conn {
             }),
             next_id: AtomicU64::new(1),
             sinks: Mutex::new(HashMap::new()),
+            drain_cv: Condvar::new(),
             cfg,
             lease,
         });
@@ -701,6 +706,9 @@ impl Conn {
                     // slip in between.
                     let mut sh = self.shared.lock();
                     if sh.gen == gen {
+                        if sh.outstanding == 0 {
+                            self.drain_cv.notify_one();
+                        }
                         sh.outstanding += frames.len();
                     }
                     return Ok(gen);
@@ -744,8 +752,19 @@ fn drain_loop(conn: Weak<Conn>) {
         std::thread::sleep(tick);
         let Some(c) = conn.upgrade() else { return };
         let mut sh = c.shared.lock();
+        // An idle connection costs no wake-ups: sleep until a request goes out (or the client is dropped), then
+        // give its sender a whole tick to read the reply itself.
+        let mut slept = false;
+        while sh.outstanding == 0 && !sh.closed {
+            c.drain_cv.wait(&mut sh);
+            slept = true;
+        }
         if sh.closed {
             return;
+        }
+        if slept {
+            last = (sh.received, sh.gen);
+            continue;
         }
         let idle = sh.outstanding > 0 && !sh.reading && sh.reader.is_some();
         let state = (sh.received, sh.gen);
@@ -977,6 +996,7 @@ impl Drop for Client {
     fn drop(&mut self) {
         for c in &self.conns {
             c.shared.lock().closed = true;
+            c.drain_cv.notify_one();
             if let Some(s) = c.writer.lock().stream.take() {
                 s.shutdown();
             }

@@ -800,3 +800,63 @@ fn object_reads_are_received_in_place_when_the_reply_is_as_expected() {
     assert!(matches!(r, farmem_memd::Reply::Objects(_)));
     assert_eq!(sk.calls(), 0);
 }
+
+/// READ_PAGES replies read into recycled buffers (full of garbage, longer or shorter than needed) hold exactly the
+/// pages sent; absent pages of a partial reply read as zeros.
+#[test]
+fn page_replies_into_recycled_buffers_hold_the_right_pages() {
+    let srv = TestServer::start(64 << 20);
+    let c = srv.client();
+    let n = 64u64;
+    let mut data = Vec::new();
+    for p in 0..n {
+        data.extend_from_slice(&page(p + 1));
+    }
+    c.write_pages(9, &(0..n).collect::<Vec<_>>(), &data).unwrap();
+    for round in 0..4usize {
+        for len in [n as usize * PAGE_SIZE + 4096 * round, 20 * PAGE_SIZE] {
+            farmem_memd::client::recycle_reply_buffer(vec![0xEE; len]);
+        }
+        let (present, got) = c.read_pages(9, &(0..n).collect::<Vec<_>>()).unwrap();
+        assert!(present.iter().all(|&p| p));
+        assert!(got == data, "round {round}: a whole reply differs from the pages written");
+        // Pages 64.. were never written: their slots must be zeros, not garbage from a recycled buffer.
+        let ask: Vec<u64> = (n - 20..n + 20).collect();
+        farmem_memd::client::recycle_reply_buffer(got);
+        let (present, got) = c.read_pages(9, &ask).unwrap();
+        for (i, &p) in ask.iter().enumerate() {
+            let slot = &got[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+            if p < n {
+                assert!(present[i] && slot == &page(p + 1)[..], "round {round}, page {p}");
+            } else {
+                assert!(!present[i] && slot.iter().all(|&b| b == 0), "round {round}, absent page {p}");
+            }
+        }
+    }
+}
+
+/// A request submitted and never waited for is read by the connection's drain thread, also after the connection
+/// sat idle (the drain thread then sleeps until a request goes out).
+#[test]
+fn an_unwaited_request_on_an_idle_connection_is_drained() {
+    let srv = TestServer::start(64 << 20);
+    let mut cfg = srv.client_config();
+    cfg.connections = 1;
+    let c = Client::connect(cfg).unwrap();
+    c.write_pages(3, &[0], &page(3)).unwrap();
+    for _ in 0..3 {
+        // Long enough for the drain thread to find nothing outstanding and go to sleep.
+        std::thread::sleep(Duration::from_millis(20));
+        let p = c.submit(Request::ReadPages { region: 3, pages: vec![0] }).unwrap();
+        // Liveness, not speed: without the drain thread nobody would ever read this reply.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !p.is_ready() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(p.is_ready(), "nobody read the reply of an unwaited request");
+        match p.wait().unwrap() {
+            farmem_memd::Reply::Pages { present, data } => assert!(present == vec![true] && data == page(3)),
+            r => panic!("{r:?}"),
+        }
+    }
+}

@@ -25,7 +25,10 @@
 //!   (so it is known clean) and writable for writes (dirty from the start, saving a write-protect fault).
 //! - A write-protect fault marks the page dirty and referenced and lifts the protection.
 //! - `EEXIST` counts as installed; `EAGAIN` (a non-cooperative event is pending) makes the event thread read
-//!   and apply pending events, then retry page by page, skipping pages released meanwhile.
+//!   and apply pending events, then retry the rest of the run, skipping pages released meanwhile. While an
+//!   eviction thread's own drop holds the ioctls off, the event thread sleeps until the drop is over.
+//! - A write-protect fault's protection is lifted under the region lock, and only if the page is still mapped
+//!   and dirty: eviction may have taken it meanwhile, and un-protecting it then would lose the write.
 //! - Faults that find no free frame wait in a queue (the faulting threads stay blocked in the kernel) while the
 //!   event thread keeps reading events; eviction signals an eventfd when frames are free.
 //!
@@ -47,7 +50,8 @@
 //! When the hand passes a referenced dirty page it re-arms write protection, so a page that keeps being written
 //! keeps its second chance; FIFO would evict it every revolution ([`sim`] compares both with exact LRU on
 //! traces). Reads of resident pages give no signal (this kernel has no idle-page tracking and `PAGEMAP_SCAN`
-//! reports no accessed bit).
+//! reports no accessed bit). Free frames are reused first-in first-out, in the order the hand freed them, so
+//! a stream's pages sit in frames in fetch order and a round's victims leave in one long run.
 //!
 //! Eviction is race-free in either of two ways. **Clean** victims (mapped write-protected, so memd holds their
 //! contents, or they are zero) in runs of at least 16 contiguous pages (`RegionConfig::clean_drop_run`), as a

@@ -291,8 +291,11 @@ struct Counters {
 struct Core {
     /// CLOCK hand (a frame index).
     hand: usize,
-    /// Free frames on the `free` stack.
+    /// Free frames: `free_len` entries of the `free` ring starting at `free_head`. Frames are handed out in the
+    /// order they came back (FIFO), which the CLOCK relies on for long eviction runs (see `evict_round`).
     free_len: usize,
+    /// First entry of the free ring.
+    free_head: usize,
     /// `MADV_DONTNEED` ranges issued by eviction whose REMOVE event has not been read yet.
     self_removes: Vec<(u64, u64)>,
 }
@@ -334,6 +337,10 @@ pub(crate) struct Shared {
     c: Counters,
     hist: Mutex<hdrhistogram::Histogram<u64>>,
     trace: Option<Mutex<Vec<u64>>>,
+    /// In-place drops (`MADV_DONTNEED` by an eviction thread) under way. While one is, the event thread's
+    /// ioctls fail with EAGAIN until the dropping thread runs again after its REMOVE event is read: the event
+    /// thread then sleeps until the drop is over (the eviction thread signals `efd`) instead of spinning.
+    drops: AtomicU32,
     /// Stops the eviction threads (and store retries).
     stop: AtomicBool,
     /// Stops the event thread; set only after the eviction threads are gone, since their `MADV_DONTNEED`
@@ -377,8 +384,9 @@ impl Shared {
         if core.free_len == 0 {
             return false;
         }
+        let f = self.free.at(core.free_head).load(Relaxed);
+        core.free_head = (core.free_head + 1) % self.budget;
         core.free_len -= 1;
-        let f = self.free.at(core.free_len).load(Relaxed);
         self.frames.at(as_usize(u64::from(f))).store(u32::try_from(p + 1).unwrap_or(0), Relaxed);
         self.frame_of.at(as_usize(p)).store(f, Relaxed);
         let r = as_u64(self.resident(core));
@@ -388,8 +396,17 @@ impl Shared {
     fn free_frame(&self, core: &mut Core, p: u64) {
         let f = self.frame_of.at(as_usize(p)).load(Relaxed);
         self.frames.at(as_usize(u64::from(f))).store(0, Relaxed);
-        self.free.at(core.free_len).store(f, Relaxed);
+        self.free.at((core.free_head + core.free_len) % self.budget).store(f, Relaxed);
         core.free_len += 1;
+    }
+    /// `MADV_DONTNEED` by an eviction thread, counted in `drops` while it is under way; the event thread is told
+    /// when it is over.
+    fn evictor_dontneed(&self, start: u64, len: u64) -> Result<(), RawError> {
+        self.drops.fetch_add(1, Relaxed);
+        let r = raw::dontneed(start, len);
+        self.drops.fetch_sub(1, Relaxed);
+        self.notify_event_thread();
+        r
     }
     fn notify_event_thread(&self) {
         let one: u64 = 1;
@@ -656,7 +673,13 @@ impl EventLoop {
         self.absorb(&msgs, &mut faults);
         self.deferred.extend(faults);
         if msgs.is_empty() {
-            std::thread::yield_now();
+            if self.sh.drops.load(Relaxed) > 0 {
+                // An eviction thread's drop holds the ioctls off until it runs again: sleep until it says the
+                // drop is over (or another event arrives) rather than spin against it for the CPU.
+                self.poll(1);
+            } else {
+                std::thread::yield_now();
+            }
         }
     }
 
@@ -757,12 +780,7 @@ impl EventLoop {
                 sh.evict_cv.notify_all();
             }
         }
-        for (s, n) in runs(&unprotect.iter().map(|f| f.page).collect::<Vec<_>>()) {
-            let r = self.retry_eagain(|u| u.writeprotect(sh.addr(s), as_u64(n) * PS, 0));
-            if let Err(e) = r {
-                limited!(error, error = %e, "cannot un-write-protect a page");
-            }
-        }
+        self.unprotect(&unprotect.iter().map(|f| f.page).collect::<Vec<_>>());
         for f in &unprotect {
             sh.record(f.t0);
         }
@@ -781,6 +799,40 @@ impl EventLoop {
             ra.sort_unstable();
             triggers.sort_unstable();
             self.submit_fetch(&fetch, &ra, &triggers);
+        }
+    }
+
+    /// Lifts write protection from `pages` (sorted; marked dirty by their write-protect faults) that are still
+    /// mapped. The check and the ioctl happen under `core`: between a fault's `serve` and its un-protect, eviction
+    /// may take the page (it was referenced, but a second round can clear that and pick it), write-protect it
+    /// and copy it out; lifting the protection then would let the woken writer write into a page about to be
+    /// dropped, and the write would be lost. A page no longer mapped is left to the wake-up its eviction sends.
+    fn unprotect(&mut self, pages: &[u64]) {
+        let sh = Arc::clone(&self.sh);
+        let mut i = 0;
+        while i < pages.len() {
+            let core = sh.core.lock();
+            // Still mapped and still marked dirty (not evicted and fetched again clean meanwhile).
+            let mapped_dirty = |p: u64| sh.st(p) & (LOC | DIRTY) == PRESENT | DIRTY;
+            if !mapped_dirty(pages[i]) {
+                i += 1;
+                continue;
+            }
+            let mut n = 1;
+            while i + n < pages.len() && pages[i + n] == pages[i] + as_u64(n) && mapped_dirty(pages[i + n]) {
+                n += 1;
+            }
+            match sh.uffd.writeprotect(sh.addr(pages[i]), as_u64(n) * PS, 0) {
+                Err(e) if e.errno == libc::EAGAIN => {
+                    // Reading the pending event may take `core` (a release): not while holding it.
+                    drop(core);
+                    self.pump();
+                    continue;
+                }
+                Err(e) => limited!(error, error = %e, "cannot un-write-protect a page"),
+                Ok(()) => {}
+            }
+            i += n;
         }
     }
 
@@ -1071,6 +1123,7 @@ impl EventLoop {
                 i = j;
             }
             sh.c.fetched.fetch_add(as_u64(pages.len()), Relaxed);
+            farmem_memd::client::recycle_reply_buffer(data);
             return;
         }
         let mut k = 0;
@@ -1091,6 +1144,8 @@ impl EventLoop {
             sh.c.ra_pages.fetch_add(as_u64(n), Relaxed);
             k += n;
         }
+        // The next reply reuses the buffer rather than a fresh zeroed one.
+        farmem_memd::client::recycle_reply_buffer(data);
     }
 
     /// A read failed for good: poison the demand pages (after saying why), return readahead frames.
@@ -1199,8 +1254,10 @@ fn move_all(sh: &Shared, dst: u64, src: u64, len: u64) -> Result<(), RawError> {
 fn evict_round(sh: &Shared, slot: usize) -> usize {
     let mut victims = Vec::new();
     let mut rearm = Vec::new();
+    let hand0;
     {
         let mut core = sh.core.lock();
+        hand0 = core.hand;
         let want = sh.high.saturating_sub(core.free_len).clamp(1, EVICT_BATCH);
         let mut steps = 0;
         while victims.len() < want && steps < 2 * sh.budget + 1 {
@@ -1371,12 +1428,20 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
     let gone = |p: u64, st: u8| st & RELEASED != 0 || unmapped.contains(&p);
     let early: Vec<u64> = victims.iter().copied().filter(|&p| gone(p, sh.st(p))).collect();
     sh.delete_remote(&early);
-    // 6. New states, frames back, waiters woken.
+    // 6. New states, frames back, waiters woken. Frames go back to the free ring in the order the hand met them,
+    //    and the ring hands them out in that order: a stream's pages then sit in frames in the order they were
+    //    fetched, the hand meets them again in that order one revolution later, and a round's victims form
+    //    long runs of pages (few in-place drops, each with its REMOVE event and TLB shootdown) instead of runs
+    //    scattered over the resident window.
     let mut doomed = Vec::new();
     let (mut clean, mut written) = (0u64, 0u64);
+    let mut by_frame = victims.clone();
+    by_frame.sort_unstable_by_key(|&p| {
+        (as_usize(u64::from(sh.frame_of.at(as_usize(p)).load(Relaxed))) + sh.budget - hand0) % sh.budget
+    });
     {
         let mut core = sh.core.lock();
-        for &p in &victims {
+        for &p in &by_frame {
             let st = sh.st(p) & !INPLACE;
             sh.free_frame(&mut core, p);
             if st & DIRTY != 0 {
@@ -1407,7 +1472,7 @@ fn evict_round(sh: &Shared, slot: usize) -> usize {
     }
     // The staging copies go in one call; its REMOVE event lies outside the region and is ignored.
     if let (Some(st0), false) = (stage, moved.is_empty()) {
-        if let Err(e) = retry_busy(|| raw::dontneed(st0, as_u64(victims.len()) * PS)) {
+        if let Err(e) = retry_busy(|| sh.evictor_dontneed(st0, as_u64(victims.len()) * PS)) {
             limited!(error, error = %e, "cannot free the eviction staging area");
         }
     }
@@ -1431,7 +1496,7 @@ fn drop_in_place(sh: &Shared, pages: &[u64]) {
     for (s, n) in runs(pages) {
         let (a, l) = (sh.addr(s), as_u64(n) * PS);
         sh.core.lock().self_removes.push((a, a + l));
-        if let Err(e) = raw::dontneed(a, l) {
+        if let Err(e) = sh.evictor_dontneed(a, l) {
             limited!(error, error = %e, "cannot drop evicted pages");
             let mut core = sh.core.lock();
             if let Some(i) = core.self_removes.iter().position(|&r| r == (a, a + l)) {
@@ -1570,7 +1635,7 @@ impl Region {
             efd: eventfd().map_err(RegionError::Thread)?,
             store,
             region_id: farmem_memd::far::fresh_space_id(),
-            core: Mutex::new(Core { hand: 0, free_len: budget, self_removes: Vec::new() }),
+            core: Mutex::new(Core { hand: 0, free_len: budget, free_head: 0, self_removes: Vec::new() }),
             evict_cv: Condvar::new(),
             state: Table::new(npages).map_err(meta("page states"))?,
             frame_of: Table::new(npages).map_err(meta("page frames"))?,
@@ -1580,6 +1645,7 @@ impl Region {
             staging,
             evictor_tids: Mutex::new(Vec::new()),
             c: Counters::default(),
+            drops: AtomicU32::new(0),
             hist: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3)
                     .map_err(|e| RegionError::Config(format!("histogram: {e}")))?,
