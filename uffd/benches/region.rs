@@ -9,7 +9,7 @@
 //!   machine hits both sides alike. The bare handler is measured blocking in `poll` and spinning like the
 //!   region's event thread (`RegionConfig::spin`): the goal compares with the spinning one, like with like.
 //!   `REGION_PAIRED=faults|scan` runs only one of them (e.g. `cargo bench --bench region -- paired` skips the
-//!   criterion runs); `SPIN_US`, `RA_MAX` and `FOLLOW_FAULTS=0` override the region's spin, largest readahead
+//!   criterion runs); `SPIN_US`, `RA_MAX` and `FOLLOW_FAULTS=1` override the region's spin, largest readahead
 //!   window and CPU following.
 //! - `random/*`: random 4 KiB reads and writes over a region 4× its budget (budget = 25%), and the same loop on
 //!   plain memory. Kernel swap under the same limit is measured by hand with the `randrw` example.
@@ -353,7 +353,7 @@ fn random_benches(c: &mut Criterion) {
 static RANDOM_TRACE: Mutex<Option<(usize, u64)>> = Mutex::new(None);
 
 /// A region with the default configuration, except what `SPIN_US` (event-thread spin, µs), `RA_MAX` (largest
-/// readahead window, pages) and `FOLLOW_FAULTS` (0: threads not pinned to the faulting CPU) set, for trying
+/// readahead window, pages) and `FOLLOW_FAULTS` (1: threads pinned to the faulting CPU) set, for trying
 /// settings without a rebuild.
 fn tuned_region(size: usize, budget: usize, readahead: bool) -> Option<Region> {
     let var = |n: &str| std::env::var(n).ok().and_then(|v| v.parse::<u64>().ok());

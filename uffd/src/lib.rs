@@ -12,9 +12,9 @@
 //! program's `madvise`/`munmap`/`mremap`, or [`Region::release`]) is applied before any later fault is served,
 //! and a page released while its fetch is in flight is skipped rather than installed with stale contents.
 //! `handler_threads - 1` (at least one) **eviction threads** keep a reserve of free frames.
-//! While the faults come from threads on one CPU, the event and eviction threads are pinned to that CPU
-//! (`RegionConfig::follow_faults`): a fault is a chain of thread wake-ups, and on a VM a wake-up that crosses to a
-//! sleeping vCPU costs more than the whole chain on one CPU (see the `affinity` module).
+//! Optionally (`RegionConfig::follow_faults`, off by default), while the faults come from threads on one CPU, the
+//! event and eviction threads are pinned to that CPU: a fault is a chain of thread wake-ups, and on a VM a wake-up
+//! that crosses to a sleeping vCPU costs more than the whole chain on one CPU (see the `affinity` module).
 //!
 //! ## Faults
 //! - A never-written (or released) page is zero-filled with `UFFDIO_COPY` from a zero buffer — writable for a

@@ -129,9 +129,11 @@ pub struct RegionConfig {
     /// sequential scan cheaper dropped. Without `UFFDIO_MOVE` every victim is dropped in place.
     pub clean_drop_run: usize,
     /// Keep the event and eviction threads on the CPU of the thread that faults, while faults come from one CPU
-    /// (default on; see the `affinity` module): a hand-off to a sleeping CPU costs more than the whole fault
-    /// on one CPU on a VM. Paired fault rounds on our 2-vCPU VM: region fault 24-25 µs pinned against 70-77 µs
-    /// when the scheduler spread the chain over both CPUs.
+    /// (default off; see the `affinity` module): a hand-off to a sleeping CPU costs more than the whole fault
+    /// on one CPU on a VM. On our 2-vCPU VM it took the paired fault rounds' slow mode away on a busy machine
+    /// (slow in 0 of 14 runs against 4 of 14), but on a quiet one it changed nothing (region fault 73-79 µs
+    /// either way: memd's worker still runs on the other, idle CPU) and moved the threads ~130 times a run, so
+    /// it is not the default.
     pub follow_faults: bool,
 }
 
@@ -147,7 +149,7 @@ impl Default for RegionConfig {
             spin: SPIN,
             move_eviction: true,
             clean_drop_run: INPLACE_RUN,
-            follow_faults: true,
+            follow_faults: false,
         }
     }
 }
