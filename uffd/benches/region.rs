@@ -9,8 +9,9 @@
 //!   machine hits both sides alike. The bare handler is measured blocking in `poll` and spinning like the
 //!   region's event thread (`RegionConfig::spin`): the goal compares with the spinning one, like with like.
 //!   `REGION_PAIRED=faults|scan` runs only one of them (e.g. `cargo bench --bench region -- paired` skips the
-//!   criterion runs); `SPIN_US`, `RA_MAX` and `FOLLOW_FAULTS=1` override the region's spin, largest readahead
-//!   window and CPU following.
+//!   criterion runs); `SPIN_US`, `RA_MAX`, `FOLLOW_FAULTS=1` and `KEEP_AWAKE_US` override the region's spin,
+//!   largest readahead window, CPU following and keep-awake window (the fault floor is then measured with the same
+//!   keep-awake spinners).
 //! - `random/*`: random 4 KiB reads and writes over a region 4× its budget (budget = 25%), and the same loop on
 //!   plain memory. Kernel swap under the same limit is measured by hand with the `randrw` example.
 //! - A summary table of ratios, then miss rates of the region's CLOCK, FIFO and exact LRU on access traces
@@ -367,6 +368,7 @@ fn tuned_region(size: usize, budget: usize, readahead: bool) -> Option<Region> {
     if let Some(f) = var("FOLLOW_FAULTS") {
         cfg.follow_faults = f != 0;
     }
+    cfg.keep_awake = keep_awake();
     match Region::new(cfg, client()) {
         Ok(r) => Some(r),
         Err(e) => {
@@ -374,6 +376,14 @@ fn tuned_region(size: usize, budget: usize, readahead: bool) -> Option<Region> {
             None
         }
     }
+}
+
+/// The regions' keep-awake window: `KEEP_AWAKE_US` (µs, 0 = off) or the default.
+fn keep_awake() -> Duration {
+    std::env::var("KEEP_AWAKE_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(RegionConfig::default().keep_awake, Duration::from_micros)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -417,20 +427,56 @@ fn paired_faults(rounds: usize, per: usize) {
         std::hint::black_box(unsafe { p.read_volatile() });
         t.elapsed().as_nanos() as f64
     };
-    let (mut rb, mut rs) = (Vec::new(), Vec::new());
+    let (mut rb, mut rs, mut rp) = (Vec::new(), Vec::new(), Vec::new());
     let mut cpu = CpuByName::default();
     let s0 = r.stats();
     let (mut mb, mut ms, mut mm, mut mr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Floor without spinners (only when the region keeps CPUs awake): memd read and spinning bare handler.
+    let (mut pm, mut ps) = (Vec::new(), Vec::new());
+    // With the region keeping idle CPUs awake, the floor is measured with the same spinners, poked before every
+    // sample (as the region's event thread pokes them on every fault): like with like.
+    let window = keep_awake();
+    let awake = (!window.is_zero()).then(|| farmem_uffd::awake::KeepAwake::start(window).unwrap());
+    let poke = || {
+        if let Some(k) = &awake {
+            k.poke();
+        }
+    };
     for _ in 0..rounds {
-        let mut b: Vec<f64> = (0..per).map(|_| bare_fault(&block, &mut nb)).collect();
-        let mut sp: Vec<f64> = (0..per).map(|_| bare_fault(&spinning, &mut ns)).collect();
+        let mut b: Vec<f64> = (0..per)
+            .map(|_| {
+                poke();
+                bare_fault(&block, &mut nb)
+            })
+            .collect();
+        let mut sp: Vec<f64> = (0..per)
+            .map(|_| {
+                poke();
+                bare_fault(&spinning, &mut ns)
+            })
+            .collect();
         let mut m: Vec<f64> = (0..per)
             .map(|_| {
+                poke();
                 let t = Instant::now();
                 std::hint::black_box(store.read_pages(1, &[0]).unwrap());
                 t.elapsed().as_nanos() as f64
             })
             .collect();
+        if awake.is_some() {
+            // Spinners idle for their window first, then the floor as a machine without them sees it.
+            std::thread::sleep(window * 2);
+            let mut pb: Vec<f64> = (0..per).map(|_| bare_fault(&spinning, &mut ns)).collect();
+            let mut pr: Vec<f64> = (0..per)
+                .map(|_| {
+                    let t = Instant::now();
+                    std::hint::black_box(store.read_pages(1, &[0]).unwrap());
+                    t.elapsed().as_nanos() as f64
+                })
+                .collect();
+            ps.push(median(&mut pb));
+            pm.push(median(&mut pr));
+        }
         let mut f = Vec::with_capacity(per);
         let c0 = ThreadCpu::now();
         while f.len() < per {
@@ -451,6 +497,9 @@ fn paired_faults(rounds: usize, per: usize) {
         ms.push(sp);
         mm.push(m);
         mr.push(f);
+        if let (Some(&x), Some(&y)) = (ps.last(), pm.last()) {
+            rp.push(f / (x + y));
+        }
     }
     let us = |v: &mut Vec<f64>| median(v) / 1e3;
     println!(
@@ -461,6 +510,20 @@ fn paired_faults(rounds: usize, per: usize) {
         us(&mut ms),
         us(&mut mb)
     );
+    if let Some(k) = &awake {
+        println!(
+            "  region and floor both with idle CPUs kept awake ({} spinners, {} µs after each fault/sample)",
+            k.spinners(),
+            window.as_micros()
+        );
+        println!(
+            "  floor without spinners, same rounds: memd 4K read {:.1} µs, bare uffd {:.1} µs spinning handler; \
+             region (kept awake) vs that floor: {}",
+            us(&mut pm),
+            us(&mut ps),
+            spread(&mut rp)
+        );
+    }
     println!("  ratio vs floor with a spinning bare handler (like the region's): {}", spread(&mut rs));
     println!("  ratio vs floor with a blocking bare handler: {}", spread(&mut rb));
     let s1 = r.stats();

@@ -205,6 +205,21 @@ impl Follower {
     }
 }
 
+/// The CPUs the calling thread may run on, in order (empty if they cannot be learned).
+pub(crate) fn allowed_cpus() -> Vec<usize> {
+    cpus_of(0)
+}
+
+/// The CPUs thread `tid` (0 = the calling thread) may run on, in order.
+pub(crate) fn cpus_of(tid: i32) -> Vec<usize> {
+    get_mask(tid).map(|m| (0..SETSIZE).filter(|&c| has(&m, c)).collect()).unwrap_or_default()
+}
+
+/// Pins the calling thread to `cpu`; false if the kernel refused.
+pub(crate) fn pin_self(cpu: usize) -> bool {
+    cpu < SETSIZE && set_mask(0, &only(cpu))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

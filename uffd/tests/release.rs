@@ -141,3 +141,37 @@ fn pages_memd_lost_are_never_silent_zeros() {
     assert_eq!(out.status.signal(), Some(libc::SIGBUS), "{:?}\n{err}", out.status);
     assert!(err.contains("no longer holds page"), "{err}");
 }
+
+#[test]
+fn keep_awake_spinners_run_after_faults_and_not_when_off() {
+    let store: std::sync::Arc<dyn FarStore> = std::sync::Arc::new(farmem_memd::MemStore::new(1 << 30));
+    let cfg = |us| farmem_uffd::RegionConfig {
+        size: 512 * PS,
+        local_mem: 64 * PS,
+        keep_awake: std::time::Duration::from_micros(us),
+        ..farmem_uffd::RegionConfig::default()
+    };
+    let Some(off) = region_with(cfg(0), store.clone()) else { return };
+    fill(off.base(), 0..512, 3);
+    for p in 0..512 {
+        assert!(page_is(off.base(), p, tag_byte(3, p)), "page {p}");
+    }
+    let s = off.stats();
+    assert_eq!((s.keep_awake_threads, s.keep_awake_spin_us), (0, 0));
+    drop(off);
+
+    let on = region_with(cfg(2000), store).unwrap();
+    let s = on.stats();
+    assert!(s.keep_awake_threads >= 1);
+    assert_eq!(s.keep_awake_spin_us, 0, "spinners spun before any fault");
+    fill(on.base(), 0..512, 4);
+    for p in 0..512 {
+        assert!(page_is(on.base(), p, tag_byte(4, p)), "page {p}");
+    }
+    // Spinners run only on idle CPU time: wait for them to finish a window rather than time them.
+    let t = std::time::Instant::now();
+    while on.stats().keep_awake_spin_us == 0 {
+        assert!(t.elapsed() < std::time::Duration::from_secs(60), "spinners never spun after faults");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
