@@ -31,6 +31,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+/// Connections in a pool by default. Each is an independent pipeline — its own writer lock, reader role and
+/// server task — and threads are spread over them: with many threads on few connections, a thread preempted
+/// while it writes or reads one holds up every request behind it, and replies reach their threads through an
+/// extra wake-up. Measured with 16 threads of hash-map lookups on a 2-CPU machine beside two CPU hogs: 0.37–0.39
+/// M lookups/s on 2 connections, 0.54–0.65 M on 4, 0.63–0.64 M on 8 or 16 (the same on an idle machine).
+pub const DEFAULT_CONNECTIONS: usize = 8;
+
 /// How a client reaches its server.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -51,12 +58,13 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Defaults: 2 connections, 10 s reconnect deadline, 2 s connect timeout, 60 s session grace.
+    /// Defaults: [`DEFAULT_CONNECTIONS`] connections, 10 s reconnect deadline, 2 s connect timeout, 60 s session
+    /// grace.
     pub fn new(addr: Addr, credential: Credential) -> ClientConfig {
         ClientConfig {
             addr,
             credential,
-            connections: 2,
+            connections: DEFAULT_CONNECTIONS,
             reconnect_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
             session_grace: Some(Duration::from_secs(60)),
