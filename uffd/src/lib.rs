@@ -82,8 +82,7 @@
 //! or ahead of the program, so the server always has a window to send and fetching overlaps the program's
 //! progress. A window only uses frames above the eviction reserve, so it never
 //! pushes pages out, and prefetched pages are installed referenced so the CLOCK does not take them before the
-//! program reaches them. While a stream is being read ahead the event thread sleeps when idle instead of
-//! spinning (`RegionConfig::spin`): its CPU is what memd, eviction and the program need on a small machine.
+//! program reaches them.
 //!
 //! A scan's cost is nearly all fixed kernel work per page: installing (`UFFDIO_COPY`: allocation, memcg charge,
 //! PTE, LRU), receiving, and dropping on eviction. Installing on a second thread was tried (branch

@@ -93,8 +93,6 @@ const EVICT_BATCH: usize = 512;
 /// in place cost random faults ~3.5 µs more CPU in the eviction thread and ~4.5 µs more in the event thread
 /// (one REMOVE event per scattered page), while a sequential scan's runs average ~180 pages.
 const INPLACE_RUN: usize = 16;
-/// How long after installing a readahead batch the event thread counts as serving a stream, and does not spin.
-const STREAM_QUIET: Duration = Duration::from_millis(1);
 /// Default of [`RegionConfig::spin`].
 const SPIN: Duration = Duration::from_micros(50);
 /// Retries of a failed store call that is not "gone for good", with exponential back-off from 1 ms.
@@ -119,9 +117,7 @@ pub struct RegionConfig {
     /// Record the page of every missing fault (see [`Region::fault_trace`]); off by default.
     pub trace: bool,
     /// How long the event thread keeps polling for the next event before it sleeps (default 50 µs): a fault
-    /// that arrives meanwhile skips a thread wake-up, at the price of CPU time on a busy machine. It does not
-    /// spin within 1 ms of installing a readahead batch: a stream's faults are mostly on pages in flight, which
-    /// the installs wake, and on our 2-vCPU VM the spinning took CPU from memd, eviction and the program.
+    /// that arrives meanwhile skips a thread wake-up, at the price of CPU time on a busy machine.
     pub spin: Duration,
     /// Evict dirty victims with `UFFDIO_MOVE` where the kernel has it (default); when off, or for a page it
     /// refuses, they are write-protected, copied and dropped in place.
@@ -564,8 +560,6 @@ impl EventLoop {
     fn run(&mut self) {
         let sh = Arc::clone(&self.sh);
         let mut busy = Instant::now();
-        // When a readahead batch was last installed (see the spin below).
-        let mut streamed: Option<Instant> = None;
         while !sh.stop_events.load(Relaxed) {
             self.msgs.clear();
             let mut msgs = std::mem::take(&mut self.msgs);
@@ -589,12 +583,8 @@ impl EventLoop {
             // the program reaches its trigger, while the current one is still arriving. One batch is installed
             // per turn, so events are read between batches.
             if let Some(b) = self.inflight.pop_front() {
-                let readahead = !b.is_demand;
                 self.complete(b);
                 busy = Instant::now();
-                if readahead {
-                    streamed = Some(busy);
-                }
                 continue;
             }
             if had_events {
@@ -602,11 +592,8 @@ impl EventLoop {
                 continue;
             }
             // Faults come in bursts: poll the descriptor for a short while before sleeping, which saves the
-            // wake-up of a blocked thread on the next fault. Not while a stream is being read ahead: its faults
-            // are mostly on pages in flight, which the installs wake, and the CPU spinning would take is the one
-            // memd, eviction and the program need.
-            let streaming = streamed.is_some_and(|t| t.elapsed() < STREAM_QUIET);
-            if !streaming && busy.elapsed() < sh.cfg.spin {
+            // wake-up of a blocked thread on the next fault.
+            if busy.elapsed() < sh.cfg.spin {
                 std::hint::spin_loop();
                 continue;
             }
