@@ -88,6 +88,11 @@
 //! pushes pages out, and prefetched pages are installed referenced so the CLOCK does not take them before the
 //! program reaches them.
 //!
+//! A scan's cost is nearly all fixed kernel work per page: installing (`UFFDIO_COPY`: allocation, memcg charge,
+//! PTE, LRU), receiving, and dropping on eviction. Installing on a second thread was tried (branch
+//! `s7-scan-installers`): the install path stayed serial on one thread, and copies on two threads at once cost
+//! more CPU per page than the overlap saved on our 2-vCPU VM.
+//!
 //! ## Release
 //! [`Region::release`] (and the program's own `madvise(DONTNEED)`, `munmap`, `mremap`, seen as REMOVE, UNMAP and
 //! REMAP events) drops local copies and deletes memd copies, so released memory reads zeros, never stale data.
