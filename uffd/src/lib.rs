@@ -89,9 +89,9 @@
 //! program reaches them.
 //!
 //! A scan's cost is nearly all fixed kernel work per page: installing (`UFFDIO_COPY`: allocation, memcg charge,
-//! PTE, LRU), receiving, and dropping on eviction. Installing on a second thread was tried (branch
-//! `s7-scan-installers`): the install path stayed serial on one thread, and copies on two threads at once cost
-//! more CPU per page than the overlap saved on our 2-vCPU VM.
+//! PTE, LRU), receiving, and dropping on eviction. Installing readahead batches on a second thread was tried and
+//! not kept: the install path stayed serial on that thread (1.2 µs/page, as on the event thread), and copies on two
+//! CPUs at once cost more CPU per page than the overlap saved on our 2-vCPU VM (scan 0.31–0.41× against 0.37–0.43×).
 //!
 //! ## Release
 //! [`Region::release`] (and the program's own `madvise(DONTNEED)`, `munmap`, `mremap`, seen as REMOVE, UNMAP and
