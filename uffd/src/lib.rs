@@ -17,7 +17,8 @@
 //! that crosses to a sleeping vCPU costs more than the whole chain on one CPU (see the `affinity` module).
 //! On a small VM whose idle vCPUs halt without polling, by default (`RegionConfig::keep_awake`, `FARMEM_KEEP_AWAKE`)
 //! one `SCHED_IDLE` **spinner** per CPU keeps the idle CPUs from halting for 200 µs after each fault, so the
-//! chain's wake-ups find their CPUs awake: a quiet 2-vCPU VM's region fault went from 70–85 µs to 28–30 µs
+//! chain's wake-ups find their CPUs awake: on a quiet 2-vCPU VM the region fault went from 70–93 µs to 46–67 µs
+//! (a woken thread still lands on the other vCPU, and that hand-off is not free), on a busy one it costs ~2 µs
 //! ([`awake`]).
 //!
 //! ## Faults

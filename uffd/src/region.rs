@@ -141,8 +141,9 @@ pub struct RegionConfig {
     /// fault wakes on an idle CPU starts at once instead of waiting for the CPU to wake (see [`crate::awake`]).
     /// Spinners yield to any other thread and sleep while no faults come; the cost is idle CPU time while faults
     /// flow. Default ([`crate::awake::default_window`]): 200 µs on a VM of at most 16 vCPUs whose idle vCPUs
-    /// halt without polling, off elsewhere. On our 2-vCPU VM a quiet machine's region fault went from 70-85 µs
-    /// to 28-30 µs; on a busy one (no vCPU halts) it costs ~2 µs per fault (26 against 28 µs).
+    /// halt without polling, off elsewhere. On our 2-vCPU VM a quiet machine's region fault went from 70-93 µs
+    /// to 46-67 µs (paired fault rounds, alternating builds); on a busy one (no vCPU halts) it costs ~2 µs per
+    /// fault (26 against 28 µs).
     pub keep_awake: Duration,
 }
 
