@@ -26,7 +26,7 @@
 //! # Safety
 //! `sched_setscheduler` is called with a live `sched_param`; it has no other memory-safety preconditions.
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
@@ -43,7 +43,7 @@ const WINDOW: Duration = Duration::from_micros(200);
 /// worth it by default, and a busy many-core machine rarely leaves the chain's CPUs idle).
 const AUTO_MAX_CPUS: usize = 16;
 
-/// The default keep-awake window: 200 µs on a virtual machine whose idle vCPUs halt without polling
+/// The keep-awake window `FARMEM_KEEP_AWAKE=auto` picks: 200 µs on a virtual machine whose idle vCPUs halt without polling
 /// (the `hypervisor` CPU flag, and the guest's `haltpoll` idle driver absent or with `guest_halt_poll_ns` 0)
 /// and at most 16 CPUs; zero (off) elsewhere.
 pub fn default_window() -> Duration {
@@ -79,8 +79,6 @@ struct Inner {
     /// The spinners' thread ids.
     tids: Mutex<Vec<i32>>,
     stop: AtomicBool,
-    lock: Mutex<()>,
-    cv: Condvar,
     window: Duration,
     /// Nanoseconds spent spinning, all spinners together.
     spun_ns: AtomicU64,
@@ -107,8 +105,6 @@ impl KeepAwake {
             ready: AtomicUsize::new(0),
             tids: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
-            lock: Mutex::new(()),
-            cv: Condvar::new(),
             window,
             spun_ns: AtomicU64::new(0),
         });
@@ -138,10 +134,14 @@ impl KeepAwake {
     /// A fault arrived: spinners spin for another window (and sleeping ones wake).
     pub fn poke(&self) {
         self.inner.seq.fetch_add(1, SeqCst);
+        // No lock here: a `SCHED_IDLE` spinner holding one could be kept off its CPU for as long as other threads
+        // want it, and the event thread would wait with it. A spinner counts itself asleep before its last look at
+        // `seq` (both sequentially consistent), so either it sees this poke or the poke sees it asleep; an unpark
+        // before its park makes the park return at once.
         if self.inner.sleeping.load(SeqCst) > 0 {
-            // Taking the lock orders this with a spinner between its last look at `seq` and its wait.
-            let _g = self.inner.lock.lock();
-            self.inner.cv.notify_all();
+            for h in &self.threads {
+                h.thread().unpark();
+            }
         }
     }
 
@@ -164,9 +164,8 @@ impl Drop for KeepAwake {
             return;
         }
         self.inner.stop.store(true, SeqCst);
-        {
-            let _g = self.inner.lock.lock();
-            self.inner.cv.notify_all();
+        for h in &self.threads {
+            h.thread().unpark();
         }
         for h in self.threads.drain(..) {
             let _ = h.join();
@@ -189,13 +188,11 @@ fn spin(k: &Inner) {
     let mut seen = k.seq.load(SeqCst);
     loop {
         // Asleep until poked (the first time, and after each window without faults).
-        let mut g = k.lock.lock();
         k.sleeping.fetch_add(1, SeqCst);
         while k.seq.load(SeqCst) == seen && !k.stop.load(SeqCst) {
-            k.cv.wait(&mut g);
+            std::thread::park();
         }
         k.sleeping.fetch_sub(1, SeqCst);
-        drop(g);
         if k.stop.load(SeqCst) {
             return;
         }

@@ -15,8 +15,8 @@
 //! Optionally (`RegionConfig::follow_faults`, off by default), while the faults come from threads on one CPU, the
 //! event and eviction threads are pinned to that CPU: a fault is a chain of thread wake-ups, and on a VM a wake-up
 //! that crosses to a sleeping vCPU costs more than the whole chain on one CPU (see the `affinity` module).
-//! On a small VM whose idle vCPUs halt without polling, by default (`RegionConfig::keep_awake`, `FARMEM_KEEP_AWAKE`)
-//! one `SCHED_IDLE` **spinner** per CPU keeps the idle CPUs from halting for 200 µs after each fault, so the
+//! Optionally (`RegionConfig::keep_awake`, `FARMEM_KEEP_AWAKE`, off by default; `auto` turns it on for small VMs
+//! whose idle vCPUs halt without polling) one `SCHED_IDLE` **spinner** per CPU keeps the idle CPUs from halting for 200 µs after each fault, so the
 //! chain's wake-ups find their CPUs awake: on a quiet 2-vCPU VM the region fault went from 70–93 µs to 46–67 µs
 //! (a woken thread still lands on the other vCPU, and that hand-off is not free), on a busy one it costs ~2 µs
 //! ([`awake`]).
@@ -183,6 +183,8 @@ mod tests {
         std::env::set_var("FARMEM_READAHEAD", "1");
         std::env::set_var("FARMEM_KEEP_AWAKE", "350");
         assert_eq!(RegionConfig::from_env().unwrap().keep_awake, std::time::Duration::from_micros(350));
+        std::env::set_var("FARMEM_KEEP_AWAKE", "auto");
+        assert_eq!(RegionConfig::from_env().unwrap().keep_awake, crate::awake::default_window());
         for off in ["0", "off"] {
             std::env::set_var("FARMEM_KEEP_AWAKE", off);
             assert!(RegionConfig::from_env().unwrap().keep_awake.is_zero());

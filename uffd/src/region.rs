@@ -140,10 +140,11 @@ pub struct RegionConfig {
     /// zero = off): one `SCHED_IDLE` spinner thread per CPU spins that long after the last fault, so a thread the
     /// fault wakes on an idle CPU starts at once instead of waiting for the CPU to wake (see [`crate::awake`]).
     /// Spinners yield to any other thread and sleep while no faults come; the cost is idle CPU time while faults
-    /// flow. Default ([`crate::awake::default_window`]): 200 µs on a VM of at most 16 vCPUs whose idle vCPUs
-    /// halt without polling, off elsewhere. On our 2-vCPU VM a quiet machine's region fault went from 70-93 µs
-    /// to 46-67 µs (paired fault rounds, alternating builds); on a busy one (no vCPU halts) it costs ~2 µs per
-    /// fault (26 against 28 µs).
+    /// flow. Off by default; `FARMEM_KEEP_AWAKE=auto` picks [`crate::awake::default_window`] (200 µs on a VM of
+    /// at most 16 vCPUs whose idle vCPUs halt without polling, off elsewhere). On our 2-vCPU VM a quiet machine's
+    /// region fault went from 70-93 µs to 46-67 µs (paired fault rounds, alternating builds); on a busy one (no
+    /// vCPU halts) it costs ~2 µs per fault (26 against 28 µs), and its effect on many-threaded paging beside CPU
+    /// hogs is not yet measured, hence not the default.
     pub keep_awake: Duration,
 }
 
@@ -160,7 +161,7 @@ impl Default for RegionConfig {
             move_eviction: true,
             clean_drop_run: INPLACE_RUN,
             follow_faults: false,
-            keep_awake: crate::awake::default_window(),
+            keep_awake: Duration::ZERO,
         }
     }
 }
@@ -177,7 +178,7 @@ fn default_local_mem() -> usize {
 
 impl RegionConfig {
     /// Defaults overridden by `FARMEM_REGION_SIZE`, `FARMEM_LOCAL_MEM`, `FARMEM_READAHEAD` and `FARMEM_KEEP_AWAKE`
-    /// (µs, `0`/`off`); a malformed value is an error naming the variable.
+    /// (µs, `0`/`off`, `auto`); a malformed value is an error naming the variable.
     pub fn from_env() -> Result<RegionConfig, ConfigError> {
         let mut c = RegionConfig::default();
         let size = |name: &str| -> Result<Option<usize>, ConfigError> {
@@ -198,11 +199,13 @@ impl RegionConfig {
             let v = v.trim();
             let us: u64 = if v.eq_ignore_ascii_case("off") {
                 0
+            } else if v.eq_ignore_ascii_case("auto") {
+                u64::try_from(crate::awake::default_window().as_micros()).unwrap_or(0)
             } else {
                 v.parse().map_err(|_| {
                     ConfigError::new(
                         "FARMEM_KEEP_AWAKE",
-                        format!("{v:?} is not a number of microseconds (a whole number; 0 or off turns it off)"),
+                        format!("{v:?} is not a number of microseconds (a whole number; 0 or off turns it off, auto decides by the machine)"),
                     )
                 })?
             };
