@@ -7,8 +7,8 @@
 //! where the whole fault's work on one CPU takes 24–25 µs. A quiet machine then serves faults in 70–80 µs, and a
 //! busy one (where no vCPU halts) in ~25.
 //!
-//! [`KeepAwake`](crate::awake::KeepAwake) does in the process what the guest's halt polling would do in the kernel: while faults arrive,
-//! one spinner thread per CPU runs at `SCHED_IDLE` priority, so the CPU does not halt and a thread woken onto it
+//! [`KeepAwake`](crate::awake::KeepAwake) does in the process what the guest's halt polling would do in the
+//! kernel: while faults arrive, one spinner thread per CPU runs at `SCHED_IDLE` priority, so the CPU does not halt and a thread woken onto it
 //! starts at once. A `SCHED_IDLE` thread runs only when nothing else on its CPU wants to; any other thread that
 //! wakes there preempts it, and the scheduler counts its CPU as idle when placing woken threads. A spinner spins
 //! for [`crate::RegionConfig::keep_awake`] after the last fault it saw and then sleeps until the next fault, so
@@ -43,9 +43,9 @@ const WINDOW: Duration = Duration::from_micros(200);
 /// worth it by default, and a busy many-core machine rarely leaves the chain's CPUs idle).
 const AUTO_MAX_CPUS: usize = 16;
 
-/// The keep-awake window `FARMEM_KEEP_AWAKE=auto` picks: 200 µs on a virtual machine whose idle vCPUs halt without polling
-/// (the `hypervisor` CPU flag, and the guest's `haltpoll` idle driver absent or with `guest_halt_poll_ns` 0)
-/// and at most 16 CPUs; zero (off) elsewhere.
+/// The keep-awake window `FARMEM_KEEP_AWAKE=auto` picks: 200 µs on a virtual machine whose idle vCPUs halt
+/// without polling (the `hypervisor` CPU flag, and the guest's `haltpoll` idle driver absent or with
+/// `guest_halt_poll_ns` 0) and at most 16 CPUs; zero (off) elsewhere.
 pub fn default_window() -> Duration {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let poll_ns = std::fs::read_to_string("/sys/module/haltpoll/parameters/guest_halt_poll_ns").ok();
