@@ -7,13 +7,13 @@
 //! where the whole fault's work on one CPU takes 24–25 µs. A quiet machine then serves faults in 70–80 µs, and a
 //! busy one (where no vCPU halts) in ~25.
 //!
-//! [`KeepAwake`](crate::awake::KeepAwake) does in the process what the guest's halt polling would do in the
-//! kernel: while faults arrive, one spinner thread per CPU runs at `SCHED_IDLE` priority, so the CPU does not halt and a thread woken onto it
-//! starts at once. A `SCHED_IDLE` thread runs only when nothing else on its CPU wants to; any other thread that
-//! wakes there preempts it, and the scheduler counts its CPU as idle when placing woken threads. A spinner spins
-//! for [`crate::RegionConfig::keep_awake`] after the last fault it saw and then sleeps until the next fault, so
-//! a program that does not fault costs nothing. The price, while faults flow, is the idle CPUs' time (and power):
-//! the same trade as halt polling, bounded by the window.
+//! [`KeepAwake`](crate::awake::KeepAwake) does in the process what the guest's halt polling would do in the kernel:
+//! while faults arrive, one spinner thread per CPU runs at `SCHED_IDLE` priority, so the CPU does not halt and a thread
+//! woken onto it starts at once. A `SCHED_IDLE` thread runs only when nothing else on its CPU wants to; any other
+//! thread that wakes there preempts it, and the scheduler counts its CPU as idle when placing woken threads. A spinner
+//! spins for [`crate::RegionConfig::keep_awake`] after the last fault it saw and then sleeps until the next fault, so a
+//! program that does not fault costs nothing. The price, while faults flow, is the idle CPUs' time (and power): the
+//! same trade as halt polling, bounded by the window.
 //!
 //! It removes only part of the cost. Measured with the paired fault rounds on a quiet 2-vCPU VM, alternating
 //! builds: region fault 46–67 µs with spinners against 70–93 µs without. A woken thread is still placed on the

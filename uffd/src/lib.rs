@@ -16,10 +16,10 @@
 //! event and eviction threads are pinned to that CPU: a fault is a chain of thread wake-ups, and on a VM a wake-up
 //! that crosses to a sleeping vCPU costs more than the whole chain on one CPU (see the `affinity` module).
 //! Optionally (`RegionConfig::keep_awake`, `FARMEM_KEEP_AWAKE`, off by default; `auto` turns it on for small VMs
-//! whose idle vCPUs halt without polling) one `SCHED_IDLE` **spinner** per CPU keeps the idle CPUs from halting for 200 µs after each fault, so the
-//! chain's wake-ups find their CPUs awake: on a quiet 2-vCPU VM the region fault went from 70–93 µs to 46–67 µs
-//! (a woken thread still lands on the other vCPU, and that hand-off is not free), on a busy one it costs ~2 µs
-//! ([`awake`]).
+//! whose idle vCPUs halt without polling) one `SCHED_IDLE` **spinner** per CPU keeps the idle CPUs from halting
+//! for 200 µs after each fault, so the chain's wake-ups find their CPUs awake: on a quiet 2-vCPU VM the region
+//! fault went from 70–93 µs to 46–67 µs (a woken thread still lands on the other vCPU, and that hand-off is not
+//! free), on a busy one it costs ~2 µs ([`awake`]).
 //!
 //! ## Faults
 //! - A never-written (or released) page is zero-filled with `UFFDIO_COPY` from a zero buffer — writable for a

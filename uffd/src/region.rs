@@ -205,7 +205,10 @@ impl RegionConfig {
                 v.parse().map_err(|_| {
                     ConfigError::new(
                         "FARMEM_KEEP_AWAKE",
-                        format!("{v:?} is not a number of microseconds (a whole number; 0 or off turns it off, auto decides by the machine)"),
+                        format!(
+                            "{v:?} is not a number of microseconds (a whole number; 0 or off turns it off, auto \
+                             decides by the machine)"
+                        ),
                     )
                 })?
             };
