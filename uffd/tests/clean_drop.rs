@@ -5,8 +5,7 @@
 mod common;
 use common::*;
 use farmem_uffd::{Region, RegionConfig};
-use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::sync::Arc;
 
 const PAGES: usize = 512;
 const BUDGET: usize = 16;
@@ -84,28 +83,7 @@ fn run(readahead: bool, move_eviction: bool, seed: u64) {
         }
     }
     let r = Arc::new(r);
-    let (tx, rx) = mpsc::channel();
-    let hs: Vec<_> = (0..WORKERS)
-        .map(|lane| {
-            let (r, tx) = (Arc::clone(&r), tx.clone());
-            std::thread::spawn(move || {
-                worker(&r, lane, seed * 10 + lane as u64, 20_000);
-                let _ = tx.send(lane);
-            })
-        })
-        .collect();
-    drop(tx);
-    for _ in 0..WORKERS {
-        match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(_) => {}
-            // A panicking worker drops its sender without sending: its join below reports the panic.
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => panic!("a worker never finished (hang): {:?}", r.stats()),
-        }
-    }
-    for h in hs {
-        h.join().unwrap();
-    }
+    run_lanes(&r, WORKERS, move |r, lane| worker(r, lane, seed * 10 + lane as u64, 20_000));
     let s = r.stats();
     eprintln!("{s:?}");
     assert!(s.clean_drops > 1000 && s.released_pages > 100, "the test must drop clean pages and release: {s:?}");

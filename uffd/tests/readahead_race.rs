@@ -11,8 +11,7 @@
 mod common;
 use common::*;
 use farmem_uffd::{Region, RegionConfig};
-use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::sync::Arc;
 
 /// Pages per worker: a contiguous block, so that each worker's reads form a sequential stream.
 const BLOCK: usize = 1024;
@@ -109,28 +108,7 @@ fn run(store: Arc<dyn farmem_memd::FarStore>, seed: u64) {
         }
     }
     let r = Arc::new(r);
-    let (tx, rx) = mpsc::channel();
-    let hs: Vec<_> = (0..WORKERS)
-        .map(|lane| {
-            let (r, tx) = (Arc::clone(&r), tx.clone());
-            std::thread::spawn(move || {
-                worker(&r, lane, seed * 10 + lane as u64, 8);
-                let _ = tx.send(lane);
-            })
-        })
-        .collect();
-    drop(tx);
-    for _ in 0..WORKERS {
-        match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(_) => {}
-            // A panicking worker drops its sender without sending: its join below reports the panic.
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => panic!("a worker never finished (hang): {:?}", r.stats()),
-        }
-    }
-    for h in hs {
-        h.join().unwrap();
-    }
+    run_lanes(&r, WORKERS, move |r, lane| worker(r, lane, seed * 10 + lane as u64, 8));
     let s = r.stats();
     eprintln!("{s:?}");
     assert!(s.readahead_pages > 5000 && s.released_pages > 100, "the test must read ahead and release: {s:?}");

@@ -59,3 +59,33 @@ impl Rng {
 pub fn tag_byte(tag: u8, p: usize) -> u8 {
     tag.wrapping_add(u8::try_from(p % 256).unwrap_or(0)) | 1
 }
+
+/// Runs `lane(&region, lane)` on `workers` threads at once and waits for all of them, failing the test with the
+/// region's stats if one has not finished after 120 s (a hang) and with its panic if one panicked.
+pub fn run_lanes(r: &Arc<Region>, workers: usize, lane: impl Fn(&Region, usize) + Send + Sync + 'static) {
+    let lane = Arc::new(lane);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let hs: Vec<_> = (0..workers)
+        .map(|i| {
+            let (r, tx, lane) = (Arc::clone(r), tx.clone(), Arc::clone(&lane));
+            std::thread::spawn(move || {
+                lane(&r, i);
+                let _ = tx.send(i);
+            })
+        })
+        .collect();
+    drop(tx);
+    for _ in 0..workers {
+        match rx.recv_timeout(std::time::Duration::from_secs(120)) {
+            Ok(_) => {}
+            // A panicking worker drops its sender without sending: its join below reports the panic.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("a worker never finished (hang): {:?}", r.stats())
+            }
+        }
+    }
+    for h in hs {
+        h.join().unwrap();
+    }
+}
