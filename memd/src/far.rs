@@ -9,6 +9,7 @@ use crate::proto::{self, Header, ObjBatch, Op, OwnKind, ProtoError, Reply, Reque
 use crate::store::{Engine, Tenant};
 use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Why a far-store call failed. Every variant says what happened in words a user can act on.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -115,7 +116,17 @@ impl Pending {
     pub fn wait(self) -> Result<Reply, StoreError> {
         match self.0 {
             PendingInner::Ready(r) => r,
-            PendingInner::Remote(t) => t.wait(),
+            PendingInner::Remote(t) => t.wait(None),
+        }
+    }
+    /// Like [`Pending::wait`], but a thread that reads the reply off the connection itself first polls the
+    /// socket without sleeping for up to `spin`, then blocks. For a latency-critical wait whose reply is due
+    /// within microseconds — a page fault's fetch: on a virtual machine, waking a thread that slept on an idle
+    /// CPU can cost more than the round trip. It burns up to `spin` of CPU time per call.
+    pub fn wait_spinning(self, spin: Duration) -> Result<Reply, StoreError> {
+        match self.0 {
+            PendingInner::Ready(r) => r,
+            PendingInner::Remote(t) => t.wait(Instant::now().checked_add(spin)),
         }
     }
     /// Whether [`Pending::wait`] would return without blocking.

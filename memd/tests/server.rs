@@ -860,3 +860,77 @@ fn an_unwaited_request_on_an_idle_connection_is_drained() {
         }
     }
 }
+
+/// Spinning waits over TCP and a Unix socket: replies that come within the spin, after it (the wait then
+/// blocks), out of order, and replies for other callers read during a spin all reach the right caller.
+#[test]
+fn spinning_waits_get_their_replies_whether_they_come_within_the_spin_or_after() {
+    let dir = farmem_memd::testing::private_dir();
+    let path = dir.join("memd.sock");
+    let tcp = TestServer::start_with(with_slow, 1 << 30);
+    let unix = TestServer::start_with(
+        |c| {
+            with_slow(c);
+            c.listen = Addr::Unix(path.clone());
+        },
+        1 << 30,
+    );
+    for s in [&tcp, &unix] {
+        let mut cfg = s.client_config();
+        cfg.connections = 1;
+        let c = Client::connect(cfg).unwrap();
+        c.construct(1, "slow", &[]).unwrap();
+        for p in 0..8 {
+            c.write_pages(1, &[p], &page(p)).unwrap();
+        }
+        let read = |p: u64| c.submit(Request::ReadPages { region: 1, pages: vec![p] }).unwrap();
+        let check = |r: farmem_memd::Reply, p: u64| match r {
+            farmem_memd::Reply::Pages { present, data } => {
+                assert_eq!(present, vec![true]);
+                assert_eq!(data, page(p), "page {p}");
+            }
+            r => panic!("{r:?}"),
+        };
+        // Within the spin (a generous one), with no spin at all, and in reverse order of submission.
+        check(read(3).wait_spinning(Duration::from_secs(1)).unwrap(), 3);
+        check(read(4).wait_spinning(Duration::ZERO).unwrap(), 4);
+        let mut batch: Vec<_> = (0..8).map(|p| (p, read(p))).collect();
+        while let Some((p, r)) = batch.pop() {
+            check(r.wait_spinning(Duration::from_millis(5)).unwrap(), p);
+        }
+        // After the spin: a 50 ms compute waited on with a 1 ms spin blocks for the rest.
+        let slow = c.submit(Request::Compute { ds: 1, op: 0, input: vec![5, 9] }).unwrap();
+        assert_eq!(slow.wait_spinning(Duration::from_millis(1)).unwrap(), farmem_memd::Reply::Output(vec![5, 9]));
+        // A spinning reader files a reply meant for another thread's wait.
+        let slow = c.submit(Request::Compute { ds: 1, op: 0, input: vec![3, 1] }).unwrap();
+        let fast = read(6);
+        std::thread::scope(|sc| {
+            sc.spawn(|| check(fast.wait().unwrap(), 6));
+            assert_eq!(slow.wait_spinning(Duration::from_secs(2)).unwrap(), farmem_memd::Reply::Output(vec![3, 1]));
+        });
+        c.destruct(1).unwrap();
+    }
+    drop(unix);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A spinning wait on a server that dies meanwhile ends with an error, not a hang.
+#[test]
+fn a_spinning_wait_on_a_dying_server_fails() {
+    let mut s = TestServer::start_with(with_slow, 1 << 30);
+    let mut cfg = s.client_config();
+    cfg.reconnect_timeout = Duration::from_millis(300);
+    let c = Client::connect(cfg).unwrap();
+    c.construct(1, "slow", &[]).unwrap();
+    let slow = c.submit(Request::Compute { ds: 1, op: 0, input: vec![20] }).unwrap();
+    let t = Instant::now();
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            s.stop();
+        });
+        let e = slow.wait_spinning(Duration::from_secs(30)).unwrap_err();
+        assert!(matches!(e, StoreError::Gone { .. } | StoreError::Interrupted { .. }), "{e}");
+    });
+    assert!(t.elapsed() < Duration::from_secs(20), "the wait outlived the server by {:?}", t.elapsed());
+}

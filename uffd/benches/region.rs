@@ -7,11 +7,13 @@
 //!   parts and the region fault measured in blocks of 200 back to back, 30 rounds, and the scan alternating with
 //!   the raw stream of the same 256 MiB, 9 rounds, each round giving one ratio, so a slow phase of the shared
 //!   machine hits both sides alike. The bare handler is measured blocking in `poll` and spinning like the
-//!   region's event thread (`RegionConfig::spin`): the goal compares with the spinning one, like with like.
+//!   region's event thread (`RegionConfig::spin`): the goal compares with the spinning one, like with like. The
+//!   memd read is measured as a plain call and, like the region's event thread waits for a demand fetch,
+//!   polling for its reply (`RegionConfig::reply_spin`); the ratio against that floor is printed too.
 //!   `REGION_PAIRED=faults|scan` runs only one of them (e.g. `cargo bench --bench region -- paired` skips the
-//!   criterion runs); `SPIN_US`, `RA_MAX`, `FOLLOW_FAULTS=1` and `KEEP_AWAKE_US` override the region's spin,
-//!   largest readahead window, CPU following and keep-awake window (the fault floor is then measured with the same
-//!   keep-awake spinners).
+//!   criterion runs); `SPIN_US`, `REPLY_SPIN_US`, `RA_MAX`, `FOLLOW_FAULTS=1` and `KEEP_AWAKE_US` override the
+//!   region's spin, reply spin, largest readahead window, CPU following and keep-awake window (the fault floor is
+//!   then measured with the same keep-awake spinners).
 //! - `random/*`: random 4 KiB reads and writes over a region 4× its budget (budget = 25%), and the same loop on
 //!   plain memory. Kernel swap under the same limit is measured by hand with the `randrw` example.
 //! - A summary table of ratios, then miss rates of the region's CLOCK, FIFO and exact LRU on access traces
@@ -368,6 +370,9 @@ fn tuned_region(size: usize, budget: usize, readahead: bool) -> Option<Region> {
     if let Some(f) = var("FOLLOW_FAULTS") {
         cfg.follow_faults = f != 0;
     }
+    if let Some(us) = var("REPLY_SPIN_US") {
+        cfg.reply_spin = Duration::from_micros(us);
+    }
     cfg.keep_awake = keep_awake();
     match Region::new(cfg, client()) {
         Ok(r) => Some(r),
@@ -409,6 +414,14 @@ fn paired_faults(rounds: usize, per: usize) {
     store.write_pages(1, &[0], &[3u8; PAGE_SIZE]).unwrap();
     let pages = 32 * 1024;
     let Some(r) = tuned_region(pages * PAGE_SIZE, 4 * MIB, false) else { return };
+    // The memd read as the region's event thread waits for a demand fetch: polling the socket for its reply.
+    let reply_spin = r.config().reply_spin;
+    let spin_read = || {
+        let req = farmem_memd::Request::ReadPages { region: 1, pages: vec![0] };
+        let t = Instant::now();
+        std::hint::black_box(store.submit(req).and_then(|p| p.wait_spinning(reply_spin)).unwrap());
+        t.elapsed().as_nanos() as f64
+    };
     for p in 0..pages {
         touch(&r, p, true);
     }
@@ -427,7 +440,8 @@ fn paired_faults(rounds: usize, per: usize) {
         std::hint::black_box(unsafe { p.read_volatile() });
         t.elapsed().as_nanos() as f64
     };
-    let (mut rb, mut rs, mut rp) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut rb, mut rs, mut rp, mut rw) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut mw = Vec::new();
     let mut cpu = CpuByName::default();
     let s0 = r.stats();
     let (mut mb, mut ms, mut mm, mut mr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -463,6 +477,12 @@ fn paired_faults(rounds: usize, per: usize) {
                 t.elapsed().as_nanos() as f64
             })
             .collect();
+        let mut w: Vec<f64> = (0..per)
+            .map(|_| {
+                poke();
+                spin_read()
+            })
+            .collect();
         if awake.is_some() {
             // Spinners idle for their window first, then the floor as a machine without them sees it.
             std::thread::sleep(window * 2);
@@ -490,9 +510,11 @@ fn paired_faults(rounds: usize, per: usize) {
             }
         }
         cpu.add(&c0, &ThreadCpu::now());
-        let (b, sp, m, f) = (median(&mut b), median(&mut sp), median(&mut m), median(&mut f));
+        let (b, sp, m, w, f) = (median(&mut b), median(&mut sp), median(&mut m), median(&mut w), median(&mut f));
         rb.push(f / (b + m));
         rs.push(f / (sp + m));
+        rw.push(f / (sp + w));
+        mw.push(w);
         mb.push(b);
         ms.push(sp);
         mm.push(m);
@@ -504,11 +526,14 @@ fn paired_faults(rounds: usize, per: usize) {
     let us = |v: &mut Vec<f64>| median(v) / 1e3;
     println!(
         "fault (paired rounds of {per}, medians): region {:.1} µs; memd 4K read {:.1} µs; bare uffd {:.1} µs \
-         spinning handler, {:.1} µs blocking handler",
+         spinning handler, {:.1} µs blocking handler; memd 4K read polling for its reply ({} µs, like the \
+         region's event thread) {:.1} µs",
         us(&mut mr),
         us(&mut mm),
         us(&mut ms),
-        us(&mut mb)
+        us(&mut mb),
+        reply_spin.as_micros(),
+        us(&mut mw)
     );
     if let Some(k) = &awake {
         println!(
@@ -526,6 +551,11 @@ fn paired_faults(rounds: usize, per: usize) {
     }
     println!("  ratio vs floor with a spinning bare handler (like the region's): {}", spread(&mut rs));
     println!("  ratio vs floor with a blocking bare handler: {}", spread(&mut rb));
+    println!(
+        "  ratio vs floor with a spinning bare handler and a memd read polling for its reply (both waits like \
+         the region's): {}",
+        spread(&mut rw)
+    );
     let s1 = r.stats();
     print_cpu("region faults", &cpu, "missing fault", s1.missing_faults - s0.missing_faults);
     let s = r.stats();
