@@ -750,11 +750,20 @@ fn write_all_vectored(s: &mut Stream, frames: &[&[u8]]) -> io::Result<()> {
     Ok(())
 }
 
+/// Shortest interval between the drain thread's checks of a connection (and the time a sender gets to read its
+/// reply itself before the drain thread may).
+const DRAIN_TICK: Duration = Duration::from_millis(2);
+/// Longest interval between its checks while other threads keep the connection moving.
+const DRAIN_TICK_MAX: Duration = Duration::from_millis(32);
+
 /// Background thread: takes the reader role when replies are outstanding, nobody reads, and nothing arrived
-/// for two ticks.
+/// for two ticks. While threads waiting for replies keep the connection moving, the tick doubles up to
+/// [`DRAIN_TICK_MAX`]: a busy connection needs no drain, and a wake-up every 2 ms per connection was a few per
+/// cent of a miss-heavy load's CPU (and a preemption point beside CPU-bound processes). It shrinks back to
+/// [`DRAIN_TICK`] when the connection goes idle or the thread had to drain.
 fn drain_loop(conn: Weak<Conn>) {
     crate::internal::mark_thread();
-    let tick = Duration::from_millis(2);
+    let mut tick = DRAIN_TICK;
     let mut last = (u64::MAX, 0u64);
     loop {
         std::thread::sleep(tick);
@@ -771,11 +780,15 @@ fn drain_loop(conn: Weak<Conn>) {
             return;
         }
         if slept {
+            tick = DRAIN_TICK;
             last = (sh.received, sh.gen);
             continue;
         }
         let idle = sh.outstanding > 0 && !sh.reading && sh.reader.is_some();
         let state = (sh.received, sh.gen);
+        // Others made progress since the last check: check less often. Otherwise (a stall, or one starting):
+        // check every tick again.
+        tick = if state != last { (tick * 2).min(DRAIN_TICK_MAX) } else { DRAIN_TICK };
         if idle && state == last {
             // Nobody has made progress for a whole tick: drain what has arrived, one frame at a time.
             while sh.outstanding > 0 && !sh.reading && sh.reader.is_some() && !sh.closed {
