@@ -35,8 +35,11 @@ use std::time::{Duration, Instant};
 /// server task — and threads are spread over them: with many threads on few connections, a thread preempted
 /// while it writes or reads one holds up every request behind it, and replies reach their threads through an
 /// extra wake-up. Measured with 16 threads of hash-map lookups on a 2-CPU machine beside two CPU hogs: 0.37–0.39
-/// M lookups/s on 2 connections, 0.54–0.65 M on 4, 0.63–0.64 M on 8 or 16 (the same on an idle machine).
-pub const DEFAULT_CONNECTIONS: usize = 8;
+/// M lookups/s on 2 connections, 0.54–0.65 M on 4, 0.63–0.64 M on 8 or 16 (the same on an idle machine). Once
+/// objrt's fetchers stopped waiting at scope entry for the evacuator, 16 (a connection per thread: each reads
+/// its own replies) gave 0.80–0.95 M against 0.53–0.79 M on 8. An idle connection costs a socket and a
+/// sleeping drain thread.
+pub const DEFAULT_CONNECTIONS: usize = 16;
 
 /// How a client reaches its server.
 #[derive(Clone, Debug)]
@@ -771,11 +774,20 @@ fn write_all_vectored(s: &mut Stream, frames: &[&[u8]]) -> io::Result<()> {
     Ok(())
 }
 
+/// Shortest interval between the drain thread's checks of a connection (and the time a sender gets to read its
+/// reply itself before the drain thread may).
+const DRAIN_TICK: Duration = Duration::from_millis(2);
+/// Longest interval between its checks while other threads keep the connection moving.
+const DRAIN_TICK_MAX: Duration = Duration::from_millis(32);
+
 /// Background thread: takes the reader role when replies are outstanding, nobody reads, and nothing arrived
-/// for two ticks.
+/// for two ticks. While threads waiting for replies keep the connection moving, the tick doubles up to
+/// [`DRAIN_TICK_MAX`]: a busy connection needs no drain, and a wake-up every 2 ms per connection was a few per
+/// cent of a miss-heavy load's CPU (and a preemption point beside CPU-bound processes). It shrinks back to
+/// [`DRAIN_TICK`] when the connection goes idle or the thread had to drain.
 fn drain_loop(conn: Weak<Conn>) {
     crate::internal::mark_thread();
-    let tick = Duration::from_millis(2);
+    let mut tick = DRAIN_TICK;
     let mut last = (u64::MAX, 0u64);
     loop {
         std::thread::sleep(tick);
@@ -792,11 +804,15 @@ fn drain_loop(conn: Weak<Conn>) {
             return;
         }
         if slept {
+            tick = DRAIN_TICK;
             last = (sh.received, sh.gen);
             continue;
         }
         let idle = sh.outstanding > 0 && !sh.reading && sh.reader.is_some();
         let state = (sh.received, sh.gen);
+        // Others made progress since the last check: check less often. Otherwise (a stall, or one starting):
+        // check every tick again.
+        tick = if state != last { (tick * 2).min(DRAIN_TICK_MAX) } else { DRAIN_TICK };
         if idle && state == last {
             // Nobody has made progress for a whole tick: drain what has arrived, one frame at a time.
             while sh.outstanding > 0 && !sh.reading && sh.reader.is_some() && !sh.closed {

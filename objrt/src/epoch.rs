@@ -293,6 +293,19 @@ impl DerefScope {
     }
 }
 
+impl DerefScope {
+    /// Enters a scope without waiting at the hard watermark: for a container that only reads, inside the scope,
+    /// objects it has just made local — it allocates nothing there and never waits for the network — and that
+    /// waited for room (helping the evacuator) before it fetched them. The wait at scope entry holds back threads
+    /// that might allocate into the reserve; one that cannot would only sit idle, and beside CPU-bound processes
+    /// the evacuator it waits for may not run for a whole time slice.
+    #[inline]
+    pub(crate) fn new_reading() -> DerefScope {
+        enter_with(false);
+        DerefScope { derefs: Cell::new(0), _not_send: PhantomData }
+    }
+}
+
 impl Default for DerefScope {
     fn default() -> Self {
         Self::new()
@@ -311,10 +324,16 @@ impl Drop for DerefScope {
 /// Entering a scope: pins the thread's record if this is its outermost scope.
 #[inline(never)]
 fn enter() {
+    enter_with(true);
+}
+
+/// Entering a scope; an outermost one waits at the hard watermark first if `may_wait`.
+#[inline(always)]
+fn enter_with(may_wait: bool) {
     LOCAL.with(|l| {
         let d = l.depth.get();
         if d == 0 {
-            if HARD_PRESSURE.load(RELAXED) != 0 {
+            if may_wait && HARD_PRESSURE.load(RELAXED) != 0 {
                 wait_for_pressure();
             }
             let mut rec = l.rec.borrow_mut();

@@ -164,9 +164,21 @@ impl Space {
 type Claimed = Vec<(&'static Slot, u64)>;
 
 /// Objects whose fetch started and that others may complete.
+///
+/// A std mutex, not parking_lot's: it is held for a whole network round trip (by the thread completing the
+/// fetch) and a thread that needs one of its objects waits on it. parking_lot spins through `sched_yield`
+/// before it parks, and beside CPU-bound processes every yield hands the CPU away for a whole time slice; the
+/// std mutex spins briefly without yielding, then sleeps until the holder is done.
 #[derive(Debug)]
 pub(crate) struct Inflight {
-    groups: Mutex<Option<Vec<Group>>>,
+    groups: std::sync::Mutex<Option<Vec<Group>>>,
+}
+
+impl Inflight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Vec<Group>>> {
+        // A panic while completing leaves either the groups (not taken yet) or `None` (taken): both consistent.
+        self.groups.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 #[derive(Debug)]
@@ -600,10 +612,14 @@ impl FetchHandle {
     pub fn is_ready(&self) -> bool {
         match &self.inf {
             None => true,
-            Some(inf) => inf
-                .groups
-                .try_lock()
-                .is_some_and(|g| g.as_ref().is_none_or(|gs| gs.iter().all(|g| g.pending.is_ready()))),
+            Some(inf) => {
+                let g = match inf.groups.try_lock() {
+                    Ok(g) => g,
+                    Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                    Err(std::sync::TryLockError::WouldBlock) => return false,
+                };
+                g.as_ref().is_none_or(|gs| gs.iter().all(|g| g.pending.is_ready()))
+            }
         }
     }
 }
@@ -781,8 +797,8 @@ impl RtInner {
         // sent: a thread that finds one of these objects claimed finds the fetch at once and waits on its lock
         // and then its reply, instead of spinning on a claim whose request is still being sent (under CPU
         // contention, for as long as the fetching thread is preempted — often inside the other's scope).
-        let inf = Arc::new(Inflight { groups: Mutex::new(None) });
-        let mut sent = inf.groups.lock();
+        let inf = Arc::new(Inflight { groups: std::sync::Mutex::new(None) });
+        let mut sent = inf.lock();
         for (_, entries) in &by_space {
             self.inflight.insert_all(entries, &inf);
         }
@@ -872,7 +888,7 @@ impl RtInner {
     /// Completes a fetch: waits for its replies and installs the objects. Idempotent; concurrent callers wait
     /// for the first.
     pub(crate) fn complete(&self, inf: &Inflight) -> Result<(), ObjError> {
-        let mut guard = inf.groups.lock();
+        let mut guard = inf.lock();
         let Some(groups) = guard.take() else { return Ok(()) };
         let mut first_err = None;
         for Group { space, pending, entries, landing } in groups {

@@ -198,7 +198,7 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
         // As in `get_many`: the scope does not wait for the network, but for the last of `READ_ROUNDS`.
         for _ in 1..READ_ROUNDS {
             warm(&b.obj);
-            let s = DerefScope::new();
+            let s = DerefScope::new_reading();
             if let Some(r) = b.obj.deref_if_local(&s) {
                 return find(&r);
             }
@@ -286,7 +286,9 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
                 let slots: Vec<_> = missing.map(|i| guards[i].obj.far_slot()).collect();
                 self.sp.rt.inner.fetch_all(&slots)?;
             }
-            let s = DerefScope::new();
+            // The reading rounds allocate nothing in their scope: no wait at the hard watermark (room was made
+            // before the fetch). The last one may fetch inside it and waits like any scope.
+            let s = if round < READ_ROUNDS { DerefScope::new_reading() } else { DerefScope::new() };
             pending.retain(|&i| {
                 let r =
                     if round < READ_ROUNDS { guards[i].obj.deref_if_local(&s) } else { Some(guards[i].obj.deref(&s)) };

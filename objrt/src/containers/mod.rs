@@ -162,10 +162,17 @@ pub(crate) fn warm<T: Pod>(obj: &FarBox<T>) {
 
 /// Before a fetch outside any scope: waits while the runtime's heap is at its hard watermark (see
 /// [`crate::heap::Heap::wait_for_room`]), as an allocation there would — when an evacuator thread runs.
+///
+/// At the low watermark with no cycle running, the caller runs one cycle itself first: it has the CPU now, and
+/// the evacuator thread it would otherwise wake may wait for one (beside CPU-bound processes, for a whole time
+/// slice) while the fetches of many threads take the heap down to the hard watermark, where they all wait.
 pub(crate) fn room_for_fetch<P: crate::ptr::FarHandle>(obj: &P) {
     let rt = obj.far_runtime();
     // Without evacuator threads nobody would make room: the fetch goes ahead (and may evacuate for itself).
     if rt.background.load(std::sync::atomic::Ordering::Relaxed) && !crate::epoch::pinned() {
+        if rt.heap.free_in_budget() <= rt.heap.marks.low {
+            crate::evac::help(rt);
+        }
         rt.heap.wait_for_room(|| crate::evac::help(rt));
     }
 }
