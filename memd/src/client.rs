@@ -37,9 +37,11 @@ use std::time::{Duration, Instant};
 /// extra wake-up. Measured with 16 threads of hash-map lookups on a 2-CPU machine beside two CPU hogs: 0.37–0.39
 /// M lookups/s on 2 connections, 0.54–0.65 M on 4, 0.63–0.64 M on 8 or 16 (the same on an idle machine). Once
 /// objrt's fetchers stopped waiting at scope entry for the evacuator, 16 (a connection per thread: each reads
-/// its own replies) gave 0.80–0.95 M against 0.53–0.79 M on 8. An idle connection costs a socket and a
-/// sleeping drain thread.
-pub const DEFAULT_CONNECTIONS: usize = 16;
+/// its own replies) gave 0.80–0.95 M against 0.53–0.79 M on 8 — but `farmem demo` (a 64 MiB budget) peaked at
+/// 113 MiB of RSS against 96 MiB on 8, so the default stays at 8; a program with many threads of object misses
+/// can ask for more ([`ClientConfig::connections`]). An idle connection costs a socket and a sleeping drain
+/// thread.
+pub const DEFAULT_CONNECTIONS: usize = 8;
 
 /// How a client reaches its server.
 #[derive(Clone, Debug)]
