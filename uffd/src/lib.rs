@@ -22,7 +22,7 @@
 //! free), on a busy one it costs ~2 µs ([`awake`]).
 //! While a demand fetch is out, the event thread polls memd's connection for the reply instead of sleeping in
 //! `read` (`RegionConfig::reply_spin`, `FARMEM_REPLY_SPIN`, default 100 µs): waking it from a halted vCPU cost
-//! more than the round trip, and the quiet VM's region fault went from 72–82 µs to 41–49 µs.
+//! more than the round trip, and the quiet VM's region fault went from 75–96 µs to 46–53 µs.
 //!
 //! ## Faults
 //! - A never-written (or released) page is zero-filled with `UFFDIO_COPY` from a zero buffer — writable for a

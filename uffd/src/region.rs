@@ -123,10 +123,10 @@ pub struct RegionConfig {
     /// that arrives meanwhile skips a thread wake-up, at the price of CPU time on a busy machine.
     pub spin: Duration,
     /// How long the event thread polls memd's connection for the reply to a demand fetch before it sleeps in
-    /// `read` (`FARMEM_REPLY_SPIN`, µs; default 100 µs; zero = sleep at once). The faulting thread waits for that reply, and on a
-    /// virtual machine waking the event thread from an idle, halted vCPU costs more than a loopback round trip:
-    /// a quiet 2-vCPU VM's region fault went from 72-82 µs to 41-49 µs. It spends that CPU time only while a
-    /// demand fetch is out and only until its reply comes.
+    /// `read` (`FARMEM_REPLY_SPIN`, µs; default 100 µs; zero = sleep at once). The faulting thread waits for that
+    /// reply, and on a virtual machine waking the event thread from an idle, halted vCPU costs more than a
+    /// loopback round trip: a quiet 2-vCPU VM's region fault went from 75-96 µs to 46-53 µs (paired fault rounds,
+    /// alternating builds). It spends that CPU time only while a demand fetch is out and only until its reply comes.
     pub reply_spin: Duration,
     /// Evict dirty victims with `UFFDIO_MOVE` where the kernel has it (default); when off, or for a page it
     /// refuses, they are write-protected, copied and dropped in place.
@@ -1131,11 +1131,7 @@ impl EventLoop {
         let demand = &demand[..];
         let triggers = &triggers[..];
         // A program thread waits for a demand batch: poll for its reply rather than sleep through it.
-        let spin = if is_demand { Some(sh.cfg.reply_spin) } else { None };
-        let reply = reply.and_then(|p| match spin {
-            Some(d) => p.wait_spinning(d),
-            None => p.wait(),
-        });
+        let reply = reply.and_then(|p| if is_demand { p.wait_spinning(sh.cfg.reply_spin) } else { p.wait() });
         let reply = reply.or_else(|e| {
             if e.is_gone() {
                 return Err(e);
