@@ -150,7 +150,7 @@ const MAX_INSTANCES: usize = 8;
 static INSTANCES: [AtomicPtr<FarAlloc>; MAX_INSTANCES] = [const { AtomicPtr::new(ptr::null_mut()) }; MAX_INSTANCES];
 static ATFORK: Once = Once::new();
 
-fn for_each_instance(mut f: impl FnMut(&FarAlloc)) {
+fn for_each_instance(mut f: impl FnMut(&'static FarAlloc)) {
     for slot in &INSTANCES {
         let p = slot.load(Ordering::Acquire);
         // SAFETY: only `'static` FarAllocs are registered (see `register`), so a non-null slot is valid.
@@ -169,19 +169,15 @@ extern "C" fn atfork_prepare() {
 }
 
 extern "C" fn atfork_parent() {
-    for_each_instance(|a| {
-        if let Some(h) = a.heap.get() {
-            // SAFETY: atfork_prepare took the lock on this thread just before fork.
-            unsafe { h.fork_unlock() };
-        }
-    });
+    // atfork_prepare took the locks on this thread just before fork.
+    Heap::fork_unlock();
 }
 
 extern "C" fn atfork_child() {
+    // The child's only thread is a copy of the one that took the locks in atfork_prepare.
+    Heap::fork_unlock();
     for_each_instance(|a| {
-        if let Some(h) = a.heap.get() {
-            // SAFETY: the child's only thread is the one that took the lock in atfork_prepare.
-            unsafe { h.fork_unlock() };
+        if a.heap.get().is_some() {
             a.enter_child();
         }
     });

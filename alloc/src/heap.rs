@@ -2,7 +2,6 @@
 
 use crate::range::{RangeAlloc, PAGE};
 use farmem_memd::internal;
-use parking_lot::Mutex;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
@@ -57,11 +56,21 @@ pub struct HeapStats {
     pub fallbacks: u64,
 }
 
+thread_local! {
+    /// Range-table guards held across a fork by the forking thread (capacity reserved before any fork, so the
+    /// handlers do not allocate while the heaps are locked).
+    static FORK_GUARDS: std::cell::RefCell<Vec<std::sync::MutexGuard<'static, RangeAlloc>>> =
+        std::cell::RefCell::new(Vec::with_capacity(8));
+}
+
 /// The far heap.
 pub struct Heap {
     backing: Box<dyn Backing>,
     base: usize,
-    ranges: Mutex<RangeAlloc>,
+    /// A std (futex) mutex, not parking_lot's: a forked child unlocks it (see [`Heap::fork_unlock`]), and
+    /// parking_lot's unlock, when threads were parked on it at fork time, takes a global bucket lock that a
+    /// thread which does not exist in the child may have held — the child hung there.
+    ranges: std::sync::Mutex<RangeAlloc>,
     limit: usize,
     allocated: AtomicU64,
     allocations: AtomicU64,
@@ -84,7 +93,7 @@ impl Heap {
         Heap {
             backing,
             base,
-            ranges: Mutex::new(RangeAlloc::new(len)),
+            ranges: std::sync::Mutex::new(RangeAlloc::new(len)),
             limit,
             allocated: AtomicU64::new(0),
             allocations: AtomicU64::new(0),
@@ -106,7 +115,7 @@ impl Heap {
             return None;
         }
         let _in = internal::enter();
-        let mut r = self.ranges.lock();
+        let mut r = self.ranges();
         let rounded = crate::range::align_up(size, PAGE)?;
         let fits_span = rounded <= r.len();
         let off = if r.used_bytes().saturating_add(rounded) > self.limit { None } else { r.alloc(size, align) };
@@ -133,13 +142,13 @@ impl Heap {
     /// Usable size of the block at `p`, or `None` if `p` does not start a live block.
     pub fn usable_size(&self, p: *mut u8) -> Option<usize> {
         let _in = internal::enter();
-        self.ranges.lock().size_of(self.offset(p))
+        self.ranges().size_of(self.offset(p))
     }
 
     fn release_and_give_back(&self, off: usize, len: usize) {
         debug_assert!(internal::is_internal(), "Backing contract: called with the thread marked internal");
         match self.backing.release(off, len) {
-            Ok(()) => self.ranges.lock().give_back(off, len),
+            Ok(()) => self.ranges().give_back(off, len),
             Err(e) => {
                 // The range may still hold data somewhere; handing it out again would break the zero
                 // invariant calloc relies on, so it stays out of use.
@@ -154,7 +163,7 @@ impl Heap {
     pub fn free(&self, p: *mut u8) -> bool {
         let _in = internal::enter();
         let off = self.offset(p);
-        let Some(len) = self.ranges.lock().take(off) else {
+        let Some(len) = self.ranges().take(off) else {
             return false;
         };
         self.release_and_give_back(off, len);
@@ -166,7 +175,7 @@ impl Heap {
     pub fn resize_in_place(&self, p: *mut u8, new_size: usize) -> bool {
         let _in = internal::enter();
         let off = self.offset(p);
-        let mut r = self.ranges.lock();
+        let mut r = self.ranges();
         let Some(cur) = r.size_of(off) else { return false };
         if new_size > cur {
             let Some(rounded) = crate::range::align_up(new_size, PAGE) else { return false };
@@ -189,7 +198,7 @@ impl Heap {
 
     /// Heap counters.
     pub fn stats(&self) -> HeapStats {
-        let live = self.ranges.lock().used_bytes() as u64;
+        let live = self.ranges().used_bytes() as u64;
         HeapStats {
             bytes_allocated: self.allocated.load(Relaxed),
             allocations: self.allocations.load(Relaxed),
@@ -204,17 +213,20 @@ impl Heap {
         self.backing.paging_stats()
     }
 
-    /// Locks the range table for a fork (see `FarAlloc`'s atfork handlers); paired with [`Heap::fork_unlock`].
-    pub(crate) fn fork_lock(&self) {
-        std::mem::forget(self.ranges.lock());
+    /// The range table (a panic elsewhere while it was held leaves it consistent: every change is one call).
+    fn ranges(&self) -> std::sync::MutexGuard<'_, RangeAlloc> {
+        self.ranges.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Undoes [`Heap::fork_lock`] in the parent or the child.
-    ///
-    /// # Safety
-    /// The calling thread must hold the lock taken by [`Heap::fork_lock`] (in the child: the forking thread's).
-    pub(crate) unsafe fn fork_unlock(&self) {
-        // SAFETY: the caller holds the lock, per this function's contract.
-        unsafe { self.ranges.force_unlock() };
+    /// Locks the range table for a fork (see `FarAlloc`'s atfork handlers); the guard stays with this thread
+    /// until [`Heap::fork_unlock`] (in the parent, or in the child, whose only thread is a copy of this one).
+    pub(crate) fn fork_lock(&'static self) {
+        let g = self.ranges();
+        FORK_GUARDS.with(|v| v.borrow_mut().push(g));
+    }
+
+    /// Undoes [`Heap::fork_lock`] in the parent or the child: drops the guards this thread took.
+    pub(crate) fn fork_unlock() {
+        FORK_GUARDS.with(|v| v.borrow_mut().clear());
     }
 }
