@@ -57,8 +57,8 @@ pub struct HeapStats {
 }
 
 thread_local! {
-    /// Range-table guards held across a fork by the forking thread (capacity reserved before any fork, so the
-    /// handlers do not allocate while the heaps are locked).
+    /// Range-table guards held across a fork by the forking thread. Its small buffer is allocated at the first
+    /// fork, from the small-object allocator, never from a range table the handlers hold.
     static FORK_GUARDS: std::cell::RefCell<Vec<std::sync::MutexGuard<'static, RangeAlloc>>> =
         std::cell::RefCell::new(Vec::with_capacity(8));
 }
