@@ -4,7 +4,9 @@
 //!   the same memd (`Client::raw_stream`, mode 2) — goal ≥ 0.7×;
 //! - `HashMap` zipf(0.99) lookups at a 25% budget from 16 threads: the miss rate vs an ideal LRU cache of
 //!   the map's bucket objects holding the same bytes (simulated on the same key trace) — goal ≤ 1.1× — and
-//!   throughput vs the same map with everything local, and with offloaded lookups (`get_with(Auto)`).
+//!   throughput vs the same map with everything local, and with offloaded lookups (`get_with(Auto)`);
+//! - `HashMap` bulk load at a 25% budget: `insert_many` (a run's bucket misses fetched together) vs one `insert`
+//!   at a time (report).
 //!
 //!   The LRU caches what the runtime caches — bucket objects (1 KiB or 256 B), keyed by the bucket each
 //!   lookup reads — not entries: a cache of entries would be a different (finer) design, not the same one
@@ -145,6 +147,59 @@ fn build_map<B: BucketObj>(rt: &Runtime) -> FarMap<'_, u64, u64, B> {
         m.insert(key_of(r), r).expect("insert");
     }
     m
+}
+
+/// Keys of the bulk-load comparison: a quarter of the lookups' map (loaded one by one, each miss is a round trip).
+const BULK_KEYS: u64 = MAP_KEYS / 4;
+/// Entries per `insert_many` call in the bulk-load comparison.
+const BULK_SLICE: usize = 4096;
+
+/// Loads the first [`BULK_KEYS`] keys into a fresh map of 1 KiB buckets under `budget`, one `insert` at a time or
+/// through `insert_many` in slices of [`BULK_SLICE`]; returns the time the inserts took.
+fn bulk_load(server: &TestServer, budget: usize, items: &[(u64, u64)], many: bool) -> Duration {
+    let rt = runtime(server, budget);
+    let m = FarMap::<u64, u64, Bucket1K>::new(&rt).expect("map");
+    let t = Instant::now();
+    if many {
+        for slice in items.chunks(BULK_SLICE) {
+            m.insert_many(slice).expect("insert_many");
+        }
+    } else {
+        for &(k, v) in items {
+            m.insert(k, v).expect("insert");
+        }
+    }
+    let took = t.elapsed();
+    assert_eq!(m.len(), items.len());
+    took
+}
+
+/// The bulk-load comparison at a 25% budget, alternating 3 rounds of each; prints the medians and their ratio.
+fn bulk_figures(server: &TestServer) {
+    let items: Vec<(u64, u64)> = (0..BULK_KEYS).map(|r| (key_of(r), r)).collect();
+    let roomy = runtime(server, 256 << 20);
+    let probe = FarMap::<u64, u64, Bucket1K>::new(&roomy).expect("map");
+    probe.insert_many(&items).expect("insert_many");
+    let budget = (probe.bucket_count() * size_of::<Bucket1K>() / 4).max(1 << 20);
+    drop(probe);
+    drop(roomy);
+    let (mut one, mut many) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        one.push(bulk_load(server, budget, &items, false));
+        many.push(bulk_load(server, budget, &items, true));
+    }
+    let (one, many) = (median(one), median(many));
+    let kps = |d: Duration| BULK_KEYS as f64 / d.as_secs_f64() / 1e3;
+    println!(
+        "  HashMap bulk load, {BULK_KEYS} keys into 1 KiB buckets under a 25% budget ({:.2} MiB): insert one by one \
+         {:.2} s ({:.0}k/s), insert_many in slices of {BULK_SLICE} {:.2} s ({:.0}k/s) = {:.2}x (medians of 3)",
+        budget as f64 / (1 << 20) as f64,
+        one.as_secs_f64(),
+        kps(one),
+        many.as_secs_f64(),
+        kps(many),
+        one.as_secs_f64() / many.as_secs_f64()
+    );
 }
 
 /// Runs every thread's trace once; returns the elapsed time.
@@ -393,9 +448,11 @@ fn summary() {
             mops(f.offload)
         );
     }
+    bulk_figures(&setup.server);
 }
 
-/// `CONTAINERS_SUMMARY=scan`: only the scan's summary line (for profiling).
+/// `CONTAINERS_SUMMARY=scan`: only the scan's summary line (for profiling); `CONTAINERS_SUMMARY=bulk`: only the bulk
+/// load's.
 fn scan_only() -> bool {
     std::env::var_os("CONTAINERS_SUMMARY").is_some_and(|v| v == "scan")
 }
@@ -414,6 +471,11 @@ fn time<R>(f: impl FnOnce() -> R) -> Duration {
 criterion_group!(benches, bench_scan, bench_map);
 
 fn main() {
+    if std::env::var_os("CONTAINERS_SUMMARY").is_some_and(|v| v == "bulk") {
+        // Only the bulk-load comparison.
+        bulk_figures(&TestServer::start(1 << 30));
+        return;
+    }
     if !scan_only() {
         benches();
         Criterion::default().configure_from_args().final_summary();

@@ -270,6 +270,7 @@ enum MapOp {
     Get(u32),
     GetRemote(u32),
     GetMany(Vec<u32>, bool),
+    InsertMany(Vec<(u32, u64)>),
     EntryAdd(u32, u64),
     EntryRemove(u32),
     Evacuate,
@@ -284,6 +285,8 @@ fn map_op() -> impl Strategy<Value = MapOp> {
         3 => k.clone().prop_map(MapOp::Get),
         2 => k.clone().prop_map(MapOp::GetRemote),
         1 => (proptest::collection::vec(k.clone(), 0..40), any::<bool>()).prop_map(|(v, r)| MapOp::GetMany(v, r)),
+        // Longer than one internal run (64 KiB of buckets), with repeated keys: later values win.
+        1 => proptest::collection::vec((k.clone(), any::<u64>()), 0..700).prop_map(MapOp::InsertMany),
         2 => (k.clone(), any::<u64>()).prop_map(|(k, v)| MapOp::EntryAdd(k, v)),
         1 => k.prop_map(MapOp::EntryRemove),
         1 => Just(MapOp::Evacuate),
@@ -321,6 +324,11 @@ fn hashmap_matches_std() {
                         let mode = if remote { Offload::Remote } else { Offload::Local };
                         let want: Vec<Option<Val>> = keys.iter().map(|k| model.get(k).copied()).collect();
                         prop_assert_eq!(far.get_many(&keys, mode).unwrap(), want);
+                    }
+                    MapOp::InsertMany(items) => {
+                        let items: Vec<(u32, Val)> = items.into_iter().map(|(k, v)| (k, val(k, v))).collect();
+                        let want: Vec<Option<Val>> = items.iter().map(|&(k, v)| model.insert(k, v)).collect();
+                        prop_assert_eq!(far.insert_many(&items).unwrap(), want);
                     }
                     MapOp::EntryAdd(k, v) => {
                         let got =
@@ -567,6 +575,59 @@ fn a_scan_is_not_a_second_use() {
     assert!(st.misses - before.misses >= 2 * chunks as u64, "the scans fetched: {st:?}");
     assert!(st.clean_drops > before.clean_drops, "scanned chunks were dropped: {st:?}");
     assert_eq!(st.compacted, before.compacted, "no scanned chunk was kept as hot: {st:?}");
+}
+
+#[test]
+fn bulk_inserts_fetch_their_buckets_in_batches() {
+    let (rt, store) = counted(16 << 20);
+    let map = FarMap::<u64, u64>::new(&rt).unwrap();
+    let n = 20_000u64;
+    let first: Vec<(u64, u64)> = (0..n).map(|k| (k, k)).collect();
+    assert!(map.insert_many(&first).unwrap().iter().all(Option::is_none));
+    let buckets = map.bucket_count();
+    rt.evacuate_all().unwrap();
+    store.reads.store(0, Relaxed);
+    // Every bucket is remote; replacing every value one by one reads each bucket in a request of its own, and in
+    // runs of 64 entries (64 KiB of 1 KiB buckets) with one request per run.
+    let again: Vec<(u64, u64)> = (0..n).map(|k| (k, k + 1)).collect();
+    let old = map.insert_many(&again).unwrap();
+    assert!(old.iter().zip(0..n).all(|(o, k)| *o == Some(k)));
+    let reads = store.reads.load(Relaxed);
+    let runs = n.div_ceil(64);
+    assert!(buckets as u64 > 2 * runs, "{buckets} buckets: too few for the test to tell");
+    assert!(reads <= runs, "{reads} read requests for {runs} runs over {buckets} remote buckets");
+    assert_eq!(map.len(), n as usize);
+    for k in (0..n).step_by(7) {
+        assert_eq!(map.get(&k), Some(k + 1));
+    }
+}
+
+#[test]
+fn concurrent_bulk_inserts_split_and_keep_every_entry() {
+    let rt = tight();
+    let map = FarMap::<u64, u64>::new(&rt).unwrap();
+    const PER: u64 = 20_000;
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let map = &map;
+            s.spawn(move || {
+                // Interleaved key ranges, so the threads fill and split the same buckets; each key twice in a
+                // batch: the later value wins.
+                let keys: Vec<u64> = (0..PER).map(|i| i * 4 + t).collect();
+                for batch in keys.chunks(300) {
+                    let items: Vec<(u64, u64)> =
+                        batch.iter().map(|&k| (k, 1)).chain(batch.iter().map(|&k| (k, k * 2))).collect();
+                    let old = map.insert_many(&items).unwrap();
+                    let (a, b) = old.split_at(batch.len());
+                    assert!(a.iter().all(Option::is_none) && b.iter().all(|o| *o == Some(1)));
+                }
+            });
+        }
+    });
+    assert_eq!(map.len(), (4 * PER) as usize);
+    let keys: Vec<u64> = (0..4 * PER).collect();
+    let want: Vec<Option<u64>> = keys.iter().map(|&k| Some(k * 2)).collect();
+    assert_eq!(map.get_many(&keys, Offload::Local).unwrap(), want);
 }
 
 #[test]

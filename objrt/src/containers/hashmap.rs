@@ -57,6 +57,10 @@ impl BucketObj for Bucket4K {}
 /// what was evicted before it, in up to this many rounds; the last one reads whatever it takes (see `get_many`).
 const READ_ROUNDS: usize = 3;
 
+/// Bytes of buckets that one run of [`HashMap::get_many`] or [`HashMap::insert_many`] fetches together: the
+/// buckets of a run are local at once, so a run is kept well below any useful budget (64 keys of 1 KiB buckets).
+const RUN_BYTES: usize = 64 << 10;
+
 /// Directory depths beyond this are refused (16 M slots).
 const MAX_DEPTH: u32 = 24;
 
@@ -223,9 +227,24 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
         Ok(self.get_many(std::slice::from_ref(key), mode)?.pop().flatten())
     }
 
+    /// Keys or entries per run of [`HashMap::get_many`] and [`HashMap::insert_many`] (see [`RUN_BYTES`]).
+    fn run_len() -> usize {
+        (RUN_BYTES / std::mem::size_of::<B>()).max(1)
+    }
+
     /// Looks up many keys at once: local buckets are read here (remote ones fetched in one batch) or, offloaded,
-    /// all lookups on remote buckets go to memd in one request.
+    /// all lookups on remote buckets go to memd in one request — per run of 64 KiB of buckets (64 keys of 1 KiB
+    /// buckets), so that any number of keys can be looked up under a small budget.
     pub fn get_many(&self, keys: &[K], mode: Offload) -> Result<Vec<Option<V>>, ContainerError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for run in keys.chunks(Self::run_len()) {
+            out.extend(self.get_run(run, mode)?);
+        }
+        Ok(out)
+    }
+
+    /// One run of [`HashMap::get_many`].
+    fn get_run(&self, keys: &[K], mode: Offload) -> Result<Vec<Option<V>>, ContainerError> {
         let l = self.layout;
         let dir = self.dir.read();
         let hashes: Vec<u64> = keys.iter().map(Self::key_hash).collect();
@@ -342,6 +361,85 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
             }
             self.split(h)?;
         }
+    }
+
+    /// Inserts or replaces many entries, in order (a key given twice ends with its later value); returns each
+    /// entry's previous value, as [`HashMap::insert`] would have one by one.
+    ///
+    /// The misses overlap: every remote bucket a run of entries (64 KiB of buckets, as in `get_many`) goes to is
+    /// fetched in one batched request before any of them is written, where `insert` waits for one round trip per
+    /// remote bucket. Entries whose bucket
+    /// is full are inserted after the run, splitting it; later entries for that bucket wait for them, so the
+    /// order holds.
+    pub fn insert_many(&self, items: &[(K, V)]) -> Result<Vec<Option<V>>, ContainerError> {
+        let mut out = Vec::with_capacity(items.len());
+        for run in items.chunks(Self::run_len()) {
+            self.insert_run(run, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// One run of [`HashMap::insert_many`]: its previous values are pushed to `out`.
+    fn insert_run(&self, run: &[(K, V)], out: &mut Vec<Option<V>>) -> Result<(), ContainerError> {
+        let l = self.layout;
+        let base = out.len();
+        out.resize(base + run.len(), None);
+        let hashes: Vec<u64> = run.iter().map(|(k, _)| Self::key_hash(k)).collect();
+        // Entries that found their bucket full, and those buckets (by cell), in the order met.
+        let mut later: Vec<usize> = Vec::new();
+        let mut full: Vec<*const RwLock<Bucket<B>>> = Vec::new();
+        {
+            let dir = self.dir.read();
+            let cells: Vec<&Cell<B>> = hashes.iter().map(|&h| &dir.table[slot(dir.depth, h)]).collect();
+            {
+                // One fetch for every remote bucket of the run, outside any scope (readers' locks only, as in
+                // `get_many`: writers hold one bucket at a time, so no cycle).
+                let mut distinct: Vec<&Cell<B>> = cells.clone();
+                distinct.sort_unstable_by_key(|c| Arc::as_ptr(c));
+                distinct.dedup_by_key(|c| Arc::as_ptr(c));
+                let guards: Vec<_> = distinct.iter().map(|c| c.read_recursive()).collect();
+                let mut missing = guards.iter().filter(|g| !g.obj.is_local()).peekable();
+                if let Some(first) = missing.peek() {
+                    super::room_for_fetch(&first.obj);
+                    let slots: Vec<_> = missing.map(|g| g.obj.far_slot()).collect();
+                    self.sp.rt.inner.fetch_all(&slots)?;
+                }
+            }
+            for (i, (key, value)) in run.iter().enumerate() {
+                let cell = cells[i];
+                if full.contains(&Arc::as_ptr(cell)) {
+                    later.push(i);
+                    continue;
+                }
+                let mut b = cell.write();
+                // Evicted since the fetch (or never fetched: another thread's split moved it): fetch it again.
+                warm(&b.obj);
+                let s = DerefScope::new();
+                let mut r = b.obj.deref_mut(&s);
+                let bytes = bytemuck::bytes_of_mut(&mut *r);
+                let kb = bytemuck::bytes_of(key);
+                if let Some(k) = l.find(bytes, hashes[i], kb) {
+                    out[base + i] = Some(bytemuck::pod_read_unaligned(l.val(bytes, k)));
+                    l.val_mut(bytes, k).copy_from_slice(bytemuck::bytes_of(value));
+                    continue;
+                }
+                let n = l.count(bytes);
+                if n < l.capacity() {
+                    l.set(bytes, n, hashes[i], kb, bytemuck::bytes_of(value));
+                    l.set_count(bytes, n + 1);
+                    self.len.fetch_add(1, Relaxed);
+                } else {
+                    full.push(Arc::as_ptr(cell));
+                    later.push(i);
+                }
+            }
+        }
+        // The directory lock is released: these may split.
+        for i in later {
+            let (key, value) = run[i];
+            out[base + i] = self.insert(key, value)?;
+        }
+        Ok(())
     }
 
     /// Removes `key`; returns its value.
@@ -475,8 +573,7 @@ impl<'rt, K: Pod, V: Pod, B: BucketObj> HashMap<'rt, K, V, B> {
     }
 }
 
-/// A lookup's read of its bucket: unwarmed when the lookup itself just fetched it (see
-/// [`warm_fetched`]).
+/// Removes entry `i` of a bucket's bytes, moving the last entry into its place.
 fn remove_at(l: &BucketLayout, bytes: &mut [u8], i: usize) {
     let n = l.count(bytes);
     if i + 1 != n {
