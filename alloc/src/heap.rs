@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 pub struct PagingStats {
     /// Page faults served.
     pub faults: u64,
-    /// Bytes fetched from far memory.
+    /// Bytes fetched from far memory (on demand and read ahead).
     pub bytes_fetched: u64,
     /// Bytes written back to far memory.
     pub bytes_written_back: u64,

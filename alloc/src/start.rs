@@ -26,7 +26,8 @@ impl Backing for RegionBacking {
         let page = PAGE_SIZE as u64;
         PagingStats {
             faults: s.missing_faults,
-            bytes_fetched: s.pages_fetched * page,
+            // On demand and read ahead: both came over the network.
+            bytes_fetched: (s.pages_fetched + s.readahead_pages) * page,
             bytes_written_back: s.pages_written * page,
             peak_resident: s.peak_resident_pages * page,
         }

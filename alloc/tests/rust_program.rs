@@ -124,5 +124,15 @@ fn working_set_six_times_the_budget() {
     let bound = small_rss + (16 << 10) + SLACK_KB;
     eprintln!("peak RSS: plain {plain_rss} KiB, far {far_rss} KiB, bound {bound} KiB\n{out}");
     assert!(far_rss <= bound, "peak RSS {far_rss} KiB above budget + slack {bound} KiB");
-    assert!(out.contains("faults "), "paging happened: {out}");
+    // The two sweeps read 96 MiB each through a 16 MiB budget: each fetches at least 80 MiB back (on demand or
+    // read ahead) and, rewriting every element, writes as much back.
+    let stat = |name: &str| -> u64 {
+        let line = out.lines().find(|l| l.starts_with("faults ")).unwrap_or_else(|| panic!("no paging stats: {out}"));
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let i = w.iter().position(|&x| x == name).unwrap_or_else(|| panic!("no {name} in {line:?}"));
+        w[i + 1].parse().unwrap()
+    };
+    assert!(stat("faults") > 0, "paging happened: {out}");
+    assert!(stat("fetched") >= 2 * (80 << 20), "fetched bytes count every page fetched: {out}");
+    assert!(stat("written") >= 2 * (80 << 20), "written-back bytes count every page written: {out}");
 }
