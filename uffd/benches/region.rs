@@ -10,7 +10,8 @@
 //!   region's event thread (`RegionConfig::spin`): the goal compares with the spinning one, like with like. The
 //!   memd read is measured as a plain call and, like the region's event thread waits for a demand fetch,
 //!   polling for its reply (`RegionConfig::reply_spin`); the ratio against that floor is printed too.
-//!   `REGION_PAIRED=faults|scan` runs only one of them (e.g. `cargo bench --bench region -- paired` skips the
+//!   A third paired figure, `rewrite`, times read-modify-write sweeps with and without `RegionConfig::write_ahead`.
+//!   `REGION_PAIRED=faults|scan|rewrite` runs only one of them (e.g. `cargo bench --bench region -- paired` skips the
 //!   criterion runs); `SPIN_US`, `REPLY_SPIN_US`, `RA_MAX`, `FOLLOW_FAULTS=1` and `KEEP_AWAKE_US` override the
 //!   region's spin, reply spin, largest readahead window, CPU following and keep-awake window (the fault floor is
 //!   then measured with the same keep-awake spinners).
@@ -636,6 +637,67 @@ fn paired_scan(rounds: usize) {
     print_cpu("raw TCP stream", &cpu_raw, "4 KiB page", pages as u64);
 }
 
+/// The write-ahead figure in paired rounds: read-modify-write sweeps (one word per 64 bytes read and rewritten) over
+/// two regions 4x their budget, one with `write_ahead` (the default) and one without, alternating; each round's
+/// ratio is the time without over the time with.
+fn paired_rewrite(rounds: usize) {
+    let (size, budget) = (256 * MIB, 64 * MIB);
+    let Some(on) = tuned_region(size, budget, true) else { return };
+    let Some(mut off) = tuned_region(size, budget, true) else { return };
+    if off.config().write_ahead {
+        let cfg = RegionConfig { write_ahead: false, ..off.config().clone() };
+        drop(off);
+        let Ok(r) = Region::new(cfg, client()) else { return };
+        off = r;
+    }
+    let sweep = |r: &Region| {
+        let t = Instant::now();
+        for o in (0..size).step_by(64) {
+            // SAFETY: inside the region.
+            unsafe {
+                let w = r.base().add(o).cast::<u64>();
+                w.write_volatile(w.read_volatile().wrapping_add(1));
+            }
+        }
+        t.elapsed()
+    };
+    for r in [&on, &off] {
+        for p in 0..size / PAGE_SIZE {
+            touch(r, p, true);
+        }
+        sweep(r);
+    }
+    let (s0_on, s0_off) = (on.stats(), off.stats());
+    let (mut ratios, mut ton, mut toff) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let a = sweep(&on);
+        let b = sweep(&off);
+        ratios.push(b.as_secs_f64() / a.as_secs_f64());
+        ton.push(size as f64 / a.as_secs_f64() / 1e6);
+        toff.push(size as f64 / b.as_secs_f64() / 1e6);
+    }
+    println!(
+        "rewrite sweep 4x budget (paired rounds of 256 MiB, each word read and rewritten): write-ahead {:.0} MB/s; \
+         without {:.0} MB/s; speed-up {}",
+        median(&mut ton),
+        median(&mut toff),
+        spread(&mut ratios)
+    );
+    let pages = (rounds * size / PAGE_SIZE) as f64;
+    for (what, r, s0) in [("write-ahead", &on, &s0_on), ("without", &off, &s0_off)] {
+        let s = r.stats();
+        let per_k = |a: u64, b: u64| (b - a) as f64 * 1000.0 / pages;
+        println!(
+            "  per 1000 pages, {what}: {:.1} write-protect faults, {:.1} missing faults, {:.0} mapped writable \
+             ahead, {:.0} written back",
+            per_k(s0.wp_faults, s.wp_faults),
+            per_k(s0.missing_faults, s.missing_faults),
+            per_k(s0.readahead_writable + s0.predicted_writable, s.readahead_writable + s.predicted_writable),
+            per_k(s0.pages_written, s.pages_written),
+        );
+    }
+}
+
 /// Prints CPU time per unit by thread name, largest first.
 fn print_cpu(what: &str, cpu: &CpuByName, unit: &str, n: u64) {
     println!("  CPU µs per {unit}, {what}: {}", cpu.per_unit(n, 2));
@@ -668,15 +730,18 @@ fn summary() {
         );
     }
     println!("\n== paired rounds (the figures for the goals) ==");
-    // REGION_PAIRED=faults or =scan runs only one of them (for profiling).
+    // REGION_PAIRED=faults, =scan or =rewrite runs only one of them (for profiling).
     let only = std::env::var("REGION_PAIRED").unwrap_or_default();
-    if only != "scan" {
+    if only.is_empty() || only == "faults" {
         paired_faults(30, 200);
     }
-    if only != "faults" {
+    if only.is_empty() || only == "scan" {
         // `SCAN_ROUNDS` gives more rounds (for profiling).
         let rounds = std::env::var("SCAN_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(9);
         paired_scan(rounds);
+    }
+    if only.is_empty() || only == "rewrite" {
+        paired_rewrite(5);
     }
     let f = |n| per_op_ns(n).map(|v| v / 1e3);
     if let (Some(r), Some(p)) = (f("random_region"), f("random_plain")) {

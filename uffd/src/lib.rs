@@ -47,7 +47,10 @@
 //! take the page out, and a write landing between the scan and the move (or the drop) would be discarded as
 //! clean. With synchronous faults a write racing with eviction simply waits for it. The write-protect faults
 //! also feed the replacement policy (below), and a write fault on a missing page installs it writable at once,
-//! so only read-then-write pages pay the extra fault.
+//! so only read-then-write pages pay the extra fault — except in a sequential stream whose trigger pages the
+//! program keeps writing after reading them (`for x in v { *x = f(*x) }`): its read-ahead windows and demand
+//! reads are then mapped writable and dirty from the start (see [`readahead`]), which saves that fault on every
+//! page and costs a write-back for any of them the program then leaves unwritten.
 //!
 //! ## Budget and eviction
 //! Resident pages (mapped, being fetched, or being evicted) hold one of `local_mem / 4 KiB` frames, so they
@@ -184,6 +187,12 @@ mod tests {
         std::env::set_var("FARMEM_READAHEAD", "maybe");
         assert_eq!(RegionConfig::from_env().unwrap_err().source_name, "FARMEM_READAHEAD");
         std::env::set_var("FARMEM_READAHEAD", "1");
+        assert!(RegionConfig::from_env().unwrap().write_ahead, "on by default");
+        std::env::set_var("FARMEM_WRITE_AHEAD", "0");
+        assert!(!RegionConfig::from_env().unwrap().write_ahead);
+        std::env::set_var("FARMEM_WRITE_AHEAD", "sometimes");
+        assert_eq!(RegionConfig::from_env().unwrap_err().source_name, "FARMEM_WRITE_AHEAD");
+        std::env::set_var("FARMEM_WRITE_AHEAD", "1");
         std::env::set_var("FARMEM_KEEP_AWAKE", "350");
         assert_eq!(RegionConfig::from_env().unwrap().keep_awake, std::time::Duration::from_micros(350));
         std::env::set_var("FARMEM_KEEP_AWAKE", "auto");
@@ -208,9 +217,14 @@ mod tests {
             let e = RegionConfig::from_env().unwrap_err();
             assert_eq!(e.source_name, "FARMEM_REPLY_SPIN", "{bad:?}");
         }
-        for v in
-            ["FARMEM_LOCAL_MEM", "FARMEM_REGION_SIZE", "FARMEM_READAHEAD", "FARMEM_KEEP_AWAKE", "FARMEM_REPLY_SPIN"]
-        {
+        for v in [
+            "FARMEM_LOCAL_MEM",
+            "FARMEM_REGION_SIZE",
+            "FARMEM_READAHEAD",
+            "FARMEM_WRITE_AHEAD",
+            "FARMEM_KEEP_AWAKE",
+            "FARMEM_REPLY_SPIN",
+        ] {
             std::env::remove_var(v);
         }
     }

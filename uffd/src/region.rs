@@ -113,6 +113,13 @@ pub struct RegionConfig {
     pub handler_threads: usize,
     /// Whether sequential and strided fault streams are fetched ahead (`FARMEM_READAHEAD`, default on).
     pub readahead: bool,
+    /// Whether a stream that writes what it reads gets its read-ahead windows and demand reads mapped writable and
+    /// dirty at once, instead of write-protected with a write-protect fault on each first write
+    /// (`FARMEM_WRITE_AHEAD`, default on; see [`crate::readahead`]). A page mapped so and then left unwritten is
+    /// written back at eviction like a dirty one. A read-modify-write sweep 4x the budget ran 2.6-3.6x faster
+    /// with it on a loaded machine (`REGION_PAIRED=rewrite` region bench: write-protect faults per 1000 pages 930
+    /// -> 1.6, pages written back unchanged).
+    pub write_ahead: bool,
     /// Largest readahead window in pages (default 512 = 2 MiB; a window never takes more than the free frames
     /// above the eviction reserve). Paired scan rounds: 512 gave 0.33-0.43x of the raw stream where 256 gave
     /// 0.32-0.35x, and half the missing faults per page (the program waits on in-flight pages less often).
@@ -163,6 +170,7 @@ impl Default for RegionConfig {
             local_mem: default_local_mem(),
             handler_threads: 2,
             readahead: true,
+            write_ahead: true,
             max_readahead: 512,
             trace: false,
             spin: SPIN,
@@ -186,8 +194,9 @@ fn default_local_mem() -> usize {
 }
 
 impl RegionConfig {
-    /// Defaults overridden by `FARMEM_REGION_SIZE`, `FARMEM_LOCAL_MEM`, `FARMEM_READAHEAD`, `FARMEM_KEEP_AWAKE` and
-    /// `FARMEM_REPLY_SPIN` (both µs, `0`/`off`, `auto`); a malformed value is an error naming the variable.
+    /// Defaults overridden by `FARMEM_REGION_SIZE`, `FARMEM_LOCAL_MEM`, `FARMEM_READAHEAD`, `FARMEM_WRITE_AHEAD`,
+    /// `FARMEM_KEEP_AWAKE` and `FARMEM_REPLY_SPIN` (both µs, `0`/`off`, `auto`); a malformed value is an error
+    /// naming the variable.
     pub fn from_env() -> Result<RegionConfig, ConfigError> {
         let mut c = RegionConfig::default();
         let size = |name: &str| -> Result<Option<usize>, ConfigError> {
@@ -203,6 +212,9 @@ impl RegionConfig {
         }
         if let Some(v) = config::env_bool("FARMEM_READAHEAD")? {
             c.readahead = v;
+        }
+        if let Some(v) = config::env_bool("FARMEM_WRITE_AHEAD")? {
+            c.write_ahead = v;
         }
         if let Some(d) = env_micros("FARMEM_KEEP_AWAKE", crate::awake::default_window)? {
             c.keep_awake = d;
@@ -287,6 +299,12 @@ pub struct RegionStats {
     pub readahead_pages: u64,
     /// Prefetched pages the program went on to use.
     pub readahead_hits: u64,
+    /// Prefetched pages mapped writable (and dirty) because their stream writes what it reads (see
+    /// [`crate::readahead`]); included in `readahead_pages`.
+    pub readahead_writable: u64,
+    /// Pages fetched on demand for a read and mapped writable (and dirty) because their stream writes what it
+    /// reads; included in `pages_fetched`.
+    pub predicted_writable: u64,
     /// Pages released by `release`, `madvise`, `munmap` or `mremap`.
     pub released_pages: u64,
     /// Faults that waited for eviction to free local memory.
@@ -332,6 +350,8 @@ struct Counters {
     clean_drops: AtomicU64,
     ra_pages: AtomicU64,
     ra_hits: AtomicU64,
+    ra_writable: AtomicU64,
+    predicted_writable: AtomicU64,
     released: AtomicU64,
     deferred: AtomicU64,
     poisoned: AtomicU64,
@@ -593,6 +613,8 @@ struct Batch {
     is_demand: bool,
     /// Readahead trigger pages among `pages` (sorted): held unmapped on arrival.
     triggers: Vec<u64>,
+    /// Readahead pages among `pages` (sorted) of streams that write what they read: mapped writable and dirty.
+    writable: Vec<u64>,
     reply: Result<Pending, StoreError>,
 }
 
@@ -777,6 +799,7 @@ impl EventLoop {
         let mut evicting_zero = Vec::new();
         let mut staged = Vec::new();
         let mut triggers = Vec::new();
+        let mut writable = Vec::new();
         let dead = sh.dead.load(Relaxed);
         {
             let mut core = sh.core.lock();
@@ -787,6 +810,7 @@ impl EventLoop {
                     PRESENT if f.wp => {
                         sh.set(p, st | DIRTY | REF);
                         unprotect.push(f);
+                        self.det.on_write(p);
                     }
                     PRESENT => wake.push(f.page),
                     FETCHING if st & STAGED != 0 => staged.push(f),
@@ -819,7 +843,7 @@ impl EventLoop {
             if sh.cfg.readahead {
                 for f in fetch.iter().chain(&staged) {
                     let room = core.free_len.saturating_sub(sh.reserve);
-                    if let Some(pf) = self.det.on_fault(f.page, room) {
+                    if let Some(pf) = self.det.on_fault(f.page, room, f.write) {
                         for q in pf.pages(sh.npages) {
                             let st = sh.st(q);
                             if st == (ABSENT | REMOTE) && core.free_len > sh.reserve && sh.alloc_frame(&mut core, q) {
@@ -831,9 +855,19 @@ impl EventLoop {
                                     sh.set(q, FETCHING | REMOTE | STAGED);
                                 } else {
                                     sh.set(q, FETCHING | REMOTE);
+                                    if pf.writable && sh.cfg.write_ahead {
+                                        writable.push(q);
+                                    }
                                 }
                             }
                         }
+                    }
+                }
+                // A demand read of a stream that writes what it reads: mapped writable and dirty at once.
+                for f in fetch.iter_mut().filter(|f| !f.write && sh.cfg.write_ahead) {
+                    if self.det.predict_write(f.page) {
+                        f.write = true;
+                        sh.c.predicted_writable.fetch_add(1, Relaxed);
                     }
                 }
                 sh.c.ra_hits.store(self.det.hits, Relaxed);
@@ -860,7 +894,8 @@ impl EventLoop {
         if !fetch.is_empty() || !ra.is_empty() {
             ra.sort_unstable();
             triggers.sort_unstable();
-            self.submit_fetch(&fetch, &ra, &triggers);
+            writable.sort_unstable();
+            self.submit_fetch(&fetch, &ra, &triggers, &writable);
         }
     }
 
@@ -1087,25 +1122,27 @@ impl EventLoop {
 
     /// Requests demand pages and readahead pages with pipelined batch reads (demand pages first), all in one
     /// burst; [`EventLoop::complete`] installs each batch as it arrives.
-    fn submit_fetch(&mut self, demand: &[Fault], ra: &[u64], triggers: &[u64]) {
+    fn submit_fetch(&mut self, demand: &[Fault], ra: &[u64], triggers: &[u64], writable: &[u64]) {
         let sh = Arc::clone(&self.sh);
         let dpages: Vec<u64> = demand.iter().map(|f| f.page).collect();
         let mut batches: Vec<Batch> = Vec::new();
-        let new = |pages: &[u64], demand: Vec<Fault>, triggers: Vec<u64>| Batch {
+        let new = |pages: &[u64], demand: Vec<Fault>, triggers: Vec<u64>, writable: Vec<u64>| Batch {
             pages: pages.to_vec(),
             is_demand: !demand.is_empty(),
             demand,
             triggers,
+            writable,
             reply: Err(StoreError::Invalid(String::new())),
         };
         for c in dpages.chunks(IO_CHUNK) {
             let (lo, hi) = (c[0], c[c.len() - 1]);
             let d: Vec<Fault> = demand.iter().filter(|f| f.page >= lo && f.page <= hi).copied().collect();
-            batches.push(new(c, d, Vec::new()));
+            batches.push(new(c, d, Vec::new(), Vec::new()));
         }
+        let among =
+            |of: &[u64], c: &[u64]| -> Vec<u64> { of.iter().copied().filter(|p| c.binary_search(p).is_ok()).collect() };
         for c in ra.chunks(IO_CHUNK) {
-            let t: Vec<u64> = triggers.iter().copied().filter(|t| c.binary_search(t).is_ok()).collect();
-            batches.push(new(c, Vec::new(), t));
+            batches.push(new(c, Vec::new(), among(triggers, c), among(writable, c)));
         }
         let reqs: Vec<Request> =
             batches.iter().map(|b| Request::ReadPages { region: sh.region_id, pages: b.pages.clone() }).collect();
@@ -1127,7 +1164,7 @@ impl EventLoop {
     /// Waits for the reply of one batch and installs its pages.
     fn complete(&mut self, b: Batch) {
         let sh = Arc::clone(&self.sh);
-        let Batch { pages, demand, is_demand, triggers, reply } = b;
+        let Batch { pages, demand, is_demand, triggers, writable, reply } = b;
         let demand = &demand[..];
         let triggers = &triggers[..];
         // A program thread waits for a demand batch: poll for its reply rather than sleep through it.
@@ -1202,7 +1239,19 @@ impl EventLoop {
                         self.stage(p, &data[at..at + PAGE_SIZE]);
                     }
                 } else {
-                    self.install(&sub, &|i| dptr.wrapping_add(off + (first + i) * PAGE_SIZE), raw::COPY_MODE_WP, 0);
+                    // Pages of a stream that writes what it reads are mapped writable, dirty from the start (no
+                    // write-protect fault on each); the others write-protected, so that they stay clean.
+                    let mut at = first;
+                    for part in split_by(&sub, |p| writable.binary_search(p).is_ok()) {
+                        let src = |i: usize| dptr.wrapping_add(off + (at + i) * PAGE_SIZE);
+                        if writable.binary_search(&part[0]).is_ok() {
+                            self.install(&part, &src, 0, DIRTY);
+                            sh.c.ra_writable.fetch_add(as_u64(part.len()), Relaxed);
+                        } else {
+                            self.install(&part, &src, raw::COPY_MODE_WP, 0);
+                        }
+                        at += part.len();
+                    }
                 }
             }
             sh.c.ra_pages.fetch_add(as_u64(n), Relaxed);
@@ -1846,6 +1895,8 @@ impl Region {
             clean_drops: c.clean_drops.load(Relaxed),
             readahead_pages: c.ra_pages.load(Relaxed),
             readahead_hits: c.ra_hits.load(Relaxed),
+            readahead_writable: c.ra_writable.load(Relaxed),
+            predicted_writable: c.predicted_writable.load(Relaxed),
             released_pages: c.released.load(Relaxed),
             deferred_faults: c.deferred.load(Relaxed),
             poisoned_pages: c.poisoned.load(Relaxed),

@@ -135,6 +135,58 @@ fn sequential_sweeps_match_and_read_ahead() {
 }
 
 #[test]
+fn streams_that_rewrite_what_they_read_get_writable_read_ahead_and_read_only_ones_stay_clean() {
+    // Budget room enough for read-ahead windows of 32 pages and more (readahead keeps 1/16 of it in reserve).
+    const PAGES: usize = 4096;
+    const BUDGET: usize = 1024;
+    let Some((r, _s)) = region(PAGES, BUDGET, true) else { return };
+    let at = |p: usize| word(&r, p * PS + 8 * (p % 500));
+    for p in 0..PAGES {
+        // SAFETY: inside the region.
+        unsafe { at(p).write_volatile(p as u64) };
+    }
+    // Read-only sweeps: read-ahead pages stay write-protected, so they are dropped clean. Only the dirty pages
+    // the fill left resident are written back (at most the budget).
+    let s0 = r.stats();
+    for pass in 0..2 {
+        for p in 0..PAGES {
+            // SAFETY: inside the region.
+            assert_eq!(unsafe { at(p).read_volatile() }, p as u64, "read pass {pass} page {p}");
+        }
+    }
+    let s1 = r.stats();
+    assert!(s1.readahead_pages - s0.readahead_pages >= PAGES as u64, "{s1:?}");
+    assert_eq!(s1.readahead_writable, s0.readahead_writable, "read-only streams got writable pages: {s1:?}");
+    assert_eq!(s1.predicted_writable, s0.predicted_writable, "read-only streams got writable pages: {s1:?}");
+    assert!(s1.pages_written - s0.pages_written <= BUDGET as u64, "clean pages were written back: {s1:?}");
+    // Read-modify-write sweeps: once a stream's triggers are seen written, its windows (and its demand reads)
+    // come writable, so the writes take no write-protect fault (one per page before).
+    for pass in 0..3u64 {
+        for p in 0..PAGES {
+            let w = at(p);
+            // SAFETY: inside the region.
+            let v = unsafe { w.read_volatile() };
+            assert_eq!(v, p as u64 + pass, "rewrite pass {pass} page {p}");
+            // SAFETY: inside the region.
+            unsafe { w.write_volatile(v + 1) };
+        }
+    }
+    let s2 = r.stats();
+    let writes = 3 * PAGES as u64;
+    let wp = s2.wp_faults - s1.wp_faults;
+    let writable = s2.readahead_writable + s2.predicted_writable - s1.readahead_writable - s1.predicted_writable;
+    assert!(writable >= writes / 2, "{writable} pages mapped writable ahead of {writes} rewrites: {s2:?}");
+    assert!(wp < writes / 4, "{wp} write-protect faults for {writes} page rewrites: {s2:?}");
+    // What was written, writable or not, survives eviction.
+    for p in 0..PAGES {
+        // SAFETY: inside the region.
+        assert_eq!(unsafe { at(p).read_volatile() }, p as u64 + 3, "after the rewrites, page {p}");
+    }
+    let s = r.stats();
+    assert!(s.peak_resident_pages <= BUDGET as u64 && s.poisoned_pages == 0, "{s:?}");
+}
+
+#[test]
 fn random_ops_over_a_loopback_memd_match_shadow() {
     let server = farmem_memd::testing::TestServer::start(1 << 30);
     let client: Arc<dyn farmem_memd::FarStore> = Arc::new(server.client());
