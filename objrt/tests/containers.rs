@@ -357,22 +357,27 @@ fn hashmap_matches_std() {
         .unwrap();
 }
 
+/// Runs `f(t)` on four threads at once, `t` = 0..4.
+fn on_four_threads(f: impl Fn(u64) + Sync) {
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let f = &f;
+            s.spawn(move || f(t));
+        }
+    });
+}
+
 #[test]
 fn hashmap_concurrent_inserts_and_lookups() {
     let rt = tight();
     let map = FarMap::<u64, u64>::new(&rt).unwrap();
     const PER: u64 = 20_000;
-    std::thread::scope(|s| {
-        for t in 0..4u64 {
-            let map = &map;
-            s.spawn(move || {
-                for k in t * PER..(t + 1) * PER {
-                    assert_eq!(map.insert(k, k * 2).unwrap(), None);
-                    // Read back an earlier key of this thread: a split elsewhere must never hide it.
-                    let back = t * PER + (k - t * PER) / 2;
-                    assert_eq!(map.get(&back), Some(back * 2));
-                }
-            });
+    on_four_threads(|t| {
+        for k in t * PER..(t + 1) * PER {
+            assert_eq!(map.insert(k, k * 2).unwrap(), None);
+            // Read back an earlier key of this thread: a split elsewhere must never hide it.
+            let back = t * PER + (k - t * PER) / 2;
+            assert_eq!(map.get(&back), Some(back * 2));
         }
     });
     assert_eq!(map.len(), (4 * PER) as usize);
@@ -607,21 +612,16 @@ fn concurrent_bulk_inserts_split_and_keep_every_entry() {
     let rt = tight();
     let map = FarMap::<u64, u64>::new(&rt).unwrap();
     const PER: u64 = 20_000;
-    std::thread::scope(|s| {
-        for t in 0..4u64 {
-            let map = &map;
-            s.spawn(move || {
-                // Interleaved key ranges, so the threads fill and split the same buckets; each key twice in a
-                // batch: the later value wins.
-                let keys: Vec<u64> = (0..PER).map(|i| i * 4 + t).collect();
-                for batch in keys.chunks(300) {
-                    let items: Vec<(u64, u64)> =
-                        batch.iter().map(|&k| (k, 1)).chain(batch.iter().map(|&k| (k, k * 2))).collect();
-                    let old = map.insert_many(&items).unwrap();
-                    let (a, b) = old.split_at(batch.len());
-                    assert!(a.iter().all(Option::is_none) && b.iter().all(|o| *o == Some(1)));
-                }
-            });
+    on_four_threads(|t| {
+        // Interleaved key ranges, so the threads fill and split the same buckets; each key twice in a batch: the
+        // later value wins.
+        let keys: Vec<u64> = (0..PER).map(|i| i * 4 + t).collect();
+        for batch in keys.chunks(300) {
+            let items: Vec<(u64, u64)> =
+                batch.iter().map(|&k| (k, 1)).chain(batch.iter().map(|&k| (k, k * 2))).collect();
+            let old = map.insert_many(&items).unwrap();
+            let (a, b) = old.split_at(batch.len());
+            assert!(a.iter().all(Option::is_none) && b.iter().all(|o| *o == Some(1)));
         }
     });
     assert_eq!(map.len(), (4 * PER) as usize);
