@@ -49,6 +49,51 @@ fn with_slow(cfg: &mut ServerConfig) {
     cfg.registry = r;
 }
 
+/// A test type whose every compute blocks until the test opens its gate, then echoes its input: the test knows
+/// a compute is in flight, with no guess at how long the server takes to start it or the test to go on.
+#[derive(Default)]
+struct Gate {
+    /// (computes that have started, open)
+    state: std::sync::Mutex<(u32, bool)>,
+    cv: std::sync::Condvar,
+}
+impl Gate {
+    /// Blocks until a compute has started.
+    fn wait_entered(&self) {
+        let g = self.state.lock().unwrap();
+        drop(self.cv.wait_while(g, |(entered, _)| *entered == 0).unwrap());
+    }
+    fn open(&self) {
+        self.state.lock().unwrap().1 = true;
+        self.cv.notify_all();
+    }
+}
+struct Gated(Arc<Gate>);
+impl DsType for Gated {
+    fn construct(&self, _: &[u8]) -> Result<Box<dyn DsInstance>, OffloadError> {
+        Ok(Box::new(Gated(self.0.clone())))
+    }
+}
+impl DsInstance for Gated {
+    fn compute(&mut self, _: u32, input: &[u8], _: &mut ObjectsView<'_>) -> Result<Vec<u8>, OffloadError> {
+        let mut g = self.0.state.lock().unwrap();
+        g.0 += 1;
+        self.0.cv.notify_all();
+        drop(self.0.cv.wait_while(g, |(_, open)| !*open).unwrap());
+        Ok(input.to_vec())
+    }
+}
+
+/// Registers type "gated", whose computes wait for `gate`.
+fn with_gate(gate: &Arc<Gate>) -> impl FnOnce(&mut ServerConfig) {
+    let gate = gate.clone();
+    move |cfg| {
+        let mut r = Registry::new();
+        r.register("gated", Arc::new(Gated(gate)));
+        cfg.registry = r;
+    }
+}
+
 fn page(seed: u64) -> Vec<u8> {
     (0..PAGE_SIZE).map(|i| (seed.wrapping_mul(31).wrapping_add(i as u64) % 251) as u8).collect()
 }
@@ -134,27 +179,37 @@ fn the_in_process_store_behaves_the_same() {
 
 #[test]
 fn out_of_order_replies_reach_the_right_caller() {
-    let s = TestServer::start_with(with_slow, 1 << 30);
+    let gate = Arc::new(Gate::default());
+    let s = TestServer::start_with(with_gate(&gate), 1 << 30);
     let mut cfg = s.client_config();
     cfg.connections = 1;
     let c = Client::connect(cfg).unwrap();
-    c.construct(1, "slow", &[]).unwrap();
+    c.construct(1, "gated", &[]).unwrap();
     c.write_pages(1, &[0], &page(7)).unwrap();
-    // A slow compute first, then fast reads on the same connection: the reads are answered before it.
+    // A compute that cannot finish until the gate opens, then reads on the same connection: the reads are
+    // answered while it is still running (they cannot wait for it: it ends only after they are all in).
     let slow = c.submit(Request::Compute { ds: 1, op: 0, input: vec![30, 1, 2] }).unwrap();
-    let t = Instant::now();
+    gate.wait_entered();
     let fast: Vec<_> = (0..10).map(|_| c.submit(Request::ReadPages { region: 1, pages: vec![0] }).unwrap()).collect();
-    for f in fast {
-        match f.wait().unwrap() {
-            farmem_memd::Reply::Pages { present, data } => {
-                assert_eq!(present, vec![true]);
-                assert_eq!(data, page(7));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for f in fast {
+            match f.wait().unwrap() {
+                farmem_memd::Reply::Pages { present, data } => {
+                    assert_eq!(present, vec![true]);
+                    assert_eq!(data, page(7));
+                }
+                r => panic!("{r:?}"),
             }
-            r => panic!("{r:?}"),
         }
-    }
-    let fast_done = t.elapsed();
-    assert!(!slow.is_ready() || fast_done < Duration::from_millis(300), "reads waited for the compute");
+        let _ = tx.send(());
+    });
+    // A liveness bound, not a speed one: reads stuck behind the compute would never be answered.
+    let answered = rx.recv_timeout(Duration::from_secs(60));
+    assert!(!slow.is_ready(), "the compute finished before its gate opened");
+    gate.open();
+    reader.join().unwrap();
+    assert!(answered.is_ok(), "reads waited for the compute");
     assert_eq!(slow.wait().unwrap(), farmem_memd::Reply::Output(vec![30, 1, 2]));
 }
 
@@ -226,18 +281,24 @@ fn replies_never_mix_old_and_new_bytes_of_a_value() {
     let (writer, reader) = (s.client(), s.client());
     let obj_len = |id: u64, round: u64| [4096, 3000, 2048, 2047, 100][((id + round) % 5) as usize];
     let done = std::sync::atomic::AtomicBool::new(false);
+    let write_round = |round: u64| {
+        let pages: Vec<u64> = (0..PAGES).collect();
+        let data: Vec<u8> = pages.iter().flat_map(|&p| stamped(p, round, PAGE_SIZE)).collect();
+        let mut batch = ObjBatch::new();
+        for id in 0..OBJS {
+            batch.push(id, &stamped(id, round, obj_len(id, round)));
+        }
+        let w = writer.submit(Request::WritePages { region: 4, pages, data }).unwrap();
+        writer.write_objects(5, batch).unwrap();
+        w.wait().unwrap();
+    };
+    // Every key exists before the reads start: a batch is stored shard by shard (a read racing the first write
+    // may see some of its pages and not others), but an overwrite never makes a stored value vanish.
+    write_round(1);
     std::thread::scope(|sc| {
         sc.spawn(|| {
-            for round in 1..=300u64 {
-                let pages: Vec<u64> = (0..PAGES).collect();
-                let data: Vec<u8> = pages.iter().flat_map(|&p| stamped(p, round, PAGE_SIZE)).collect();
-                let mut batch = ObjBatch::new();
-                for id in 0..OBJS {
-                    batch.push(id, &stamped(id, round, obj_len(id, round)));
-                }
-                let w = writer.submit(Request::WritePages { region: 4, pages, data }).unwrap();
-                writer.write_objects(5, batch).unwrap();
-                w.wait().unwrap();
+            for round in 2..=300u64 {
+                write_round(round);
             }
             done.store(true, std::sync::atomic::Ordering::Release);
         });
@@ -254,10 +315,7 @@ fn replies_never_mix_old_and_new_bytes_of_a_value() {
             for (i, p) in reader.submit_many(reqs).unwrap().into_iter().enumerate() {
                 match p.wait().unwrap() {
                     farmem_memd::Reply::Pages { present, data } => {
-                        if !present[0] {
-                            continue;
-                        }
-                        assert!(present.iter().all(|&x| x), "pages are written together");
+                        assert!(present.iter().all(|&x| x), "a stored page vanished while it was overwritten");
                         for (k, v) in data.chunks_exact(PAGE_SIZE).enumerate() {
                             let key = if i == 0 { k as u64 } else { PAGES - 1 - k as u64 };
                             // The reversed read sees pages in another order: keep it out of the ordering check.
@@ -270,7 +328,7 @@ fn replies_never_mix_old_and_new_bytes_of_a_value() {
                     }
                     farmem_memd::Reply::Objects(b) => {
                         for (id, v) in b.iter() {
-                            let Some(v) = v else { continue };
+                            let v = v.unwrap_or_else(|| panic!("object {id} vanished while it was overwritten"));
                             check_stamped(id, v, &mut seen_objs[id as usize]);
                             assert_eq!(v.len(), obj_len(id, seen_objs[id as usize]), "object {id} has a wrong length");
                         }
@@ -917,19 +975,27 @@ fn spinning_waits_get_their_replies_whether_they_come_within_the_spin_or_after()
 /// A spinning wait on a server that dies meanwhile ends with an error, not a hang.
 #[test]
 fn a_spinning_wait_on_a_dying_server_fails() {
-    let mut s = TestServer::start_with(with_slow, 1 << 30);
+    let gate = Arc::new(Gate::default());
+    let mut s = TestServer::start_with(with_gate(&gate), 1 << 30);
     let mut cfg = s.client_config();
     cfg.reconnect_timeout = Duration::from_millis(300);
     let c = Client::connect(cfg).unwrap();
-    c.construct(1, "slow", &[]).unwrap();
+    c.construct(1, "gated", &[]).unwrap();
+    // The compute cannot answer before the gate opens, which happens only once the wait has ended: the server
+    // surely dies under the wait, however late the stopping thread runs.
     let slow = c.submit(Request::Compute { ds: 1, op: 0, input: vec![20] }).unwrap();
     let t = Instant::now();
     std::thread::scope(|sc| {
         sc.spawn(|| {
+            gate.wait_entered();
+            // Give the wait a moment to be spinning (it fails the same way if it is not yet).
             std::thread::sleep(Duration::from_millis(20));
             s.stop();
         });
-        let e = slow.wait_spinning(Duration::from_secs(30)).unwrap_err();
+        let r = slow.wait_spinning(Duration::from_secs(30));
+        // The stopping server waits for its running compute: let it end.
+        gate.open();
+        let e = r.unwrap_err();
         assert!(matches!(e, StoreError::Gone { .. } | StoreError::Interrupted { .. }), "{e}");
     });
     assert!(t.elapsed() < Duration::from_secs(20), "the wait outlived the server by {:?}", t.elapsed());

@@ -246,6 +246,14 @@ mod tests {
         assert!(!auto_on(vm, None, 0));
     }
 
+    /// Whether thread `tid` of this process is in interruptible sleep (state `S` in its `stat`, after the
+    /// parenthesised command name).
+    fn parked(tid: i32) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+        state == Some("S")
+    }
+
     /// Waits (up to a generous deadline: spinners run only on otherwise idle CPU time) until `f` holds.
     fn eventually(what: &str, f: impl Fn() -> bool) {
         let t = Instant::now();
@@ -259,7 +267,11 @@ mod tests {
     fn spinners_spin_after_a_poke_then_sleep_and_wake_again() {
         let k = KeepAwake::start(Duration::from_millis(20)).unwrap();
         assert!(k.spinners() >= 1);
-        let all_asleep = || k.inner.sleeping.load(SeqCst) == k.spinners();
+        // `sleeping` alone is not enough: a spinner that a poke has unparked still counts itself asleep until it
+        // runs, and a `SCHED_IDLE` one may not run for a while. A spinner that is also in interruptible sleep
+        // (state `S`: its only blocking call is the park) after a poke has woken, spun its window and parked again.
+        let tids = k.inner.tids.lock().clone();
+        let all_asleep = || k.inner.sleeping.load(SeqCst) == k.spinners() && tids.iter().all(|&t| parked(t));
         let window = Duration::from_millis(20) * u32::try_from(k.spinners()).unwrap();
         // Asleep until poked: no time accrues.
         eventually("spinners asleep at the start", all_asleep);
