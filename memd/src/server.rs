@@ -158,6 +158,19 @@ fn start_inner(cfg: ServerConfig, signals: bool) -> io::Result<RunningServer> {
             }
         }
     })?;
+    // The handlers are in place before the caller learns the address (and, say, prints it for a supervisor that
+    // may signal at once): a SIGTERM from then on stops the server cleanly instead of killing it.
+    let signals = if signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _rt = rt.enter();
+        let installed = signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
+        Some(
+            installed
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot install the SIGTERM/SIGINT handlers: {e}")))?,
+        )
+    } else {
+        None
+    };
     let engine = Arc::new(Engine::new(cfg.capacity, cfg.registry.clone()));
     let secrets: HashMap<String, Vec<u8>> = cfg.tokens.iter().map(|c| (c.tenant.clone(), c.secret.clone())).collect();
     let ctx = Arc::new(Ctx { engine: engine.clone(), secrets, cfg, sessions: Arc::new(Sessions::new()) });
@@ -177,27 +190,21 @@ struct Ctx {
     sessions: Arc<Sessions>,
 }
 
-async fn stop_signal(signals: bool) {
-    if !signals {
+/// SIGTERM and SIGINT, as installed by [`serve_until_signal`].
+type Signals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+
+async fn stop_signal(signals: Option<Signals>) {
+    let Some((mut term, mut int)) = signals else {
         return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
-    use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! {
-                _ = t.recv() => {}
-                _ = i.recv() => {}
-            }
-            tracing::info!("signal received; stopping");
-        }
-        _ => {
-            tracing::error!("cannot install signal handlers; stop memd with SIGKILL");
-            std::future::pending::<()>().await
-        }
-    }
+    tracing::info!("signal received; stopping");
 }
 
-async fn accept_loop(ctx: Arc<Ctx>, listener: Listener, mut stop: oneshot::Receiver<()>, signals: bool) {
+async fn accept_loop(ctx: Arc<Ctx>, listener: Listener, mut stop: oneshot::Receiver<()>, signals: Option<Signals>) {
     let sig = stop_signal(signals);
     tokio::pin!(sig);
     loop {

@@ -658,6 +658,22 @@ fn memd_command_ping_stats_and_signals() {
     assert!(st.success());
     let status = child.wait().unwrap();
     assert!(status.success(), "memd exited with {status:?} on SIGTERM");
+    // Also when it comes the moment the server says where it listens (its handlers are in place by then).
+    for _ in 0..5 {
+        let mut child = Command::new(exe)
+            .args(["serve", "--listen", "127.0.0.1:0", "--capacity", "64M", "--token-file"])
+            .arg(&tok)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+        assert!(line.starts_with("listening on"), "{line:?}");
+        assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+        let status = child.wait().unwrap();
+        assert!(status.success(), "memd exited with {status:?} on a SIGTERM right after it started listening");
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 
