@@ -76,8 +76,8 @@ impl ClientConfig {
         }
     }
 
-    /// From `FARMEM_SERVER`, `FARMEM_TOKEN_FILE` and `FARMEM_SESSION_GRACE`; `Ok(None)` when `FARMEM_SERVER` is
-    /// unset.
+    /// From `FARMEM_SERVER`, `FARMEM_TOKEN_FILE`, `FARMEM_CONNECTIONS` and `FARMEM_SESSION_GRACE`; `Ok(None)`
+    /// when `FARMEM_SERVER` is unset. A malformed value is an error naming the variable.
     pub fn from_env() -> Result<Option<ClientConfig>, ConfigError> {
         let Some(server) = config::env_str("FARMEM_SERVER")? else {
             return Ok(None);
@@ -89,6 +89,9 @@ impl ClientConfig {
             .map_err(|e| ConfigError::new("FARMEM_TOKEN_FILE", e.to_string()))?
             .swap_remove(0);
         let mut cfg = ClientConfig::new(addr, cred);
+        if let Some(n) = config::env_connections()? {
+            cfg.connections = n;
+        }
         if let Some(grace) = config::env_session_grace()? {
             cfg.session_grace = grace;
         }
