@@ -43,17 +43,16 @@ use std::sync::atomic::{
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-/// Connections in a pool by default. Each is an independent pipeline — its own writer lock, reader role and
-/// server task — and threads are spread over them: with many threads on few connections, a thread preempted
-/// while it writes or reads one holds up every request behind it, and replies reach their threads through an
-/// extra wake-up. Measured with 16 threads of hash-map lookups on a 2-CPU machine beside two CPU hogs: 0.37–0.39
-/// M lookups/s on 2 connections, 0.54–0.65 M on 4, 0.63–0.64 M on 8 or 16 (the same on an idle machine). Once
-/// objrt's fetchers stopped waiting at scope entry for the evacuator, 16 (a connection per thread: each reads
-/// its own replies) gave 0.80–0.95 M against 0.53–0.79 M on 8 — but `farmem demo` (a 64 MiB budget) peaked at
-/// 113 MiB of RSS against 96 MiB on 8, so the default stays at 8; a program with many threads of object misses
-/// can ask for more ([`ClientConfig::connections`]). An idle connection costs a socket and a sleeping drain
-/// thread.
-pub const DEFAULT_CONNECTIONS: usize = 8;
+/// Connections in a pool by default (`FARMEM_CONNECTIONS` or [`ClientConfig::connections`] change it). Each is
+/// an independent pipeline — its own writer lock, reader role and server task — and threads are spread over them:
+/// with many threads on few connections, a thread preempted while it writes or reads one holds up every request
+/// behind it, and replies reach their threads through an extra wake-up. Measured with 16 threads of hash-map
+/// lookups on a 2-CPU machine beside two CPU hogs: 0.37–0.39 M lookups/s on 2 connections, 0.54–0.65 M on 4,
+/// 0.63–0.64 M on 8; once objrt's fetchers stopped waiting at scope entry for the evacuator, 16 (a connection per
+/// thread: each reads its own replies) gave 0.80–0.95 M against 0.53–0.79 M on 8. An idle connection costs a
+/// socket, its server task and a few KiB (see the module's "What a connection costs"): `farmem demo`'s far run
+/// peaks within 1 MiB of the same with 8 or 16.
+pub const DEFAULT_CONNECTIONS: usize = 16;
 
 /// How a client reaches its server.
 #[derive(Clone, Debug)]
@@ -836,9 +835,10 @@ impl DrainSignal {
 /// The pool's background thread: takes a connection's reader role when replies are outstanding on it, nobody
 /// reads, nothing arrived for a whole tick, and a reply has arrived. While threads waiting for replies keep the
 /// connections moving, the tick doubles up to [`DRAIN_TICK_MAX`]: a busy connection needs no drain, and a wake-up
-/// every 2 ms was a few per cent of a miss-heavy load's CPU (and a preemption point beside CPU-bound processes).
-/// It shrinks back to [`DRAIN_TICK`] when a connection stalls or starts a burst. It sleeps while no connection
-/// has anything outstanding.
+/// every 2 ms was a few per cent of a miss-heavy load's CPU (and a preemption point beside CPU-bound processes;
+/// a drain thread preempted while it holds a connection's reader role holds up every waiter of that connection).
+/// It shrinks back to [`DRAIN_TICK`] when a connection stalls, and after the thread slept because no connection
+/// had anything outstanding.
 ///
 /// One thread serves the whole pool, so a connection costs no thread (see the module's "What a connection
 /// costs"); it never blocks on one connection, since it reads only frames that have begun to arrive.
@@ -852,7 +852,7 @@ fn drain_loop(conns: Vec<Weak<Conn>>, signal: Arc<DrainSignal>) {
         if signal.closed.load(SeqCst) {
             return;
         }
-        let (mut busy, mut alive, mut short) = (false, false, false);
+        let (mut busy, mut alive, mut stalled) = (false, false, false);
         for (conn, last) in conns.iter().zip(last.iter_mut()) {
             let Some(c) = conn.upgrade() else {
                 *last = None;
@@ -866,24 +866,23 @@ fn drain_loop(conns: Vec<Weak<Conn>>, signal: Arc<DrainSignal>) {
             }
             busy = true;
             let state = (sh.received, sh.gen);
-            match *last {
-                // A burst started since the last check: give its sender a whole tick to read the reply itself.
-                None => short = true,
-                // Nobody has made progress for a whole tick: read what has arrived, one frame at a time.
-                Some(l) if l == state => {
-                    short = true;
-                    drain_arrived(&c, &mut sh);
-                }
-                Some(_) => {}
+            // A burst that started since the last check gets a whole tick for its sender to read the reply
+            // itself. One that made no progress for a whole tick: read what has arrived, one frame at a time.
+            if *last == Some(state) {
+                stalled = true;
+                drain_arrived(&c, &mut sh);
             }
             *last = Some((sh.received, sh.gen)).filter(|_| sh.outstanding > 0);
         }
         if !alive {
             return;
         }
-        tick = if short { DRAIN_TICK } else { (tick * 2).min(DRAIN_TICK_MAX) };
-        if !busy && sleep_until_kicked(&conns, &signal) {
-            return;
+        tick = if stalled { DRAIN_TICK } else { (tick * 2).min(DRAIN_TICK_MAX) };
+        if !busy {
+            if sleep_until_kicked(&conns, &signal) {
+                return;
+            }
+            tick = DRAIN_TICK;
         }
     }
 }
