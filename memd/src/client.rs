@@ -18,8 +18,9 @@
 //! cost a drain thread of its own as well, and that was most of it: the first allocation of a thread gives it a
 //! mimalloc heap whose first segment lies in an arena mimalloc marks `MADV_HUGEPAGE`, so the kernel backed each
 //! drain thread's heap with a whole 2 MiB huge page — about 2 MiB of resident memory per connection (`farmem
-//! demo`'s far run peaked 15 MiB higher with 16 connections than with 8; with mimalloc's THP off the same 8
-//! connections cost under 0.5 MiB).
+//! demo`'s far run peaked at 96–98 MiB with 8 connections and 112–113 MiB with 16; with `MIMALLOC_ALLOW_THP=0`,
+//! 4 and 16 connections differed by under 1 MiB). With one drain thread per pool it peaks at 82–83 MiB with 8
+//! or 16 connections alike, and at 83–86 MiB with anything from 1 to 32.
 //!
 //! # Failures
 //! When the connection breaks, the thread that notices reconnects with exponential back-off until
@@ -51,7 +52,8 @@ use std::time::{Duration, Instant};
 /// 0.63–0.64 M on 8; once objrt's fetchers stopped waiting at scope entry for the evacuator, 16 (a connection per
 /// thread: each reads its own replies) gave 0.80–0.95 M against 0.53–0.79 M on 8. An idle connection costs a
 /// socket, its server task and a few KiB (see the module's "What a connection costs"): `farmem demo`'s far run
-/// peaks within 1 MiB of the same with 8 or 16.
+/// peaks at the same 82–83 MiB with 8 or 16. Beside two CPU hogs, 16 gave 0.78–0.87 M lookups/s against
+/// 0.63–0.78 M for the previous build's 8; on a quiet machine 1.45–1.96 M against 1.60–2.14 M.
 pub const DEFAULT_CONNECTIONS: usize = 16;
 
 /// How a client reaches its server.
