@@ -7,10 +7,20 @@
 //! Replies are read by whichever thread is waiting for one: the first waiter takes the *reader role*, reads
 //! frames, files replies meant for others in a table and wakes them, and returns when its own arrives. A
 //! single-threaded caller therefore reads its reply itself — no hand-off to another thread on the latency path.
-//! A background *drain* thread per connection takes the reader role only when requests have been outstanding for
-//! a while with nobody reading (a caller that submitted a prefetch and went on working, or callers blocked writing
-//! a large frame while the server waits for its replies to be read): it keeps the pipe moving and prevents the
-//! classic pipelining deadlock.
+//! One background *drain* thread per pool takes a connection's reader role only when requests have been
+//! outstanding on it for a while with nobody reading (a caller that submitted a prefetch and went on working, or
+//! callers blocked writing a large frame while the server waits for its replies to be read): it keeps the pipe
+//! moving and prevents the classic pipelining deadlock. It reads only what has already arrived, so a connection
+//! whose reply is slow never keeps it from the others.
+//!
+//! # What a connection costs
+//! A socket, a 16 KiB read buffer (touched only when replies pass through it) and a few small tables. It used to
+//! cost a drain thread of its own as well, and that was most of it: the first allocation of a thread gives it a
+//! mimalloc heap whose first segment lies in an arena mimalloc marks `MADV_HUGEPAGE`, so the kernel backed each
+//! drain thread's heap with a whole 2 MiB huge page — about 2 MiB of resident memory per connection (`farmem
+//! demo`'s far run peaked at 96–98 MiB with 8 connections and 112–113 MiB with 16; with `MIMALLOC_ALLOW_THP=0`,
+//! 4 and 16 connections differed by under 1 MiB). With one drain thread per pool it peaks at 82–83 MiB with 8
+//! or 16 connections alike, and at 83–86 MiB with anything from 1 to 32.
 //!
 //! # Failures
 //! When the connection breaks, the thread that notices reconnects with exponential back-off until
@@ -27,21 +37,24 @@ use std::collections::{HashMap, HashSet};
 use std::io::{self, BufRead, BufReader, IoSliceMut, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, AtomicUsize,
+    Ordering::{Relaxed, SeqCst},
+};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-/// Connections in a pool by default. Each is an independent pipeline — its own writer lock, reader role and
-/// server task — and threads are spread over them: with many threads on few connections, a thread preempted
-/// while it writes or reads one holds up every request behind it, and replies reach their threads through an
-/// extra wake-up. Measured with 16 threads of hash-map lookups on a 2-CPU machine beside two CPU hogs: 0.37–0.39
-/// M lookups/s on 2 connections, 0.54–0.65 M on 4, 0.63–0.64 M on 8 or 16 (the same on an idle machine). Once
-/// objrt's fetchers stopped waiting at scope entry for the evacuator, 16 (a connection per thread: each reads
-/// its own replies) gave 0.80–0.95 M against 0.53–0.79 M on 8 — but `farmem demo` (a 64 MiB budget) peaked at
-/// 113 MiB of RSS against 96 MiB on 8, so the default stays at 8; a program with many threads of object misses
-/// can ask for more ([`ClientConfig::connections`]). An idle connection costs a socket and a sleeping drain
-/// thread.
-pub const DEFAULT_CONNECTIONS: usize = 8;
+/// Connections in a pool by default (`FARMEM_CONNECTIONS` or [`ClientConfig::connections`] change it). Each is
+/// an independent pipeline — its own writer lock, reader role and server task — and threads are spread over them:
+/// with many threads on few connections, a thread preempted while it writes or reads one holds up every request
+/// behind it, and replies reach their threads through an extra wake-up. Measured with 16 threads of hash-map
+/// lookups on a 2-CPU machine beside two CPU hogs: 0.37–0.39 M lookups/s on 2 connections, 0.54–0.65 M on 4,
+/// 0.63–0.64 M on 8; once objrt's fetchers stopped waiting at scope entry for the evacuator, 16 (a connection per
+/// thread: each reads its own replies) gave 0.80–0.95 M against 0.53–0.79 M on 8. An idle connection costs a
+/// socket, its server task and a few KiB (see the module's "What a connection costs"): `farmem demo`'s far run
+/// peaks at the same 82–83 MiB with 8 or 16. Beside two CPU hogs, 16 gave 0.78–0.87 M lookups/s against
+/// 0.63–0.78 M for the previous build's 8; on a quiet machine 1.45–1.96 M against 1.60–2.14 M.
+pub const DEFAULT_CONNECTIONS: usize = 16;
 
 /// How a client reaches its server.
 #[derive(Clone, Debug)]
@@ -76,8 +89,8 @@ impl ClientConfig {
         }
     }
 
-    /// From `FARMEM_SERVER`, `FARMEM_TOKEN_FILE` and `FARMEM_SESSION_GRACE`; `Ok(None)` when `FARMEM_SERVER` is
-    /// unset.
+    /// From `FARMEM_SERVER`, `FARMEM_TOKEN_FILE`, `FARMEM_CONNECTIONS` and `FARMEM_SESSION_GRACE`; `Ok(None)`
+    /// when `FARMEM_SERVER` is unset. A malformed value is an error naming the variable.
     pub fn from_env() -> Result<Option<ClientConfig>, ConfigError> {
         let Some(server) = config::env_str("FARMEM_SERVER")? else {
             return Ok(None);
@@ -89,6 +102,9 @@ impl ClientConfig {
             .map_err(|e| ConfigError::new("FARMEM_TOKEN_FILE", e.to_string()))?
             .swap_remove(0);
         let mut cfg = ClientConfig::new(addr, cred);
+        if let Some(n) = config::env_connections()? {
+            cfg.connections = n;
+        }
         if let Some(grace) = config::env_session_grace()? {
             cfg.session_grace = grace;
         }
@@ -108,21 +124,26 @@ impl Stream {
     /// the read that follows then sees), or `until` passes. Spinning here instead of sleeping in `read` spares
     /// the waiting thread a wake-up, which on an idle virtual CPU costs more than a loopback round trip.
     fn spin_until_readable(&self, until: Instant) {
-        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-        let sock = match self {
-            Stream::Tcp(s) => socket2::SockRef::from(s),
-            Stream::Unix(s) => socket2::SockRef::from(s),
-        };
-        loop {
-            match sock.recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
-                _ => return,
-            }
+        while !self.readable_now() {
             if Instant::now() >= until {
                 return;
             }
             std::hint::spin_loop();
         }
+    }
+
+    /// Whether a read would return at once: a byte has arrived, or the socket reports an error or end of stream
+    /// (which the read then sees). Never blocks.
+    fn readable_now(&self) -> bool {
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        let sock = match self {
+            Stream::Tcp(s) => socket2::SockRef::from(s),
+            Stream::Unix(s) => socket2::SockRef::from(s),
+        };
+        !matches!(
+            sock.recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted
+        )
     }
 
     fn try_clone(&self) -> io::Result<Stream> {
@@ -576,8 +597,6 @@ struct Shared {
     outstanding: usize,
     /// Frames received so far (the drain thread watches it for progress).
     received: u64,
-    /// The client was dropped: the drain thread exits.
-    closed: bool,
     /// The last reconnect of this generation failed: waiters report this instead of trying again.
     failed: Option<(u64, StoreError)>,
     /// Threads asleep in [`Ticket::wait`], by request id, each on its own condition variable: a reply wakes only
@@ -633,12 +652,16 @@ struct Conn {
     /// Sinks of READ_OBJECTS requests in flight, by request id (see [`FarStore::submit_into`]); the reader that
     /// reads the reply takes its sink out.
     sinks: Mutex<HashMap<u64, Arc<dyn ObjectSink>>>,
-    /// The drain thread sleeps on this while nothing is outstanding; `send` wakes it.
-    drain_cv: Condvar,
+    /// Wakes the pool's drain thread when this connection gets requests outstanding.
+    drain: Arc<DrainSignal>,
 }
 
 impl Conn {
-    fn connect(cfg: Arc<ClientConfig>, lease: Option<Arc<Lease>>) -> Result<Arc<Conn>, StoreError> {
+    fn connect(
+        cfg: Arc<ClientConfig>,
+        lease: Option<Arc<Lease>>,
+        drain: Arc<DrainSignal>,
+    ) -> Result<Arc<Conn>, StoreError> {
         let server = cfg.addr.to_string();
         let conn = Arc::new(Conn {
             server,
@@ -651,22 +674,16 @@ impl Conn {
                 abandoned: HashSet::new(),
                 outstanding: 0,
                 received: 0,
-                closed: false,
                 failed: None,
                 waiters: HashMap::new(),
             }),
             next_id: AtomicU64::new(1),
             sinks: Mutex::new(HashMap::new()),
-            drain_cv: Condvar::new(),
+            drain,
             cfg,
             lease,
         });
         conn.reconnect(0, "initial connection")?;
-        let weak = Arc::downgrade(&conn);
-        std::thread::Builder::new()
-            .name("farmem-memd-drain".into())
-            .spawn(move || drain_loop(weak))
-            .map_err(|e| StoreError::Invalid(format!("cannot spawn the client's drain thread: {e}")))?;
         Ok(conn)
     }
 
@@ -740,10 +757,11 @@ impl Conn {
                     // slip in between.
                     let mut sh = self.shared.lock();
                     if sh.gen == gen {
-                        if sh.outstanding == 0 {
-                            self.drain_cv.notify_one();
-                        }
                         sh.outstanding += frames.len();
+                        if sh.outstanding == frames.len() {
+                            // Still under the lock the drain thread checks `outstanding` under (see `DrainSignal`).
+                            self.drain.kick();
+                        }
                     }
                     return Ok(gen);
                 }
@@ -776,62 +794,134 @@ fn write_all_vectored(s: &mut Stream, frames: &[&[u8]]) -> io::Result<()> {
     Ok(())
 }
 
-/// Shortest interval between the drain thread's checks of a connection (and the time a sender gets to read its
-/// reply itself before the drain thread may).
+/// Shortest interval between the drain thread's checks of a pool (and the time a sender gets to read its reply
+/// itself before the drain thread may).
 const DRAIN_TICK: Duration = Duration::from_millis(2);
-/// Longest interval between its checks while other threads keep the connection moving.
+/// Longest interval between its checks while other threads keep the pool's connections moving.
 const DRAIN_TICK_MAX: Duration = Duration::from_millis(32);
 
-/// Background thread: takes the reader role when replies are outstanding, nobody reads, and nothing arrived
-/// for two ticks. While threads waiting for replies keep the connection moving, the tick doubles up to
-/// [`DRAIN_TICK_MAX`]: a busy connection needs no drain, and a wake-up every 2 ms per connection was a few per
-/// cent of a miss-heavy load's CPU (and a preemption point beside CPU-bound processes). It shrinks back to
-/// [`DRAIN_TICK`] when the connection goes idle or the thread had to drain.
-fn drain_loop(conn: Weak<Conn>) {
+/// How senders wake a pool's drain thread, which sleeps while none of the pool's connections has requests
+/// outstanding.
+///
+/// No wake-up is lost: the drain thread sets `sleeping` before it checks each connection's `outstanding` under
+/// that connection's lock, and a sender that raises `outstanding` from zero reads `sleeping` under the same lock,
+/// so either the drain thread sees the request or the sender sees `sleeping` (the lock orders the two). `sleeping`
+/// is cleared, and `closed` set, under `lock`, where the drain thread checks both before it waits.
+#[derive(Debug, Default)]
+struct DrainSignal {
+    sleeping: AtomicBool,
+    closed: AtomicBool,
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+impl DrainSignal {
+    /// A connection has requests outstanding again: wakes the drain thread if it sleeps. Called under that
+    /// connection's `shared` lock. Costs one load when the drain thread is awake.
+    fn kick(&self) {
+        if self.sleeping.load(SeqCst) {
+            let _g = self.lock.lock();
+            self.sleeping.store(false, SeqCst);
+            self.cv.notify_one();
+        }
+    }
+
+    /// The client is gone: the drain thread exits.
+    fn close(&self) {
+        let _g = self.lock.lock();
+        self.closed.store(true, SeqCst);
+        self.cv.notify_one();
+    }
+}
+
+/// The pool's background thread: takes a connection's reader role when replies are outstanding on it, nobody
+/// reads, nothing arrived for a whole tick, and a reply has arrived. While threads waiting for replies keep the
+/// connections moving, the tick doubles up to [`DRAIN_TICK_MAX`]: a busy connection needs no drain, and a wake-up
+/// every 2 ms was a few per cent of a miss-heavy load's CPU (and a preemption point beside CPU-bound processes;
+/// a drain thread preempted while it holds a connection's reader role holds up every waiter of that connection).
+/// It shrinks back to [`DRAIN_TICK`] when a connection stalls, and after the thread slept because no connection
+/// had anything outstanding.
+///
+/// One thread serves the whole pool, so a connection costs no thread (see the module's "What a connection
+/// costs"); it never blocks on one connection, since it reads only frames that have begun to arrive.
+fn drain_loop(conns: Vec<Weak<Conn>>, signal: Arc<DrainSignal>) {
     crate::internal::mark_thread();
     let mut tick = DRAIN_TICK;
-    let mut last = (u64::MAX, 0u64);
+    // Per connection: its (frames received, generation) at the last check if requests were outstanding then.
+    let mut last: Vec<Option<(u64, u64)>> = vec![None; conns.len()];
     loop {
         std::thread::sleep(tick);
-        let Some(c) = conn.upgrade() else { return };
-        let mut sh = c.shared.lock();
-        // An idle connection costs no wake-ups: sleep until a request goes out (or the client is dropped), then
-        // give its sender a whole tick to read the reply itself.
-        let mut slept = false;
-        while sh.outstanding == 0 && !sh.closed {
-            c.drain_cv.wait(&mut sh);
-            slept = true;
-        }
-        if sh.closed {
+        if signal.closed.load(SeqCst) {
             return;
         }
-        if slept {
-            tick = DRAIN_TICK;
-            last = (sh.received, sh.gen);
-            continue;
-        }
-        let idle = sh.outstanding > 0 && !sh.reading && sh.reader.is_some();
-        let state = (sh.received, sh.gen);
-        // Others made progress since the last check: check less often. Otherwise (a stall, or one starting):
-        // check every tick again.
-        tick = if state != last { (tick * 2).min(DRAIN_TICK_MAX) } else { DRAIN_TICK };
-        if idle && state == last {
-            // Nobody has made progress for a whole tick: drain what has arrived, one frame at a time.
-            while sh.outstanding > 0 && !sh.reading && sh.reader.is_some() && !sh.closed {
-                let gen = sh.gen;
-                if !read_one(&c, &mut sh, gen, None, None) {
-                    break;
-                }
-                // Let waiters take over as soon as there are any.
-                if sh.done.is_empty() {
-                    continue;
-                }
-                break;
+        let (mut busy, mut alive, mut stalled) = (false, false, false);
+        for (conn, last) in conns.iter().zip(last.iter_mut()) {
+            let Some(c) = conn.upgrade() else {
+                *last = None;
+                continue;
+            };
+            alive = true;
+            let mut sh = c.shared.lock();
+            if sh.outstanding == 0 {
+                *last = None;
+                continue;
             }
-            sh.hand_over(None);
+            busy = true;
+            let state = (sh.received, sh.gen);
+            // A burst that started since the last check gets a whole tick for its sender to read the reply
+            // itself. One that made no progress for a whole tick: read what has arrived, one frame at a time.
+            if *last == Some(state) {
+                stalled = true;
+                drain_arrived(&c, &mut sh);
+            }
+            *last = Some((sh.received, sh.gen)).filter(|_| sh.outstanding > 0);
         }
-        last = (sh.received, sh.gen);
+        if !alive {
+            return;
+        }
+        tick = if stalled { DRAIN_TICK } else { (tick * 2).min(DRAIN_TICK_MAX) };
+        if !busy {
+            if sleep_until_kicked(&conns, &signal) {
+                return;
+            }
+            tick = DRAIN_TICK;
+        }
     }
+}
+
+/// Reads the frames that have arrived on a stalled connection nobody reads, until a waiter has a reply to
+/// collect (it takes the role over) or nothing more has arrived.
+fn drain_arrived(c: &Conn, sh: &mut parking_lot::MutexGuard<'_, Shared>) {
+    while sh.outstanding > 0 && !sh.reading {
+        let Some(rd) = sh.reader.as_ref() else { break };
+        // A frame that has begun to arrive is read whole: the server writes frames whole, so its rest follows.
+        if rd.buffer().is_empty() && !rd.get_ref().readable_now() {
+            break;
+        }
+        let gen = sh.gen;
+        if !read_one(c, sh, gen, None, None) {
+            break;
+        }
+        // Let waiters take over as soon as there are any.
+        if !sh.done.is_empty() {
+            break;
+        }
+    }
+    sh.hand_over(None);
+}
+
+/// Sleeps until a connection of the pool has requests outstanding; `true` if the client was dropped instead.
+fn sleep_until_kicked(conns: &[Weak<Conn>], signal: &DrainSignal) -> bool {
+    signal.sleeping.store(true, SeqCst);
+    let any_outstanding = conns.iter().filter_map(Weak::upgrade).any(|c| c.shared.lock().outstanding > 0);
+    let mut g = signal.lock.lock();
+    if any_outstanding {
+        signal.sleeping.store(false, SeqCst);
+    }
+    while signal.sleeping.load(SeqCst) && !signal.closed.load(SeqCst) {
+        signal.cv.wait(&mut g);
+    }
+    signal.closed.load(SeqCst)
 }
 
 /// Holds the reader role for one frame. Returns `true` if a frame was read; the frame is filed in `done` (the
@@ -998,6 +1088,7 @@ pub struct Client {
     cfg: Arc<ClientConfig>,
     conns: Vec<Arc<Conn>>,
     lease: Option<Arc<Lease>>,
+    drain: Arc<DrainSignal>,
 }
 
 thread_local! {
@@ -1015,8 +1106,16 @@ impl Client {
             let grace_secs = u32::try_from(g.as_secs().max(1)).unwrap_or(u32::MAX).min(proto::MAX_GRACE_SECS);
             Arc::new(Lease { session: crate::far::fresh_space_id(), grace_secs, owned: Mutex::new(HashSet::new()) })
         });
-        let conns = (0..n).map(|_| Conn::connect(cfg.clone(), lease.clone())).collect::<Result<Vec<_>, _>>()?;
-        Ok(Client { cfg, conns, lease })
+        let drain = Arc::new(DrainSignal::default());
+        let conns =
+            (0..n).map(|_| Conn::connect(cfg.clone(), lease.clone(), drain.clone())).collect::<Result<Vec<_>, _>>()?;
+        let weak = conns.iter().map(Arc::downgrade).collect();
+        let signal = drain.clone();
+        std::thread::Builder::new()
+            .name("farmem-memd-drain".into())
+            .spawn(move || drain_loop(weak, signal))
+            .map_err(|e| StoreError::Invalid(format!("cannot spawn the client's drain thread: {e}")))?;
+        Ok(Client { cfg, conns, lease, drain })
     }
 
     /// The configuration this client was built from.
@@ -1057,9 +1156,8 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
+        self.drain.close();
         for c in &self.conns {
-            c.shared.lock().closed = true;
-            c.drain_cv.notify_one();
             if let Some(s) = c.writer.lock().stream.take() {
                 s.shutdown();
             }

@@ -112,6 +112,26 @@ pub fn env_session_grace() -> Result<Option<Option<std::time::Duration>>, Config
     Ok(Some(Some(d)))
 }
 
+/// Most connections a client pool may be configured with (`FARMEM_CONNECTIONS`).
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Parses a connection count: a whole number from 1 to [`MAX_CONNECTIONS`].
+pub fn parse_connections(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    match t.parse::<usize>() {
+        Ok(n) if (1..=MAX_CONNECTIONS).contains(&n) => Ok(n),
+        Ok(_) => Err(format!("{s:?} must be 1 to {MAX_CONNECTIONS} connections")),
+        Err(_) => Err(format!("{s:?} is not a number of connections (expected e.g. 8)")),
+    }
+}
+
+/// Reads the number of connections of a memd client's pool from `FARMEM_CONNECTIONS` (see
+/// [`parse_connections`]); `Ok(None)` when unset.
+pub fn env_connections() -> Result<Option<usize>, ConfigError> {
+    const NAME: &str = "FARMEM_CONNECTIONS";
+    env_str(NAME)?.map(|v| parse_connections(&v).map_err(|m| ConfigError::new(NAME, m))).transpose()
+}
+
 /// Where a memd server listens or is reached.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Addr {
@@ -222,6 +242,30 @@ mod tests {
         for bad in ["", "s", "-1", "5 weeks", "1.5m", "99999999999999999999"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} parsed");
         }
+    }
+
+    #[test]
+    fn connection_counts_parse_and_reject_garbage() {
+        assert_eq!(parse_connections("16"), Ok(16));
+        assert_eq!(parse_connections(" 1 "), Ok(1));
+        assert_eq!(parse_connections("256"), Ok(MAX_CONNECTIONS));
+        for bad in ["0", "257", "-1", "8x", "eight", "1.5"] {
+            assert!(parse_connections(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn connections_from_env_name_the_bad_variable() {
+        // The only test that sets FARMEM_CONNECTIONS.
+        std::env::set_var("FARMEM_CONNECTIONS", "0");
+        let e = env_connections().unwrap_err();
+        std::env::set_var("FARMEM_CONNECTIONS", "12");
+        let ok = env_connections();
+        std::env::remove_var("FARMEM_CONNECTIONS");
+        assert_eq!(e.source_name, "FARMEM_CONNECTIONS");
+        assert!(e.to_string().contains("FARMEM_CONNECTIONS"), "{e}");
+        assert_eq!(ok, Ok(Some(12)));
+        assert_eq!(env_connections(), Ok(None));
     }
 
     #[test]
