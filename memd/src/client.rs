@@ -49,12 +49,12 @@ use std::time::{Duration, Instant};
 /// with many threads on few connections, a thread preempted while it writes or reads one holds up every request
 /// behind it, and replies reach their threads through an extra wake-up. Measured with 16 threads of hash-map
 /// lookups on a 2-CPU machine beside two CPU hogs: 0.37–0.39 M lookups/s on 2 connections, 0.54–0.65 M on 4,
-/// 0.63–0.64 M on 8; once objrt's fetchers stopped waiting at scope entry for the evacuator, 16 (a connection per
-/// thread: each reads its own replies) gave 0.80–0.95 M against 0.53–0.79 M on 8. An idle connection costs a
-/// socket, its server task and a few KiB (see the module's "What a connection costs"): `farmem demo`'s far run
-/// peaks at the same 82–83 MiB with 8 or 16. Beside two CPU hogs, 16 gave 0.78–0.87 M lookups/s against
-/// 0.63–0.78 M for the previous build's 8; on a quiet machine 1.45–1.96 M against 1.60–2.14 M.
-pub const DEFAULT_CONNECTIONS: usize = 16;
+/// 0.63–0.64 M on 8. An idle connection costs a socket, its server task and a few KiB (see the module's "What a
+/// connection costs"), so more are cheap, but 16 (one per lookup thread) did not measure better: beside two CPU
+/// hogs one helper's runs gave 0.78–0.87 M against 0.63–0.78 M on 8, the lead's 0.53–0.78 M against 0.53–0.77 M;
+/// on a quiet machine 1.27–1.97 M (median 1.50 M, 6 runs) against 1.53–1.84 M on 8 (3 runs; the build before
+/// the single drain thread, on 8: 1.24–1.84 M, median 1.74 M, 6 runs).
+pub const DEFAULT_CONNECTIONS: usize = 8;
 
 /// How a client reaches its server.
 #[derive(Clone, Debug)]
