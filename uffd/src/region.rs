@@ -116,9 +116,9 @@ pub struct RegionConfig {
     /// Whether a stream that writes what it reads gets its read-ahead windows and demand reads mapped writable and
     /// dirty at once, instead of write-protected with a write-protect fault on each first write
     /// (`FARMEM_WRITE_AHEAD`, default on; see [`crate::readahead`]). A page mapped so and then left unwritten is
-    /// written back at eviction like a dirty one. A read-modify-write sweep 4x the budget ran 2.6-3.6x faster
-    /// with it on a loaded machine (`REGION_PAIRED=rewrite` region bench: write-protect faults per 1000 pages 930
-    /// -> 1.6, pages written back unchanged).
+    /// written back at eviction like a dirty one. A read-modify-write sweep 4x the budget ran 5.3-5.7x faster
+    /// with it on a quiet machine and 3.3x on a loaded one (`REGION_PAIRED=rewrite` region bench: write-protect
+    /// faults per 1000 pages 998 -> 0.1, pages written back unchanged).
     pub write_ahead: bool,
     /// Largest readahead window in pages (default 512 = 2 MiB; a window never takes more than the free frames
     /// above the eviction reserve). Paired scan rounds: 512 gave 0.33-0.43x of the raw stream where 256 gave
