@@ -6,8 +6,10 @@
 use crate::client::{Client, ClientConfig};
 use crate::config::{Addr, Credential};
 use crate::far::StoreError;
+use crate::offload::{DsInstance, DsType, ObjectsView, OffloadError, Registry};
 use crate::server::{self, RunningServer, ServerConfig};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 /// A running loopback memd and the credential to reach it.
@@ -101,5 +103,57 @@ pub fn private_dir() -> PathBuf {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => panic!("cannot create a private directory in {}: {e}", base.display()),
         }
+    }
+}
+
+/// An offloadable test type, registered as `"gated"` by [`with_gate`], whose every compute blocks until the test
+/// opens the gate, then echoes its input: a test knows a compute is in flight (and holds its reply back for as
+/// long as it needs), with no guess at how long the server takes to start it or the test to go on.
+#[derive(Debug, Default)]
+pub struct Gate {
+    /// (computes that have started, open)
+    state: Mutex<(u32, bool)>,
+    cv: Condvar,
+}
+
+impl Gate {
+    /// Blocks until a compute has started.
+    pub fn wait_entered(&self) {
+        let g = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        drop(self.cv.wait_while(g, |(entered, _)| *entered == 0).unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// Lets every compute, waiting or to come, finish.
+    pub fn open(&self) {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).1 = true;
+        self.cv.notify_all();
+    }
+}
+
+struct Gated(Arc<Gate>);
+
+impl DsType for Gated {
+    fn construct(&self, _: &[u8]) -> Result<Box<dyn DsInstance>, OffloadError> {
+        Ok(Box::new(Gated(self.0.clone())))
+    }
+}
+
+impl DsInstance for Gated {
+    fn compute(&mut self, _: u32, input: &[u8], _: &mut ObjectsView<'_>) -> Result<Vec<u8>, OffloadError> {
+        let mut g = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        g.0 += 1;
+        self.0.cv.notify_all();
+        drop(self.0.cv.wait_while(g, |(_, open)| !*open).unwrap_or_else(PoisonError::into_inner));
+        Ok(input.to_vec())
+    }
+}
+
+/// For [`TestServer::start_with`]: a registry holding only type `"gated"`, whose computes wait for `gate`.
+pub fn with_gate(gate: &Arc<Gate>) -> impl FnOnce(&mut ServerConfig) {
+    let gate = gate.clone();
+    move |cfg| {
+        let mut r = Registry::new();
+        r.register("gated", Arc::new(Gated(gate)));
+        cfg.registry = r;
     }
 }

@@ -2,45 +2,10 @@
 //! every connection moving even while a reply on one of them is held up. A file of its own: the test counts the
 //! process's drain threads, which other tests' clients would add to.
 
-use farmem_memd::offload::{DsInstance, DsType, ObjectsView, OffloadError, Registry};
-use farmem_memd::testing::TestServer;
+use farmem_memd::testing::{with_gate, Gate, TestServer};
 use farmem_memd::{Client, FarStore, Pending, Reply, Request, PAGE_SIZE};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// A gate the test opens: computes on a [`Gated`] instance wait for it.
-#[derive(Default)]
-struct Gate {
-    open: Mutex<bool>,
-    cv: Condvar,
-}
-
-impl Gate {
-    fn open(&self) {
-        *self.open.lock().unwrap() = true;
-        self.cv.notify_all();
-    }
-}
-
-/// A data structure type whose every compute waits for the gate, then echoes its input.
-struct Gated(Arc<Gate>);
-struct GatedInst(Arc<Gate>);
-
-impl DsType for Gated {
-    fn construct(&self, _: &[u8]) -> Result<Box<dyn DsInstance>, OffloadError> {
-        Ok(Box::new(GatedInst(self.0.clone())))
-    }
-}
-
-impl DsInstance for GatedInst {
-    fn compute(&mut self, _: u32, input: &[u8], _: &mut ObjectsView<'_>) -> Result<Vec<u8>, OffloadError> {
-        let mut open = self.0.open.lock().unwrap();
-        while !*open {
-            open = self.0.cv.wait(open).unwrap();
-        }
-        Ok(input.to_vec())
-    }
-}
 
 /// Threads of this process whose name starts like the pool's drain thread's ("farmem-memd-drain", which the
 /// kernel cuts to 15 bytes).
@@ -71,15 +36,7 @@ fn ready_soon(p: &Pending) -> bool {
 #[test]
 fn one_drain_thread_serves_a_whole_pool_and_a_held_up_reply_does_not_stall_the_others() {
     let gate = Arc::new(Gate::default());
-    let g = gate.clone();
-    let srv = TestServer::start_with(
-        move |cfg| {
-            let mut r = Registry::new();
-            r.register("gated", Arc::new(Gated(g)));
-            cfg.registry = r;
-        },
-        64 << 20,
-    );
+    let srv = TestServer::start_with(with_gate(&gate), 64 << 20);
     let mut cfg = srv.client_config();
     cfg.connections = 16;
     let before = drain_threads();

@@ -6,7 +6,7 @@ use farmem_memd::config::{Addr, Credential};
 use farmem_memd::offload::{DsInstance, DsType, ObjectsView, OffloadError, Registry};
 use farmem_memd::proto::{self, Header, Op, OwnKind, Status, HEADER_LEN, MAGIC, PAGE_SIZE, VERSION};
 use farmem_memd::server::{self, ServerConfig};
-use farmem_memd::testing::TestServer;
+use farmem_memd::testing::{with_gate, Gate, TestServer};
 use farmem_memd::{Client, ClientConfig, FarStore, ObjBatch, Request, StoreError};
 use proptest::prelude::*;
 use std::io::{Read, Write};
@@ -47,51 +47,6 @@ fn with_slow(cfg: &mut ServerConfig) {
     let mut r = Registry::new();
     r.register("slow", Arc::new(Slow));
     cfg.registry = r;
-}
-
-/// A test type whose every compute blocks until the test opens its gate, then echoes its input: the test knows
-/// a compute is in flight, with no guess at how long the server takes to start it or the test to go on.
-#[derive(Default)]
-struct Gate {
-    /// (computes that have started, open)
-    state: std::sync::Mutex<(u32, bool)>,
-    cv: std::sync::Condvar,
-}
-impl Gate {
-    /// Blocks until a compute has started.
-    fn wait_entered(&self) {
-        let g = self.state.lock().unwrap();
-        drop(self.cv.wait_while(g, |(entered, _)| *entered == 0).unwrap());
-    }
-    fn open(&self) {
-        self.state.lock().unwrap().1 = true;
-        self.cv.notify_all();
-    }
-}
-struct Gated(Arc<Gate>);
-impl DsType for Gated {
-    fn construct(&self, _: &[u8]) -> Result<Box<dyn DsInstance>, OffloadError> {
-        Ok(Box::new(Gated(self.0.clone())))
-    }
-}
-impl DsInstance for Gated {
-    fn compute(&mut self, _: u32, input: &[u8], _: &mut ObjectsView<'_>) -> Result<Vec<u8>, OffloadError> {
-        let mut g = self.0.state.lock().unwrap();
-        g.0 += 1;
-        self.0.cv.notify_all();
-        drop(self.0.cv.wait_while(g, |(_, open)| !*open).unwrap());
-        Ok(input.to_vec())
-    }
-}
-
-/// Registers type "gated", whose computes wait for `gate`.
-fn with_gate(gate: &Arc<Gate>) -> impl FnOnce(&mut ServerConfig) {
-    let gate = gate.clone();
-    move |cfg| {
-        let mut r = Registry::new();
-        r.register("gated", Arc::new(Gated(gate)));
-        cfg.registry = r;
-    }
 }
 
 fn page(seed: u64) -> Vec<u8> {
@@ -629,15 +584,20 @@ fn memd_command_ping_stats_and_signals() {
     let dir = farmem_memd::testing::private_dir();
     let tok = dir.join("tok");
     std::fs::write(&tok, "ops:0123456789abcdef0123456789\n").unwrap();
-    let mut child = Command::new(exe)
-        .args(["serve", "--listen", "127.0.0.1:0", "--capacity", "64M", "--token-file"])
-        .arg(&tok)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+    // Starts `memd serve` and returns it with the first line it prints.
+    let serve = || {
+        let mut child = Command::new(exe)
+            .args(["serve", "--listen", "127.0.0.1:0", "--capacity", "64M", "--token-file"])
+            .arg(&tok)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+        (child, line)
+    };
+    let (mut child, line) = serve();
     let addr = line.split_whitespace().nth(2).expect("listening on ADDR").to_string();
     let out =
         Command::new(exe).args(["ping", "--count", "2", "--server", &addr, "--token-file"]).arg(&tok).output().unwrap();
@@ -660,15 +620,7 @@ fn memd_command_ping_stats_and_signals() {
     assert!(status.success(), "memd exited with {status:?} on SIGTERM");
     // Also when it comes the moment the server says where it listens (its handlers are in place by then).
     for _ in 0..5 {
-        let mut child = Command::new(exe)
-            .args(["serve", "--listen", "127.0.0.1:0", "--capacity", "64M", "--token-file"])
-            .arg(&tok)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+        let (mut child, line) = serve();
         assert!(line.starts_with("listening on"), "{line:?}");
         assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
         let status = child.wait().unwrap();
