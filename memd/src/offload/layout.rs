@@ -43,7 +43,7 @@ pub mod col_op {
     pub const MEDIAN: u32 = 4;
     /// Distinct values in ascending total order. Output: the values, packed.
     pub const UNIQUE: u32 = 5;
-    /// Row indices whose value satisfies a predicate. Args: [`Pred`] encoding. Output: `u64` indices, ascending.
+    /// Row indices whose value satisfies a predicate. Args: [`Pred`](crate::offload::layout::Pred) encoding. Output: `u64` indices, ascending.
     pub const FILTER: u32 = 6;
     /// Copy by index into other chunks of the same data structure: `dst[i] = src[idx[i]]`. Args: `[dst chunks:
     /// u32][ids: u64 × n][count: u64][idx: u64 × count]`. Output: empty.
