@@ -643,13 +643,7 @@ fn paired_scan(rounds: usize) {
 fn paired_rewrite(rounds: usize) {
     let (size, budget) = (256 * MIB, 64 * MIB);
     let Some(on) = tuned_region(size, budget, true) else { return };
-    let Some(mut off) = tuned_region(size, budget, true) else { return };
-    if off.config().write_ahead {
-        let cfg = RegionConfig { write_ahead: false, ..off.config().clone() };
-        drop(off);
-        let Ok(r) = Region::new(cfg, client()) else { return };
-        off = r;
-    }
+    let Ok(off) = Region::new(RegionConfig { write_ahead: false, ..on.config().clone() }, client()) else { return };
     let sweep = |r: &Region| {
         let t = Instant::now();
         for o in (0..size).step_by(64) {
