@@ -11,7 +11,7 @@ use crate::range::PAGE;
 use farmem_memd::internal;
 use libmimalloc_sys as mi;
 use std::alloc::{GlobalAlloc, Layout};
-use std::ffi::c_void;
+use std::ffi::{c_int, c_void};
 use std::fmt;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
@@ -28,6 +28,18 @@ const MI_OPTION_PURGE_DELAY: mi::mi_option_t = 15;
 /// buffers (fetch and write-back batches) do not stay resident on top of the budget. It is mimalloc v2's
 /// default (the one built here); v3's is 1 s, which cost 25–35 MiB of peak RSS in our tests.
 const FAR_PURGE_DELAY_MS: std::ffi::c_long = 10;
+
+/// `mi_option_allow_thp`: the 38th entry of `mi_option_e` in mimalloc v2, the generation built here (v3 numbers
+/// it differently; the Rust bindings do not name it).
+const MI_OPTION_ALLOW_THP: mi::mi_option_t = 37;
+/// Arena slots in mimalloc v2 (`MI_MAX_ARENAS`); arena ids are slot + 1.
+const MI_MAX_ARENAS: c_int = 132;
+
+unsafe extern "C" {
+    /// Start and length of mimalloc's arena `arena_id`, or null if there is none (exported by the mimalloc
+    /// linked here; not in the Rust bindings).
+    fn mi_arena_area(arena_id: c_int, size: *mut usize) -> *mut c_void;
+}
 
 // `malloc` sends every size up to MI_SMALL_SIZE_MAX to mimalloc without looking at the threshold.
 const _: () = assert!(mi::MI_SMALL_SIZE_MAX < MIN_THRESHOLD);
@@ -127,6 +139,45 @@ fn no_unwind<R>(f: impl FnOnce() -> R) -> R {
 fn set_errno(e: i32) {
     // SAFETY: __errno_location returns this thread's errno slot, always valid to write.
     unsafe { *libc::__errno_location() = e };
+}
+
+/// Keeps mimalloc from backing the local heap with transparent huge pages, unless `MIMALLOC_ALLOW_THP` asks for
+/// them. mimalloc v2 reserves its arenas with `MADV_HUGEPAGE`, and every thread's heap starts in a segment of its
+/// own, so the first small block a thread allocates makes the kernel fault in a whole 2 MiB page: a program of 32
+/// threads held 64 MiB of huge pages for 64 KiB of blocks (4 MiB under glibc's malloc). Far memory exists to keep
+/// the local footprint small, so FarAlloc gives that up for the huge pages' shorter page walks.
+///
+/// mimalloc's own `allow_thp = 0` is not used as it stands: set before mimalloc initialises, it turns huge pages
+/// off for the whole process (`PR_SET_THP_DISABLE`, inherited by children and kept across `exec`), which would
+/// take them from the program's own mappings too. So mimalloc is initialised first, the option then only stops
+/// it from advising new arenas, and the arenas it reserved already are advised `MADV_NOHUGEPAGE` (huge pages
+/// already faulted in stay; every later fault there takes a 4 KiB page). An arena another thread reserves while
+/// this runs may keep its advice; configuration runs at load time in the shim, before the program's threads.
+fn local_heap_without_thp() {
+    // libc's getenv, not std's: std's copies a value it finds, and an allocation here can be the process's first
+    // (the shim configures from a load-time constructor), which would change where mimalloc puts its first heap.
+    // SAFETY: the name is NUL-terminated; the result is only compared with null.
+    if !unsafe { libc::getenv(c"MIMALLOC_ALLOW_THP".as_ptr()) }.is_null() {
+        return;
+    }
+    // SAFETY: mi_process_init may be called at any time and runs once; setting an option is allowed at any time.
+    unsafe {
+        mi::mi_process_init();
+        mi::mi_option_set(MI_OPTION_ALLOW_THP, 0);
+    }
+    for id in 1..=MI_MAX_ARENAS {
+        let mut len = 0usize;
+        // SAFETY: mi_arena_area only reads mimalloc's arena table and writes the length through the valid pointer.
+        let start = unsafe { mi_arena_area(id, &raw mut len) };
+        if start.is_null() || len == 0 {
+            continue;
+        }
+        // SAFETY: the range is one of mimalloc's own anonymous mappings; MADV_NOHUGEPAGE changes only which page
+        // size later faults in it get, never its contents or its mapping.
+        if unsafe { libc::madvise(start, len, libc::MADV_NOHUGEPAGE) } != 0 {
+            tracing::debug!(id, len, "madvise(MADV_NOHUGEPAGE) on a mimalloc arena failed");
+        }
+    }
 }
 
 fn local_alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
@@ -324,6 +375,7 @@ impl FarAlloc {
     fn configure(&self) {
         let _in = internal::enter();
         FarAlloc::install_errno_handler();
+        local_heap_without_thp();
         let cfg = if self.fixed_threshold != 0 {
             Ok(AllocConfig { threshold: self.fixed_threshold.max(MIN_THRESHOLD), ..AllocConfig::default() })
         } else {

@@ -69,6 +69,40 @@ fn c_threads_stress() {
     assert_eq!(ok(&o, "stress"), "stress ok\n");
 }
 
+/// Each thread's mimalloc heap starts in a segment of its own, in an arena mimalloc advises `MADV_HUGEPAGE`:
+/// unless `MIMALLOC_ALLOW_THP` is set, FarAlloc takes that advice back, so 32 threads with 64 KiB of blocks each
+/// do not hold 32 transparent huge pages (64 MiB) of local memory. With `MIMALLOC_ALLOW_THP=1` mimalloc's choice
+/// stands. Where the kernel gives no transparent huge pages at all there is nothing to tell apart.
+#[test]
+fn thread_heaps_take_no_huge_pages_unless_asked() {
+    if !uffd_available("thread_heaps_take_no_huge_pages_unless_asked") {
+        return;
+    }
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if thp.is_empty() || thp.contains("[never]") {
+        eprintln!("thread_heaps_take_no_huge_pages_unless_asked: skipped: transparent huge pages are off here");
+        return;
+    }
+    let p = c_program("threadheaps");
+    let run = |allow: Option<&str>| {
+        let mut cmd = Command::new(farmem());
+        cmd.args(["run", "--local-mem", "16M", "--"]).arg(&p).arg("32").env_remove("MIMALLOC_ALLOW_THP");
+        if let Some(v) = allow {
+            cmd.env("MIMALLOC_ALLOW_THP", v);
+        }
+        shim();
+        let out = ok(&run_with_deadline(cmd, LIMIT, "threadheaps"), "threadheaps");
+        (kb(&field(&out, "rss_kb").unwrap()), kb(&field(&out, "huge_kb").unwrap()))
+    };
+    let (rss, huge) = run(None);
+    eprintln!("32 thread heaps: RSS {rss} KiB, {huge} KiB in huge pages");
+    // One huge page at most: one faulted in before the shim's constructor ran.
+    assert!(huge <= 2048, "{huge} KiB of the thread heaps are transparent huge pages");
+    let (rss_thp, huge_thp) = run(Some("1"));
+    eprintln!("with MIMALLOC_ALLOW_THP=1: RSS {rss_thp} KiB, {huge_thp} KiB in huge pages");
+    assert!(huge_thp >= 8 * 2048, "MIMALLOC_ALLOW_THP=1 leaves mimalloc's huge pages: {huge_thp} KiB");
+}
+
 #[test]
 fn fork_child_reads_a_far_buffer() {
     if !uffd_available("fork_child_reads_a_far_buffer") {
