@@ -14,7 +14,7 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::{c_int, c_void};
 use std::fmt;
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Once, OnceLock};
 
 /// Alignment `mi_malloc` guarantees for every size (blocks whose size is a multiple of 16 are 16-aligned,
@@ -234,13 +234,39 @@ extern "C" fn atfork_child() {
     });
 }
 
+/// A private duplicate of the process's stderr, taken when the exit summary is registered (-1 until then, or if
+/// the duplicate failed): the summary is printed by an `atexit` handler registered at start-up, so it runs after
+/// the program's own, and programs close stderr in theirs (coreutils' `close_stdout`, for one).
+static SUMMARY_FD: AtomicI32 = AtomicI32::new(-1);
+
 extern "C" fn stats_at_exit() {
     for_each_instance(|a| {
         if a.cfg.get().is_some_and(|c| c.stats) && a.state.load(Ordering::Acquire) != CHILD {
             let _in = internal::enter();
-            eprint!("{}", a.summary());
+            let text = a.summary();
+            let fd = SUMMARY_FD.load(Ordering::Acquire);
+            if fd < 0 || write_all(fd, text.as_bytes()).is_err() {
+                eprint!("{text}");
+            }
         }
     });
+}
+
+fn write_all(fd: c_int, mut b: &[u8]) -> std::io::Result<()> {
+    while !b.is_empty() {
+        // SAFETY: b is a valid slice for its length; write only reads it.
+        let n = unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) };
+        match usize::try_from(n) {
+            Ok(n) => b = &b[n..],
+            Err(_) => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 impl FarAlloc {
@@ -443,6 +469,13 @@ impl FarAlloc {
             unsafe {
                 libc::pthread_atfork(Some(atfork_prepare), Some(atfork_parent), Some(atfork_child));
                 libc::atexit(stats_at_exit);
+            }
+            if self.cfg.get().is_some_and(|c| c.stats) {
+                // Above the descriptors programs number by hand, closed on exec (the new image's shim takes its
+                // own). It keeps the stderr pipe open while the program runs, which only `--stats` asks for.
+                // SAFETY: F_DUPFD_CLOEXEC duplicates descriptor 2 (or fails, leaving -1); nothing else is passed.
+                let fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 100) };
+                SUMMARY_FD.store(fd, Ordering::Release);
             }
         });
     }

@@ -43,6 +43,21 @@ fn c_malloc_routes_by_size_and_free_by_address() {
     assert!(err.contains(" in 2 allocations,"), "exactly the blocks of 64K and 64K + 1 are far: {err}");
 }
 
+/// The exit summary is printed after the program's own exit handlers, and those may close stderr (coreutils'
+/// programs do): `--stats` still reaches farmem run's stderr.
+#[test]
+fn stats_survive_a_program_that_closes_stderr() {
+    if !uffd_available("stats_survive_a_program_that_closes_stderr") {
+        return;
+    }
+    let p = c_program("closestderr");
+    let o = farmem_run(&["--local-mem", "16M", "--threshold", "64K", "--stats"], &p, &[], LIMIT);
+    assert_eq!(ok(&o, "closestderr"), "closestderr ok\n");
+    let err = stderr(&o);
+    let far = field(&err, "allocated").unwrap_or_else(|| panic!("no --stats summary on stderr: {err:?}"));
+    assert!(kb(&far) >= 8 << 20, "the 8 MiB block was far: {err}");
+}
+
 #[test]
 fn c_working_set_six_times_the_budget() {
     if !uffd_available("c_working_set_six_times_the_budget") {
