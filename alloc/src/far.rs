@@ -239,10 +239,26 @@ extern "C" fn atfork_child() {
 /// the program's own, and programs close stderr in theirs (coreutils' `close_stdout`, for one).
 static SUMMARY_FD: AtomicI32 = AtomicI32::new(-1);
 
+/// Set by `farmem run` to its own pid in the command's environment, so that the exit summary can tell the
+/// command it started from the processes that command starts in turn.
+pub const RUN_PID_VAR: &str = "FARMEM_RUN_PID";
+
+/// Whether a process that never started far memory should still say so at exit: yes unless `farmem run` started
+/// it indirectly. `farmem run --stats -- make` should not print one line per compiler, shell and helper that
+/// allocated nothing large; the command itself still explains an empty summary.
+fn reports_unused() -> bool {
+    let Some(run) = std::env::var(RUN_PID_VAR).ok().and_then(|v| v.trim().parse::<i32>().ok()) else { return true };
+    // SAFETY: getppid has no preconditions.
+    unsafe { libc::getppid() == run }
+}
+
 extern "C" fn stats_at_exit() {
     for_each_instance(|a| {
         if a.cfg.get().is_some_and(|c| c.stats) && a.state.load(Ordering::Acquire) != CHILD {
             let _in = internal::enter();
+            if a.heap.get().is_none() && !reports_unused() {
+                return;
+            }
             let text = a.summary();
             let fd = SUMMARY_FD.load(Ordering::Acquire);
             if fd < 0 || write_all(fd, text.as_bytes()).is_err() {

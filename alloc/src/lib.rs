@@ -34,7 +34,7 @@ pub mod range;
 pub mod start;
 
 pub use anon::AnonSpan;
-pub use far::{FarAlloc, StartError, StartFn, Started};
+pub use far::{FarAlloc, StartError, StartFn, Started, RUN_PID_VAR};
 pub use heap::{Backing, HeapStats, PagingStats, ReleaseError};
 /// The mimalloc build FarAlloc serves small blocks from (`libmimalloc-sys`), for callers that route the malloc
 /// family's common cases to it directly (the preload shim's `malloc` and `free`).

@@ -171,6 +171,7 @@ pub fn execute(o: &RunOpts) -> Result<i32, CliError> {
     if o.stats {
         cmd.env("FARMEM_STATS", "1");
     }
+    cmd.env(farmem_alloc::RUN_PID_VAR, std::process::id().to_string());
     if let Some(l) = &o.log {
         cmd.env("FARMEM_LOG", l);
     }

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -56,6 +57,24 @@ fn stats_survive_a_program_that_closes_stderr() {
     let err = stderr(&o);
     let far = field(&err, "allocated").unwrap_or_else(|| panic!("no --stats summary on stderr: {err:?}"));
     assert!(kb(&far) >= 8 << 20, "the 8 MiB block was far: {err}");
+}
+
+/// `--stats` in a process tree: the command farmem run started says when it used no far memory; the processes it
+/// starts in turn print a summary only if they used some.
+#[test]
+fn stats_come_from_the_command_and_from_processes_that_used_far_memory() {
+    if !uffd_available("stats_come_from_the_command_and_from_processes_that_used_far_memory") {
+        return;
+    }
+    let p = c_program("closestderr");
+    // bash, not sh: dash leaves with _exit, which runs no exit handlers.
+    let script = format!("true; {p} >/dev/null; /bin/true; true", p = p.display());
+    let flags = ["--local-mem", "16M", "--threshold", "64K", "--stats"];
+    let o = farmem_run(&flags, Path::new("/bin/bash"), &["-c", &script], LIMIT);
+    ok(&o, "bash -c");
+    let err = stderr(&o);
+    assert_eq!(err.matches("far memory was not used").count(), 1, "only bash itself reports no far memory: {err}");
+    assert_eq!(err.matches("far bytes allocated").count(), 1, "the program that used far memory reports: {err}");
 }
 
 #[test]

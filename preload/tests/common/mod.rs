@@ -47,7 +47,10 @@ pub fn c_program(name: &str) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c").join(format!("{name}.c"));
     let out = scratch().join(name);
     if !out.exists() {
-        let tmp = scratch().join(format!("{name}.{}.tmp", std::process::id()));
+        // Unique per call: tests running in parallel may compile the same program at once.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = scratch().join(format!("{name}.{}.{n}.tmp", std::process::id()));
         let st = Command::new("gcc")
             .args(["-O1", "-fno-builtin", "-Wall", "-Wno-alloc-size-larger-than", "-pthread", "-o"])
             .arg(&tmp)
