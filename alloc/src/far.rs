@@ -238,6 +238,21 @@ extern "C" fn atfork_child() {
 /// the duplicate failed): the summary is printed by an `atexit` handler registered at start-up, so it runs after
 /// the program's own, and programs close stderr in theirs (coreutils' `close_stdout`, for one).
 static SUMMARY_FD: AtomicI32 = AtomicI32::new(-1);
+/// Device and inode of the file [`SUMMARY_FD`] was opened on: a program that closes every descriptor and opens
+/// files of its own may be given the same number for one of them, and the summary must not be written into it.
+static SUMMARY_FILE: OnceLock<(u64, u64)> = OnceLock::new();
+
+/// Device and inode of the file open on `fd`, if it is open.
+fn file_id(fd: c_int) -> Option<(u64, u64)> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a whole stat into the valid buffer, or fails and writes nothing we read.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: fstat succeeded, so the buffer is initialised.
+    let st = unsafe { st.assume_init() };
+    Some((st.st_dev, st.st_ino))
+}
 
 /// Set by `farmem run` to its own pid in the command's environment, so that the exit summary can tell the
 /// command it started from the processes that command starts in turn.
@@ -261,7 +276,8 @@ extern "C" fn stats_at_exit() {
             }
             let text = a.summary();
             let fd = SUMMARY_FD.load(Ordering::Acquire);
-            if fd < 0 || write_all(fd, text.as_bytes()).is_err() {
+            let ours = fd >= 0 && SUMMARY_FILE.get().is_some_and(|&id| file_id(fd) == Some(id));
+            if !ours || write_all(fd, text.as_bytes()).is_err() {
                 eprint!("{text}");
             }
         }
@@ -491,7 +507,17 @@ impl FarAlloc {
                 // own). It keeps the stderr pipe open while the program runs, which only `--stats` asks for.
                 // SAFETY: F_DUPFD_CLOEXEC duplicates descriptor 2 (or fails, leaving -1); nothing else is passed.
                 let fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 100) };
-                SUMMARY_FD.store(fd, Ordering::Release);
+                match file_id(fd) {
+                    Some(id) => {
+                        let _ = SUMMARY_FILE.set(id);
+                        SUMMARY_FD.store(fd, Ordering::Release);
+                    }
+                    // SAFETY: fd, if valid, is the duplicate just made and used nowhere else.
+                    None if fd >= 0 => unsafe {
+                        libc::close(fd);
+                    },
+                    None => {}
+                }
             }
         });
     }

@@ -57,6 +57,12 @@ fn stats_survive_a_program_that_closes_stderr() {
     let err = stderr(&o);
     let far = field(&err, "allocated").unwrap_or_else(|| panic!("no --stats summary on stderr: {err:?}"));
     assert!(kb(&far) >= 8 << 20, "the 8 MiB block was far: {err}");
+    // A program that closed every descriptor and opened a file of its own where the duplicate was: the summary
+    // is not written into that file.
+    let file = scratch().join("closestderr.out");
+    let o = farmem_run(&["--threshold", "64K", "--stats"], &p, &[file.to_str().unwrap()], LIMIT);
+    assert_eq!(ok(&o, "closestderr FILE"), "closestderr ok\n");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine\n", "the program's file holds only what it wrote");
 }
 
 /// `--stats` in a process tree: the command farmem run started says when it used no far memory; the processes it
