@@ -13,8 +13,10 @@ use libmimalloc_sys as mi;
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::{c_int, c_void};
 use std::fmt;
+use std::io::Write;
+use std::os::fd::FromRawFd;
 use std::ptr;
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Once, OnceLock};
 
 /// Alignment `mi_malloc` guarantees for every size (blocks whose size is a multiple of 16 are 16-aligned,
@@ -234,13 +236,12 @@ extern "C" fn atfork_child() {
     });
 }
 
-/// A private duplicate of the process's stderr, taken when the exit summary is registered (-1 until then, or if
-/// the duplicate failed): the summary is printed by an `atexit` handler registered at start-up, so it runs after
-/// the program's own, and programs close stderr in theirs (coreutils' `close_stdout`, for one).
-static SUMMARY_FD: AtomicI32 = AtomicI32::new(-1);
-/// Device and inode of the file [`SUMMARY_FD`] was opened on: a program that closes every descriptor and opens
-/// files of its own may be given the same number for one of them, and the summary must not be written into it.
-static SUMMARY_FILE: OnceLock<(u64, u64)> = OnceLock::new();
+/// A private duplicate of the process's stderr and the device and inode of the file it was taken on, set when
+/// the exit summary is registered. The summary is printed by an `atexit` handler registered at start-up, so it
+/// runs after the program's own, and programs close stderr in theirs (coreutils' `close_stdout`, for one). A
+/// program that closes every descriptor and opens files of its own may be given the duplicate's number for one
+/// of them: the summary goes there only while the number still refers to the file it was taken on.
+static SUMMARY_FD: OnceLock<(c_int, (u64, u64))> = OnceLock::new();
 
 /// Device and inode of the file open on `fd`, if it is open.
 fn file_id(fd: c_int) -> Option<(u64, u64)> {
@@ -275,30 +276,16 @@ extern "C" fn stats_at_exit() {
                 return;
             }
             let text = a.summary();
-            let fd = SUMMARY_FD.load(Ordering::Acquire);
-            let ours = fd >= 0 && SUMMARY_FILE.get().is_some_and(|&id| file_id(fd) == Some(id));
-            if !ours || write_all(fd, text.as_bytes()).is_err() {
+            let written = SUMMARY_FD.get().filter(|&&(fd, id)| file_id(fd) == Some(id)).is_some_and(|&(fd, _)| {
+                // SAFETY: fd is our duplicate, still open (fstat just found it); ManuallyDrop leaves it open.
+                let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+                f.write_all(text.as_bytes()).is_ok()
+            });
+            if !written {
                 eprint!("{text}");
             }
         }
     });
-}
-
-fn write_all(fd: c_int, mut b: &[u8]) -> std::io::Result<()> {
-    while !b.is_empty() {
-        // SAFETY: b is a valid slice for its length; write only reads it.
-        let n = unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) };
-        match usize::try_from(n) {
-            Ok(n) => b = &b[n..],
-            Err(_) => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 impl FarAlloc {
@@ -509,8 +496,7 @@ impl FarAlloc {
                 let fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 100) };
                 match file_id(fd) {
                     Some(id) => {
-                        let _ = SUMMARY_FILE.set(id);
-                        SUMMARY_FD.store(fd, Ordering::Release);
+                        let _ = SUMMARY_FD.set((fd, id));
                     }
                     // SAFETY: fd, if valid, is the duplicate just made and used nowhere else.
                     None if fd >= 0 => unsafe {
